@@ -1,0 +1,186 @@
+"""The job spec: a YAML file parsed into a frozen, validated value.
+
+pydantic does the validation so that every error names the field and the
+problem ("restart.max_restarts: Input should be greater than or equal to 0")
+without a hand-written checker for each field.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_SPEC_BYTES = 64 * 1024
+
+# Train arguments the supervisor owns: a user setting them would break resume.
+MANAGED_TRAIN_KEYS = {"resume"}
+
+
+class SpecError(ValueError):
+    """A job spec is invalid. ``problems`` lists "field: message" strings."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backoff(_Strict):
+    initial: float = Field(5.0, ge=0, description="seconds before the first restart")
+    max: float = Field(300.0, ge=0, description="cap on the delay")
+    factor: float = Field(2.0, ge=1.0)
+
+
+class RestartPolicy(_Strict):
+    max_restarts: int = Field(5, ge=0, description="crash restarts before the job fails")
+    max_no_progress: int = Field(2, ge=1, description="restarts in a row without a new epoch")
+    backoff: Backoff = Backoff()
+
+
+class Health(_Strict):
+    # "auto" derives the timeout from observed batch/validation/save intervals.
+    stall_timeout: Union[Literal["auto"], float] = "auto"
+    stall_floor: float = Field(120.0, gt=0, description="lower bound of the auto timeout")
+    first_batch_timeout: float = Field(1800.0, gt=0, description="allowance before the first batch")
+    stop_grace: float = Field(60.0, ge=0, description="seconds between TERM and KILL")
+    gpu_release_timeout: float = Field(60.0, ge=0)
+    gpu_release_tolerance_mib: int = Field(256, ge=0)
+
+    @field_validator("stall_timeout")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v <= 0:
+            raise ValueError("must be 'auto' or a positive number of seconds")
+        return v
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    train: dict[str, Any]
+    restart: RestartPolicy = RestartPolicy()
+    health: Health = Health()
+    on_oom: Literal["retry", "reduce_batch"] = "retry"
+    min_batch: int = Field(2, ge=1, description="floor for on_oom: reduce_batch")
+    keep_checkpoints: int = Field(2, ge=1, description="verified copies kept outside weights/")
+
+    @field_validator("train")
+    @classmethod
+    def _train_args(cls, train: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in ("model", "data", "epochs") if k not in train]
+        if missing:
+            raise ValueError(f"missing required key(s): {', '.join(missing)}")
+        for key in sorted(MANAGED_TRAIN_KEYS & train.keys()):
+            raise ValueError(f"'{key}' is managed by the supervisor; remove it")
+        unknown = sorted(set(train) - ultralytics_train_keys()) if ultralytics_train_keys() else []
+        if unknown:
+            raise ValueError(f"unknown Ultralytics argument(s): {', '.join(unknown)}")
+        epochs = train["epochs"]
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError("'epochs' must be a positive integer")
+        for key in ("model", "data"):
+            if not isinstance(train[key], str) or not train[key]:
+                raise ValueError(f"'{key}' must be a non-empty string")
+        out = dict(train)
+        out["device"] = normalize_device(train.get("device", "cpu"))
+        return out
+
+    @property
+    def epochs(self) -> int:
+        return int(self.train["epochs"])
+
+    @property
+    def device(self) -> str:
+        return self.train["device"]
+
+    @property
+    def gpu_indices(self) -> list[int]:
+        """NVML indices of the job's devices; empty for CPU/MPS jobs."""
+        return [int(d) for d in self.device.split(",") if d.strip().isdigit()]
+
+
+def normalize_device(device: Any) -> str:
+    """One spelling per device set: ``0``, ``[0, 1]`` and ``"0, 1"`` -> ``"0"``, ``"0,1"``."""
+    if isinstance(device, bool):
+        raise ValueError("'device' must be cpu, a GPU index or a list of them")
+    if isinstance(device, int):
+        return str(device)
+    if isinstance(device, (list, tuple)):
+        return ",".join(str(normalize_device(d)) for d in device)
+    if isinstance(device, str) and device.strip():
+        return ",".join(p.strip() for p in device.split(",") if p.strip())
+    raise ValueError("'device' must be cpu, a GPU index or a list of them")
+
+
+@functools.lru_cache(maxsize=1)
+def ultralytics_train_keys() -> frozenset[str]:
+    """Argument names from Ultralytics' own cfg/default.yaml, read without importing it.
+
+    Empty when ultralytics is not installed: then train keys are passed through
+    unchecked and Ultralytics reports a bad one in the child.
+    """
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    default = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "default.yaml"
+    try:
+        data = yaml.safe_load(default.read_text())
+    except OSError:
+        return frozenset()
+    return frozenset(data) if isinstance(data, dict) else frozenset()
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "string_pattern_mismatch" and field == "name":
+            msg = "must match [A-Za-z0-9][A-Za-z0-9._-]{0,63} (letters, digits, '.', '_', '-'; no '/')"
+        problems.append(f"{field}: {msg}")
+    return problems
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> JobSpec:
+    """Validate an already-loaded mapping."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(source, _format_errors(err)) from None
+
+
+def parse_spec_text(text: str, source: str = "<spec>") -> JobSpec:
+    """Parse YAML text (safe_load only) and validate it."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(source, [f"{where}: YAML syntax error: {problem}"]) from None
+    return parse_spec(data, source)
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read and validate a job file, refusing oversized files."""
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(str(path), [f"(file): {size} bytes is over the {MAX_SPEC_BYTES} byte limit"])
+    return parse_spec_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
+
+
+def spec_to_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,74 @@
+"""Job states and attempt causes.
+
+The job's state (where it is in its life) and an attempt's cause (how one child
+process ended) are separate values, as in pueue's TaskStatus/TaskResult.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    HELD = "held"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+    @property
+    def has_process(self) -> bool:
+        return self in (JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
+
+
+S = JobState
+
+# Every allowed transition. The daemon's single choke point refuses anything else.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.QUEUED: frozenset({S.STARTING, S.STOPPED, S.HELD, S.FAILED}),
+    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING, S.COMPLETED, S.FAILED, S.HELD, S.STOPPED}),
+    S.RUNNING: frozenset({S.BACKOFF, S.STOPPING, S.COMPLETED, S.FAILED, S.HELD, S.STOPPED}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FAILED, S.HELD, S.COMPLETED}),
+    S.STOPPING: frozenset({S.STOPPED, S.COMPLETED, S.FAILED, S.BACKOFF, S.HELD}),
+    S.STOPPED: frozenset({S.QUEUED, S.STARTING}),
+    S.HELD: frozenset({S.QUEUED, S.STARTING, S.STOPPED, S.FAILED}),
+    S.COMPLETED: frozenset({S.QUEUED}),
+    S.FAILED: frozenset({S.QUEUED, S.STARTING}),
+}
+
+
+def can_transition(old: JobState, new: JobState) -> bool:
+    return new in TRANSITIONS[old]
+
+
+class Cause(str, Enum):
+    """Why an attempt's process ended."""
+
+    COMPLETED = "completed"
+    CUDA_OOM = "cuda_oom"
+    HOST_OOM = "host_oom"
+    KILLED = "killed"          # SIGKILL with no kernel OOM record
+    TERMINATED = "terminated"  # died of SIGTERM without saving (not our handler)
+    PREEMPTED = "preempted"    # our child caught SIGTERM, saved a resumable checkpoint, exited
+    CONFIG_ERROR = "config_error"
+    CRASHED = "crashed"
+    STALLED = "stalled"        # the daemon killed it: no progress for stall_timeout
+    STOPPED = "stopped"        # the daemon killed it on a user's stop/restart
+
+    @property
+    def is_preemption(self) -> bool:
+        """Causes that do not consume the crash budget: the job was not at fault."""
+        return self in (Cause.TERMINATED, Cause.PREEMPTED, Cause.STOPPED)
+
+
+# Exit status the training child uses after catching SIGTERM and saving a
+# resumable checkpoint (EX_TEMPFAIL: "try again later").
+PREEMPTED_EXIT_CODE = 75
