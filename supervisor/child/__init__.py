@@ -1,0 +1,1 @@
+"""The training child: the only part of the package that imports ultralytics and torch."""

@@ -1,0 +1,1 @@
+"""The control plane: the drop directory, the Unix socket protocol, the CLI."""

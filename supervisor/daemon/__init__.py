@@ -1,0 +1,1 @@
+"""The daemon: the event loop, job lifecycle, and its entry point."""

@@ -1,0 +1,440 @@
+"""The daemon's event loop and job lifecycle.
+
+One thread owns all job state. Child exits arrive as readable pidfds on a
+selector; control requests arrive from other threads as callables on a queue
+plus a byte on a wake pipe; everything else (starting queued jobs, checkpoint
+snapshots, stall checks, kill escalation) runs in ``housekeeping`` once per
+tick. Every state change goes through ``transition``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import selectors
+import signal
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from supervisor.child.progress import read_json, write_json_atomic
+from supervisor.daemon.config import DaemonConfig
+from supervisor.daemon.resume import best_verified, last_pt, prepare_resume
+from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
+from supervisor.jobs.states import Cause, JobState, can_transition
+from supervisor.observe.logging import get_logger
+from supervisor.paths import Home
+from supervisor.policy import Action, AttemptEnd, Budget, decide
+from supervisor.probes.vault import CheckpointVault
+from supervisor.process import launcher
+from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
+from supervisor.store import JobRecord, Store
+
+S = JobState
+
+
+class CommandError(Exception):
+    """A control request that cannot be done (unknown job, wrong state); the message is for the user."""
+
+
+@dataclass
+class Running:
+    """Runtime handle of a job's live attempt (never persisted)."""
+
+    child: launcher.Child
+    attempt_id: int
+    attempt_no: int
+    epochs_before: int
+    log_offset: int
+    kill_cause: Optional[Cause] = None   # set when the daemon itself ends the attempt
+    user_stop: bool = False
+    then: Optional[str] = None           # "restart": relaunch once stopped
+    kill_at: Optional[float] = None      # monotonic deadline for SIGKILL after TERM
+    first_batch_seen: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, home: Home, config: Optional[DaemonConfig] = None, gpu_probe=None):
+        self.home = home.ensure()
+        self.config = config or DaemonConfig()
+        self.store = Store(home.db)
+        self.log = get_logger()
+        self.gpu = gpu_probe
+        self.running: dict[str, Running] = {}
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._calls: "queue.Queue[tuple[Callable[[], Any], Future]]" = queue.Queue()
+        self.stopping = False
+        self.reload_requested = False
+        self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
+
+    # -- the one choke point for state changes ----------------------------
+    def transition(self, name: str, new: JobState, reason: str, actor: Optional[str] = None,
+                   **fields: Any) -> None:
+        job = self.store.get_job(name)
+        old = S(job.state)
+        if old is not new and not can_transition(old, new):
+            raise CommandError(f"{name}: cannot go from {old.value} to {new.value}")
+        self.store.update_job(name, state=new.value, state_reason=reason, **fields)
+        if old is not new:
+            self.store.add_event(name, "state", reason, from_state=old.value, to_state=new.value, actor=actor)
+            self.log.info("transition", job=name, **{"from": old.value}, to=new.value, reason=reason,
+                          actor=actor)
+
+    def event(self, name: str, kind: str, reason: str, actor: Optional[str] = None, **data: Any) -> None:
+        self.store.add_event(name, kind, reason, actor=actor, data=data or None)
+        self.log.info(kind, job=name, reason=reason, actor=actor, **data)
+
+    # -- loop ----------------------------------------------------------------
+    def start(self) -> None:
+        if launcher.become_subreaper():
+            self.log.debug("subreaper", enabled=True)
+        self.reconcile()
+
+    def run_forever(self) -> None:
+        self.start()
+        next_tick = 0.0
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= next_tick:
+                self.housekeeping()
+                next_tick = now + self.config.tick_s
+            self.step(max(0.0, next_tick - time.monotonic()))
+        self.shutdown()
+
+    def step(self, timeout: float) -> None:
+        """Wait for one batch of events (child exits, control calls) and handle them."""
+        for key, _ in self.sel.select(timeout):
+            kind, name = key.data
+            if kind == "wake":
+                self._drain_wake()
+            elif kind == "child":
+                self.on_child_exit(name)
+        self._run_calls()
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run ``fn`` on the loop thread and return its result (used by the control server)."""
+        fut: Future = Future()
+        self._calls.put((fn, fut))
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+        return fut.result(timeout)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn, fut = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # the caller gets it; the loop carries on
+                fut.set_exception(exc)
+
+    def request_stop(self) -> None:
+        """Signal-handler safe: ask the loop to end (training keeps running)."""
+        self.stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def shutdown(self) -> None:
+        """Stop taking work and leave training running; a new daemon re-adopts it."""
+        for run in self.running.values():
+            run.child.close()
+        self.running.clear()
+        self.log.info("daemon stopped", note="training processes left running")
+        self.store.close()
+
+    # -- housekeeping ------------------------------------------------------
+    def housekeeping(self) -> None:
+        launcher.reap_orphans({r.child.pid for r in self.running.values()})
+        for name in list(self.running):
+            self.watch_running(name)
+        self.start_due_jobs()
+        for hook in self.hooks:
+            try:
+                hook(self)
+            except Exception as exc:  # a broken hook must never take the daemon down
+                self.log.error("hook failed", hook=getattr(hook, "__name__", str(hook)), error=repr(exc))
+
+    def start_due_jobs(self) -> None:
+        now = time.time()
+        for job in self.store.list_jobs():
+            if job.name in self.running:
+                continue
+            due = job.state == S.QUEUED.value or (
+                job.state == S.BACKOFF.value and (job.next_start_at or 0) <= now)
+            if due and self._capacity_left():
+                self.launch(job.name)
+
+    def _capacity_left(self) -> bool:
+        return not self.config.max_running or len(self.running) < self.config.max_running
+
+    # -- submitting ----------------------------------------------------------
+    def submit(self, text: str, source: str, actor: Optional[str] = None,
+               owner: Optional[tuple[int, int]] = None) -> JobSpec:
+        spec = parse_spec_text(text, source)
+        if self.store.get_job(spec.name) is not None:
+            raise SpecError(source, [f"name: a job named '{spec.name}' already exists"])
+        self.home.ensure_job(spec.name)
+        uid, gid = owner if owner else (None, None)
+        self.store.add_job(spec.name, spec_to_yaml(spec), S.QUEUED.value, source=source,
+                           owner_uid=uid, owner_gid=gid)
+        self.store.add_event(spec.name, "submitted", f"from {source}", to_state=S.QUEUED.value, actor=actor)
+        self.log.info("submitted", job=spec.name, source=source, actor=actor)
+        return spec
+
+    def spec(self, name: str) -> JobSpec:
+        return parse_spec_text(self.store.get_job(name).spec_yaml, name)
+
+    def vault(self, name: str, spec: Optional[JobSpec] = None) -> CheckpointVault:
+        keep = (spec or self.spec(name)).keep_checkpoints
+        return CheckpointVault(self.home.job_vault(name), keep=keep)
+
+    # -- launching -------------------------------------------------------------
+    def launch(self, name: str, actor: Optional[str] = None) -> None:
+        job = self.store.get_job(name)
+        spec = self.spec(name)
+        self.home.ensure_job(name)
+        attempt = job.attempts + 1
+        run_dir = Path(job.run_dir) if job.run_dir else None
+        plan = prepare_resume(run_dir, self.vault(name, spec), attempt)
+        for note in plan.notes:
+            self.event(name, "checkpoint", note)
+        if plan.finished:
+            self.transition(name, S.COMPLETED, "training already finished (stripped last.pt)")
+            return
+        if plan.resume_from is None and plan.epochs_done == 0 and run_dir is not None:
+            self.store.update_job(name, run_dir=None)
+        if plan.epochs_done >= spec.epochs:
+            self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
+            return
+        self._spawn(job, spec, attempt, plan.resume_from, plan.epochs_done, actor)
+
+    def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
+               epochs_before: int, actor: Optional[str]) -> None:
+        name = job.name
+        plan_path = self._write_plan(job, spec, attempt, resume)
+        log_path = self.home.job_log(name)
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        user = (job.owner_uid, job.owner_gid) if job.owner_uid is not None else None
+        try:
+            child = launcher.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user)
+        except OSError as exc:
+            self.transition(name, S.FAILED, f"could not start the training process: {exc}", actor)
+            return
+        attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
+                                              str(resume) if resume else None)
+        self.running[name] = Running(child, attempt_id, attempt, epochs_before, offset)
+        self.sel.register(child.pidfd, selectors.EVENT_READ, ("child", name))
+        how = f"resume from {resume} (epoch {epochs_before})" if resume else "fresh start"
+        self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
+                        pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
+
+    def _write_plan(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path]) -> Path:
+        """The attempt's instructions for the child; stale progress/exit files are removed first."""
+        name = job.name
+        for stale in (self.home.job_progress(name), self.home.job_exit_record(name)):
+            stale.unlink(missing_ok=True)
+        train = dict(spec.train)
+        train.setdefault("project", str(self.home.job_runs(name)))
+        train.setdefault("name", "train")
+        overrides: dict[str, Any] = {"device": spec.device}
+        for key in ("workers", "imgsz"):
+            if key in spec.train:
+                overrides[key] = spec.train[key]
+        if job.batch_override:
+            overrides["batch"] = train["batch"] = job.batch_override
+        plan = {
+            "job": name, "attempt": attempt, "epochs": spec.epochs, "train": train,
+            "resume": str(resume) if resume else None, "overrides": overrides,
+            "progress_file": str(self.home.job_progress(name)),
+            "exit_record": str(self.home.job_exit_record(name)),
+        }
+        path = self.home.job_plan(name)
+        write_json_atomic(path, plan)
+        if job.owner_uid is not None and os.geteuid() == 0:
+            self._chown_job_dir(name, job.owner_uid, job.owner_gid)
+        return path
+
+    def _chown_job_dir(self, name: str, uid: int, gid: Optional[int]) -> None:
+        for root, dirs, files in os.walk(self.home.job_dir(name)):
+            for entry in [root, *(os.path.join(root, f) for f in files)]:
+                try:
+                    os.chown(entry, uid, gid if gid is not None else -1)
+                except OSError:
+                    pass
+
+    # -- watching a running attempt ---------------------------------------------
+    def watch_running(self, name: str) -> None:
+        run = self.running[name]
+        progress = read_json(self.home.job_progress(name))
+        if progress:
+            self._note_progress(name, run, progress)
+        self._snapshot(name)
+        if run.kill_at is not None and time.monotonic() >= run.kill_at:
+            self._escalate_kill(name, run)
+
+    def _note_progress(self, name: str, run: Running, progress: dict[str, Any]) -> None:
+        job = self.store.get_job(name)
+        if progress.get("save_dir") and progress["save_dir"] != job.run_dir:
+            self.store.update_job(name, run_dir=progress["save_dir"])
+        if progress.get("first_batch_at") and not run.first_batch_seen:
+            run.first_batch_seen = True
+            self.store.mark_first_batch(run.attempt_id, progress["first_batch_at"])
+            if job.state == S.STARTING.value:
+                self.transition(name, S.RUNNING, f"attempt {run.attempt_no}: first batch trained")
+
+    def _snapshot(self, name: str) -> None:
+        """Copy a newly saved last.pt into the vault once it verifies."""
+        job = self.store.get_job(name)
+        if not job.run_dir:
+            return
+        info = self.vault(name).snapshot(last_pt(Path(job.run_dir)))
+        if info is not None:
+            self.store.update_job(name, epochs_done=info.epochs_done)
+            self.event(name, "snapshot", f"verified copy of epoch {info.epochs_done} kept",
+                       epoch=info.epochs_done)
+
+    # -- stopping -------------------------------------------------------------
+    def terminate(self, name: str, cause: Cause, reason: str, grace: float, actor: Optional[str] = None,
+                  user_stop: bool = False, then: Optional[str] = None) -> None:
+        """TERM every process of the job now; KILL what is left after ``grace`` seconds."""
+        run = self.running[name]
+        run.kill_cause, run.user_stop, run.then = cause, user_stop, then
+        run.kill_at = time.monotonic() + grace
+        pids = launcher.signal_job(name, run.child.pid, signal.SIGTERM)
+        self.transition(name, S.STOPPING, reason, actor)
+        self.event(name, "signal", f"SIGTERM to {len(pids)} process(es); SIGKILL after {grace:g}s",
+                   actor, pids=pids)
+
+    def _escalate_kill(self, name: str, run: Running) -> None:
+        run.kill_at = None
+        survivors = launcher.kill_job_now(name, run.child.pid)
+        self.event(name, "signal", "grace period over: SIGKILL to every process of the job",
+                   survivors=survivors)
+
+    # -- an attempt ended ------------------------------------------------------
+    def on_child_exit(self, name: str) -> None:
+        run = self.running.pop(name)
+        self.sel.unregister(run.child.pidfd)
+        exit_code, sig = run.child.exit_status()
+        run.child.close()
+        leftovers = launcher.kill_job_now(name, None)  # e.g. torchrun workers of a killed trainer
+        if leftovers:
+            self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
+                       pids=leftovers)
+        progress = read_json(self.home.job_progress(name)) or {}
+        self._note_progress(name, run, progress)
+        self._snapshot(name)
+        outcome = self._classify(name, run, exit_code, sig, progress)
+        self._finish_attempt(name, run, exit_code, sig, outcome, progress)
+
+    def _classify(self, name, run: Running, exit_code, sig, progress):
+        record = read_json(self.home.job_exit_record(name))
+        tail = read_log_tail(self.home.job_log(name), since_offset=run.log_offset)
+        tail = tail[max(0, tail.rfind(launcher.LOG_BANNER)):]  # this attempt's output only
+        reached = bool(progress.get("first_batch_at")) or bool((record or {}).get("reached_training"))
+        oom = sig == signal.SIGKILL and kernel_oom_killed(run.child.pid)
+        outcome = classify(exit_code, sig, record, tail, reached, oom)
+        if run.kill_cause is Cause.STALLED and outcome.cause is not Cause.COMPLETED:
+            return type(outcome)(Cause.STALLED, run.extra.get("stall_reason", "no progress"))
+        if run.user_stop and outcome.cause not in (Cause.COMPLETED, Cause.PREEMPTED):
+            return type(outcome)(Cause.STOPPED, f"stopped by request ({outcome.detail})")
+        return outcome
+
+    def _finish_attempt(self, name, run: Running, exit_code, sig, outcome, progress) -> None:
+        job = self.store.get_job(name)
+        spec = self.spec(name)
+        run_dir = Path(job.run_dir) if job.run_dir else None
+        best, finished = best_verified(run_dir, self.vault(name, spec))
+        epochs_after = best.epochs_done if best else None
+        self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
+                               detail=outcome.detail, epochs_after=epochs_after)
+        self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
+                   exit_code=exit_code, signal=sig, epochs_after=epochs_after)
+        end = AttemptEnd(
+            cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
+            finished_checkpoint=finished, user_stop=run.user_stop,
+            devices_unhealthy=self._devices_unhealthy(name, spec),
+            batch=job.batch_override or _int(spec.train.get("batch")),
+        )
+        budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level)
+        decision = decide(spec, budget, end)
+        self._apply(name, run, decision, outcome.cause, epochs_after)
+
+    def _apply(self, name: str, run: Running, decision, cause: Cause, epochs_after) -> None:
+        counters = dict(crash_restarts=decision.budget.crash_restarts,
+                        no_progress_streak=decision.budget.no_progress_streak,
+                        backoff_level=decision.budget.backoff_level, last_cause=cause.value,
+                        pid=None, pid_start_time=None)
+        if epochs_after is not None:
+            counters["epochs_done"] = epochs_after
+        if decision.new_batch is not None:
+            counters["batch_override"] = decision.new_batch
+            self.event(name, "batch", decision.reason, old=self.store.get_job(name).batch_override,
+                       new=decision.new_batch)
+        if decision.action is Action.STOP and run.then == "restart":
+            self.transition(name, S.QUEUED, "restart requested", **counters)
+            return
+        target = {Action.COMPLETE: S.COMPLETED, Action.FAIL: S.FAILED, Action.STOP: S.STOPPED,
+                  Action.HOLD: S.HELD, Action.RESTART: S.BACKOFF}[decision.action]
+        if target is S.BACKOFF:
+            counters["next_start_at"] = time.time() + decision.delay_s
+            reason = f"{decision.reason}; next attempt in {decision.delay_s:.1f}s"
+        else:
+            reason = decision.reason
+        self.transition(name, target, reason, **counters)
+
+    def _devices_unhealthy(self, name: str, spec: JobSpec) -> bool:
+        return False  # GPU health hook: see the health module
+
+    # -- reconciliation after a daemon restart ------------------------------------
+    def reconcile(self) -> None:
+        """Re-adopt live attempts; treat vanished ones as ended and let the policy decide."""
+        for job in self.store.list_jobs():
+            if not S(job.state).has_process:
+                continue
+            open_attempt = self.store.open_attempt(job.name)
+            child = launcher.adopt(job.name, job.pid, job.pid_start_time) if job.pid else None
+            if open_attempt is None:
+                if child is not None:
+                    child.close()
+                self.transition(job.name, S.QUEUED, "no open attempt found on daemon start")
+                continue
+            run = Running(child or _dead_child(job), open_attempt.id, open_attempt.number,
+                          open_attempt.epochs_before, log_offset=0)
+            self.running[job.name] = run
+            if child is not None:
+                self.sel.register(child.pidfd, selectors.EVENT_READ, ("child", job.name))
+                self.event(job.name, "adopted", f"re-adopted attempt {run.attempt_no} (pid {job.pid})")
+            else:
+                self.event(job.name, "vanished", f"attempt {run.attempt_no} (pid {job.pid}) ended while "
+                           "the daemon was down")
+                self.sel.register(run.child.pidfd, selectors.EVENT_READ, ("child", job.name))
+
+
+def _dead_child(job: JobRecord) -> launcher.Child:
+    """A stand-in for an attempt that ended while no daemon watched: a pidfd that is readable at once."""
+    r, w = os.pipe()
+    os.close(w)  # EOF: the selector reports it readable immediately
+    return launcher.Child(job=job.name, pid=job.pid or 0, start_time=job.pid_start_time or 0, pidfd=r)
+
+
+def _int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -1,0 +1,69 @@
+"""``yolo-supervisord``: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from supervisor.control.inbox import scan_inbox
+from supervisor.daemon.config import load_config
+from supervisor.daemon.core import Daemon
+from supervisor.jobs.spec import SpecError
+from supervisor.observe.logging import configure, get_logger
+from supervisor.paths import Home, default_home
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="yolo-supervisord", description=__doc__)
+    p.add_argument("--home", type=Path, default=None,
+                   help="state directory (default $YOLO_SUPERVISOR_HOME, else a per-user directory)")
+    p.add_argument("--job", type=Path, action="append", default=[], help="submit this job file at start")
+    p.add_argument("--demo", action="store_true",
+                   help="run the embedded demo: a CPU job on a generated dataset, killed once and resumed")
+    p.add_argument("--log-level", default=None)
+    return p.parse_args(argv)
+
+
+def build_daemon(home: Home, log_level: str | None = None) -> Daemon:
+    config = load_config(home.config)
+    configure(log_level or config.log_level)
+    daemon = Daemon(home, config)
+    daemon.hooks.append(scan_inbox)
+    return daemon
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """Handlers only set flags; the loop acts on them."""
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: setattr(daemon, "reload_requested", True))
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.demo:
+        from supervisor.daemon.demo import run_demo
+
+        return run_demo(args.home)
+    home = Home(args.home or default_home()).ensure()
+    try:
+        daemon = build_daemon(home, args.log_level)
+    except ValueError as err:
+        print(f"yolo-supervisord: {err}", file=sys.stderr)
+        return 2
+    for job_file in args.job:
+        try:
+            daemon.submit(job_file.read_text(), source=str(job_file), actor="command line")
+        except (SpecError, OSError) as err:
+            print(f"yolo-supervisord: {err}", file=sys.stderr)
+            return 2
+    install_signal_handlers(daemon)
+    get_logger().info("daemon started", home=str(home.root))
+    daemon.run_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

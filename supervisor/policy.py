@@ -1,0 +1,122 @@
+"""The restart policy: one pure function from (job, how an attempt ended, now) to a decision.
+
+No I/O, no clock reads, no logging: the daemon gathers the facts, calls
+``decide`` and carries out what it returns. That makes every rule here a row
+in a table test (tests/unit/test_policy.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Optional
+
+from supervisor.jobs.spec import JobSpec
+from supervisor.jobs.states import Cause
+
+
+class Action(str, Enum):
+    COMPLETE = "complete"  # the training finished: nothing to restart
+    RESTART = "restart"    # relaunch with resume after ``delay_s``
+    FAIL = "fail"          # give up; ``reason`` says why
+    STOP = "stop"          # a user asked for the stop: stay stopped
+    HOLD = "hold"          # devices unhealthy: wait for them, do not restart
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Counters the policy reads and updates; persisted with the job."""
+
+    crash_restarts: int = 0       # restarts charged to the crash budget
+    no_progress_streak: int = 0   # consecutive attempts that did not advance the checkpoint
+    backoff_level: int = 0        # exponent of the next backoff delay
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """The facts about one ended attempt, gathered by the daemon."""
+
+    cause: Cause
+    epochs_before: int            # epochs completed in the checkpoint the attempt started from
+    epochs_after: Optional[int]   # epochs completed in the best verified checkpoint now (None: none)
+    finished_checkpoint: bool = False  # last.pt is stripped (epoch -1): Ultralytics finished
+    user_stop: bool = False            # the daemon killed it because a user said stop/restart
+    devices_unhealthy: bool = False    # a GPU probe says the job's devices are not usable
+    batch: Optional[int] = None        # current batch size (for on_oom: reduce_batch)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    budget: Budget
+    delay_s: float = 0.0
+    new_batch: Optional[int] = None  # set when on_oom: reduce_batch lowers the batch
+
+
+def backoff_delay(spec: JobSpec, level: int) -> float:
+    """initial * factor**level, capped at max."""
+    b = spec.restart.backoff
+    return min(b.max, b.initial * (b.factor ** level))
+
+
+def decide(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision:
+    """What to do after an attempt ended."""
+    if end.cause is Cause.COMPLETED or end.finished_checkpoint:
+        return Decision(Action.COMPLETE, "training finished", budget)
+    if end.epochs_after is not None and end.epochs_after >= spec.epochs:
+        # Every epoch is in the checkpoint; only Ultralytics' final evaluation was cut off.
+        return Decision(Action.COMPLETE, f"all {spec.epochs} epochs trained; final evaluation interrupted", budget)
+    if end.user_stop:
+        return Decision(Action.STOP, "stopped by request", budget)
+    if end.cause is Cause.CONFIG_ERROR:
+        return Decision(Action.FAIL, "configuration error: not retried (fix the job and start it again)", budget)
+    if end.devices_unhealthy:
+        return Decision(Action.HOLD, "devices unhealthy", budget)
+    return _restart_or_fail(spec, budget, end)
+
+
+def _restart_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision:
+    progressed = end.epochs_after is not None and end.epochs_after > end.epochs_before
+    charged = not end.cause.is_preemption
+    # A preemption is not the job's fault: it neither charges nor extends the no-progress streak.
+    streak = 0 if progressed else budget.no_progress_streak + (1 if charged else 0)
+    crashes = budget.crash_restarts + (1 if charged else 0)
+    if charged and crashes > spec.restart.max_restarts:
+        return Decision(
+            Action.FAIL,
+            f"restart budget spent: {spec.restart.max_restarts} restarts used, last cause {end.cause.value}",
+            replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak),
+        )
+    if charged and streak >= spec.restart.max_no_progress:
+        return Decision(
+            Action.FAIL,
+            f"no progress: {streak} attempts in a row ended at epoch {end.epochs_after or 0} "
+            f"(last cause {end.cause.value})",
+            replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak),
+        )
+    # Progress resets the backoff: a job that crashes once a day should not wait 5 minutes.
+    level = 0 if progressed else budget.backoff_level
+    delay = 0.0 if end.cause.is_preemption and progressed else backoff_delay(spec, level)
+    new_batch = _reduced_batch(spec, end)
+    reason = f"{end.cause.value}: restart {crashes if charged else 'not charged'}"
+    if charged:
+        reason += f" of {spec.restart.max_restarts}"
+    if new_batch is not None:
+        reason += f"; batch {end.batch} -> {new_batch}"
+    return Decision(
+        Action.RESTART,
+        reason,
+        Budget(crash_restarts=crashes, no_progress_streak=streak, backoff_level=level + 1),
+        delay_s=delay,
+        new_batch=new_batch,
+    )
+
+
+def _reduced_batch(spec: JobSpec, end: AttemptEnd) -> Optional[int]:
+    """Halve the batch after a CUDA OOM when the job asks for it, down to min_batch."""
+    if spec.on_oom != "reduce_batch" or end.cause is not Cause.CUDA_OOM or not end.batch:
+        return None
+    if end.batch <= spec.min_batch:
+        return None
+    return max(spec.min_batch, end.batch // 2)

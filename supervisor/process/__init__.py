@@ -1,0 +1,1 @@
+"""Process supervision: launching attempts, watching them die, killing every process of a job."""

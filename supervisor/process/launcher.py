@@ -1,0 +1,196 @@
+"""Launch one training attempt as a child process and notice its exit at once.
+
+Each attempt runs ``python -m supervisor.child.train PLAN`` in its own session
+(so a terminal's Ctrl-C or the daemon's own signals never reach it), with
+stdout and stderr appended to the job's log file. Exits are noticed through a
+pidfd (Linux >= 5.3) registered with the daemon's selector: event-driven, no
+polling. A re-adopted process (started by an earlier daemon) gets a pidfd too,
+though its exit status is not ours to read; its exit record tells instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+JOB_ENV = "YOLO_SUPERVISOR_JOB"
+ATTEMPT_ENV = "YOLO_SUPERVISOR_ATTEMPT"
+LOG_BANNER = "==== yolo-supervisor: attempt"
+
+
+@dataclass
+class Child:
+    """A running attempt's runtime handle (never persisted)."""
+
+    job: str
+    pid: int
+    start_time: float          # psutil create_time: pid + start time identify the process
+    pidfd: int
+    popen: Optional[subprocess.Popen] = None  # None when re-adopted
+    started_mono: float = field(default_factory=time.monotonic)
+
+    def exit_status(self) -> tuple[Optional[int], Optional[int]]:
+        """(exit_code, signal) once the process has ended; (None, None) when unknowable."""
+        if self.popen is None:
+            return None, None
+        rc = self.popen.wait()
+        return (None, -rc) if rc < 0 else (rc, None)
+
+    def close(self) -> None:
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+
+
+def child_env(job: str, attempt: int, yolo_config_dir: Path) -> dict[str, str]:
+    """The attempt's environment: offline, per-job Ultralytics config, and job markers.
+
+    The markers are inherited by every descendant (torchrun and its workers
+    included), which is how ``job_processes`` finds them even after they were
+    reparented.
+    """
+    env = dict(os.environ)
+    env.update({
+        "YOLO_OFFLINE": "1",
+        "YOLO_CONFIG_DIR": str(yolo_config_dir),
+        "PYTHONUNBUFFERED": "1",
+        JOB_ENV: job,
+        ATTEMPT_ENV: str(attempt),
+    })
+    return env
+
+
+def spawn(job: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
+          user: Optional[tuple[int, int]] = None) -> Child:
+    """Start an attempt; ``user`` = (uid, gid) to drop privileges to when running as root."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log:
+        log.write(f"\n{LOG_BANNER} {attempt} of job {job} at "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
+        kwargs = {}
+        if user is not None and os.geteuid() == 0 and user[0] != 0:
+            kwargs.update(user=user[0], group=user[1], extra_groups=[])
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.child.train", str(plan_path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=child_env(job, attempt, yolo_config_dir), start_new_session=True,
+            close_fds=True, **kwargs,
+        )
+    return Child(job=job, pid=popen.pid, start_time=process_start_time(popen.pid) or time.time(),
+                 pidfd=os.pidfd_open(popen.pid), popen=popen)
+
+
+def process_start_time(pid: int) -> Optional[float]:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def adopt(job: str, pid: int, start_time: Optional[float]) -> Optional[Child]:
+    """Re-attach to an attempt started by an earlier daemon, if it is the same process still alive."""
+    if start_time is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - start_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        fd = os.pidfd_open(pid)
+    except (psutil.Error, OSError):
+        return None
+    return Child(job=job, pid=pid, start_time=start_time, pidfd=fd, popen=None)
+
+
+def job_processes(job: str, root_pid: Optional[int] = None) -> list[psutil.Process]:
+    """Every live process of a job: descendants of the attempt plus anything carrying its marker.
+
+    torchrun's workers start in new sessions and survive a SIGKILL of the
+    trainer as orphans, so the process group is not enough.
+    """
+    found: dict[int, psutil.Process] = {}
+    if root_pid:
+        try:
+            root = psutil.Process(root_pid)
+            for p in [root, *root.children(recursive=True)]:
+                found[p.pid] = p
+        except psutil.Error:
+            pass
+    me = os.getpid()
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == me or p.pid in found:
+            continue
+        try:
+            if p.environ().get(JOB_ENV) == job:
+                found[p.pid] = p
+        except psutil.Error:
+            continue
+    return [p for p in found.values() if _alive(p)]
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def signal_job(job: str, root_pid: Optional[int], sig: int) -> list[int]:
+    """Send ``sig`` to every process of the job; return the pids signalled."""
+    sent = []
+    for p in job_processes(job, root_pid):
+        try:
+            p.send_signal(sig)
+            sent.append(p.pid)
+        except psutil.Error:
+            pass
+    return sent
+
+
+def kill_job_now(job: str, root_pid: Optional[int], timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process of the job and wait until they are gone; return survivors' pids."""
+    procs = job_processes(job, root_pid)
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return [p.pid for p in alive if _alive(p)]
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: orphaned grandchildren (torchrun workers) reparent to us, not init."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER = 36
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(tracked: set[int]) -> list[int]:
+    """Reap zombie children we adopted as subreaper, leaving our own attempts to Popen."""
+    reaped = []
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return reaped
+    for p in children:
+        if p.pid in tracked:
+            continue
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE and os.waitpid(p.pid, os.WNOHANG)[0]:
+                reaped.append(p.pid)
+        except (psutil.Error, ChildProcessError, OSError):
+            pass
+    return reaped

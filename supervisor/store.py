@@ -1,0 +1,238 @@
+"""Persistent state in SQLite (WAL): jobs, attempts and events.
+
+Only plain values are stored; process handles live in the daemon's memory and
+are rebuilt on start by reconciliation, never serialised.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY,
+    spec_yaml TEXT NOT NULL,
+    source TEXT,
+    state TEXT NOT NULL,
+    state_reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    owner_uid INTEGER,
+    owner_gid INTEGER,
+    run_dir TEXT,
+    pid INTEGER,
+    pid_start_time REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    crash_restarts INTEGER NOT NULL DEFAULT 0,
+    no_progress_streak INTEGER NOT NULL DEFAULT 0,
+    backoff_level INTEGER NOT NULL DEFAULT 0,
+    next_start_at REAL,
+    epochs_done INTEGER NOT NULL DEFAULT 0,
+    last_cause TEXT,
+    batch_override INTEGER
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    pid INTEGER,
+    pid_start_time REAL,
+    exit_code INTEGER,
+    signal INTEGER,
+    cause TEXT,
+    detail TEXT,
+    epochs_before INTEGER NOT NULL DEFAULT 0,
+    epochs_after INTEGER,
+    resumed_from TEXT,
+    first_batch_at REAL,
+    UNIQUE (job, number)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    reason TEXT,
+    actor TEXT,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job, number);
+CREATE INDEX IF NOT EXISTS events_job ON events (job, id);
+"""
+
+
+@dataclass
+class JobRecord:
+    name: str
+    spec_yaml: str
+    source: Optional[str]
+    state: str
+    state_reason: Optional[str]
+    created_at: float
+    updated_at: float
+    owner_uid: Optional[int]
+    owner_gid: Optional[int]
+    run_dir: Optional[str]
+    pid: Optional[int]
+    pid_start_time: Optional[float]
+    attempts: int
+    crash_restarts: int
+    no_progress_streak: int
+    backoff_level: int
+    next_start_at: Optional[float]
+    epochs_done: int
+    last_cause: Optional[str]
+    batch_override: Optional[int]
+
+
+@dataclass
+class AttemptRecord:
+    id: int
+    job: str
+    number: int
+    started_at: float
+    ended_at: Optional[float]
+    pid: Optional[int]
+    pid_start_time: Optional[float]
+    exit_code: Optional[int]
+    signal: Optional[int]
+    cause: Optional[str]
+    detail: Optional[str]
+    epochs_before: int
+    epochs_after: Optional[int]
+    resumed_from: Optional[str]
+    first_batch_at: Optional[float]
+
+
+@dataclass
+class EventRecord:
+    id: int
+    job: str
+    at: float
+    kind: str
+    from_state: Optional[str]
+    to_state: Optional[str]
+    reason: Optional[str]
+    actor: Optional[str]
+    data: Optional[str]
+
+
+def _columns(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+class Store:
+    """A thin, thread-safe layer over one SQLite connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        # isolation_level=None: autocommit; multi-statement changes use `transaction()`.
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    # -- jobs ---------------------------------------------------------------
+    def add_job(self, name: str, spec_yaml: str, state: str, source: str = "",
+                owner_uid: Optional[int] = None, owner_gid: Optional[int] = None) -> JobRecord:
+        now = time.time()
+        self._exec(
+            "INSERT INTO jobs (name, spec_yaml, source, state, created_at, updated_at, owner_uid, owner_gid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, spec_yaml, source, state, now, now, owner_uid, owner_gid),
+        )
+        return self.get_job(name)  # type: ignore[return-value]
+
+    def get_job(self, name: str) -> Optional[JobRecord]:
+        rows = self._query(f"SELECT {', '.join(_columns(JobRecord))} FROM jobs WHERE name = ?", (name,))
+        return JobRecord(*rows[0]) if rows else None
+
+    def list_jobs(self) -> list[JobRecord]:
+        rows = self._query(f"SELECT {', '.join(_columns(JobRecord))} FROM jobs ORDER BY created_at, name")
+        return [JobRecord(*r) for r in rows]
+
+    def update_job(self, name: str, **values: Any) -> None:
+        bad = set(values) - set(_columns(JobRecord))
+        if bad:
+            raise KeyError(f"unknown job column(s): {sorted(bad)}")
+        values["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self._exec(f"UPDATE jobs SET {sets} WHERE name = ?", (*values.values(), name))
+
+    def remove_job(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            for table, col in (("events", "job"), ("attempts", "job"), ("jobs", "name")):
+                self._db.execute(f"DELETE FROM {table} WHERE {col} = ?", (name,))
+            self._db.execute("COMMIT")
+
+    # -- attempts -----------------------------------------------------------
+    def start_attempt(self, job: str, number: int, pid: int, pid_start_time: float,
+                      epochs_before: int, resumed_from: Optional[str]) -> int:
+        cur = self._exec(
+            "INSERT INTO attempts (job, number, started_at, pid, pid_start_time, epochs_before, resumed_from)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job, number, time.time(), pid, pid_start_time, epochs_before, resumed_from),
+        )
+        return int(cur.lastrowid)
+
+    def end_attempt(self, attempt_id: int, *, exit_code: Optional[int], signal: Optional[int],
+                    cause: str, detail: str, epochs_after: Optional[int]) -> None:
+        self._exec(
+            "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, cause = ?, detail = ?, epochs_after = ?"
+            " WHERE id = ?",
+            (time.time(), exit_code, signal, cause, detail, epochs_after, attempt_id),
+        )
+
+    def mark_first_batch(self, attempt_id: int, at: float) -> None:
+        self._exec("UPDATE attempts SET first_batch_at = ? WHERE id = ? AND first_batch_at IS NULL",
+                   (at, attempt_id))
+
+    def attempts(self, job: str) -> list[AttemptRecord]:
+        rows = self._query(
+            f"SELECT {', '.join(_columns(AttemptRecord))} FROM attempts WHERE job = ? ORDER BY number", (job,))
+        return [AttemptRecord(*r) for r in rows]
+
+    def open_attempt(self, job: str) -> Optional[AttemptRecord]:
+        rows = self._query(
+            f"SELECT {', '.join(_columns(AttemptRecord))} FROM attempts"
+            " WHERE job = ? AND ended_at IS NULL ORDER BY number DESC LIMIT 1", (job,))
+        return AttemptRecord(*rows[0]) if rows else None
+
+    # -- events -------------------------------------------------------------
+    def add_event(self, job: str, kind: str, reason: str = "", *, from_state: Optional[str] = None,
+                  to_state: Optional[str] = None, actor: Optional[str] = None,
+                  data: Optional[dict] = None) -> None:
+        self._exec(
+            "INSERT INTO events (job, at, kind, from_state, to_state, reason, actor, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, time.time(), kind, from_state, to_state, reason, actor, json.dumps(data) if data else None),
+        )
+
+    def events(self, job: str) -> list[EventRecord]:
+        rows = self._query(
+            f"SELECT {', '.join(_columns(EventRecord))} FROM events WHERE job = ? ORDER BY id", (job,))
+        return [EventRecord(*r) for r in rows]

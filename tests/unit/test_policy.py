@@ -1,0 +1,88 @@
+"""The restart policy, as tables of cases: pure function, no I/O."""
+
+import pytest
+
+from supervisor.jobs.spec import parse_spec
+from supervisor.jobs.states import Cause
+from supervisor.policy import Action, AttemptEnd, Budget, backoff_delay, decide
+
+
+def spec(**overrides):
+    data = {"name": "j", "train": {"model": "yolov8n.yaml", "data": "d.yaml", "epochs": 10, "batch": 16},
+            "restart": {"max_restarts": 3, "max_no_progress": 2,
+                        "backoff": {"initial": 2, "max": 20, "factor": 3}}}
+    data.update(overrides)
+    return parse_spec(data)
+
+
+def end(cause, before=3, after=4, **kw):
+    return AttemptEnd(cause=cause, epochs_before=before, epochs_after=after, **kw)
+
+
+@pytest.mark.parametrize("level, expected", [(0, 2), (1, 6), (2, 18), (3, 20), (10, 20)])
+def test_backoff_is_exponential_with_a_cap(level, expected):
+    assert backoff_delay(spec(), level) == expected
+
+
+CASES = [
+    # (cause, budget, end kwargs, action, budget after)
+    (Cause.COMPLETED, Budget(), {}, Action.COMPLETE, Budget()),
+    (Cause.KILLED, Budget(), {"finished_checkpoint": True}, Action.COMPLETE, Budget()),
+    (Cause.KILLED, Budget(), {"after": 10}, Action.COMPLETE, Budget()),
+    (Cause.CONFIG_ERROR, Budget(), {"after": None, "before": 0}, Action.FAIL, Budget()),
+    (Cause.KILLED, Budget(), {}, Action.RESTART, Budget(1, 0, 1)),
+    (Cause.CRASHED, Budget(2, 0, 2), {}, Action.RESTART, Budget(3, 0, 1)),
+    (Cause.CRASHED, Budget(3, 0, 2), {}, Action.FAIL, Budget(3, 0, 2)),
+    (Cause.CUDA_OOM, Budget(1, 0, 1), {}, Action.RESTART, Budget(2, 0, 1)),
+    # preemption does not consume the crash budget, even when it is spent
+    (Cause.PREEMPTED, Budget(3, 0, 0), {}, Action.RESTART, Budget(3, 0, 1)),
+    (Cause.TERMINATED, Budget(3, 0, 0), {}, Action.RESTART, Budget(3, 0, 1)),
+    # no progress: first time restarts, second time in a row fails
+    (Cause.KILLED, Budget(0, 0, 0), {"after": 3}, Action.RESTART, Budget(1, 1, 1)),
+    (Cause.KILLED, Budget(1, 1, 1), {"after": 3}, Action.FAIL, Budget(1, 2, 1)),
+    (Cause.STALLED, Budget(1, 1, 1), {"after": None}, Action.FAIL, Budget(1, 2, 1)),
+    # preemption without progress neither fails the job nor grows the streak
+    (Cause.PREEMPTED, Budget(1, 1, 1), {"after": 3}, Action.RESTART, Budget(1, 1, 2)),
+    # user stop and unhealthy devices
+    (Cause.STOPPED, Budget(), {"user_stop": True}, Action.STOP, Budget()),
+    (Cause.KILLED, Budget(), {"devices_unhealthy": True}, Action.HOLD, Budget()),
+]
+
+
+@pytest.mark.parametrize("cause, budget, kw, action, after", CASES)
+def test_decision_table(cause, budget, kw, action, after):
+    d = decide(spec(), budget, end(cause, **kw))
+    assert d.action is action, d.reason
+    assert d.budget == after
+
+
+def test_backoff_resets_after_progress_and_grows_without():
+    progressed = decide(spec(), Budget(1, 0, 3), end(Cause.KILLED, before=3, after=5))
+    assert progressed.delay_s == 2  # level reset to 0
+    stuck = decide(spec(restart={"max_no_progress": 5, "backoff": {"initial": 2, "max": 20, "factor": 3}}),
+                   Budget(1, 1, 2), end(Cause.KILLED, before=3, after=3))
+    assert stuck.delay_s == 18
+
+
+def test_preemption_with_progress_restarts_at_once():
+    assert decide(spec(), Budget(), end(Cause.PREEMPTED)).delay_s == 0
+
+
+def test_failure_reasons_are_recorded():
+    spent = decide(spec(), Budget(3, 0, 0), end(Cause.CRASHED))
+    assert "restart budget spent" in spent.reason and "crashed" in spent.reason
+    stuck = decide(spec(), Budget(1, 1, 0), end(Cause.KILLED, after=3))
+    assert "no progress" in stuck.reason
+
+
+@pytest.mark.parametrize("batch, expected", [(16, 8), (5, 2), (3, 2), (2, None)])
+def test_reduce_batch_on_cuda_oom_down_to_the_floor(batch, expected):
+    s = spec(on_oom="reduce_batch", min_batch=2)
+    d = decide(s, Budget(), end(Cause.CUDA_OOM, batch=batch))
+    assert d.action is Action.RESTART
+    assert d.new_batch == expected
+
+
+def test_reduce_batch_only_for_cuda_oom_and_only_when_asked():
+    assert decide(spec(on_oom="reduce_batch"), Budget(), end(Cause.HOST_OOM, batch=16)).new_batch is None
+    assert decide(spec(), Budget(), end(Cause.CUDA_OOM, batch=16)).new_batch is None
