@@ -60,3 +60,111 @@ def real_checkpoints(tmp_path_factory, dataset) -> dict[str, Path]:
         "finished": weights / "last.pt",
         "run_dir": root / "run",
     }
+
+
+class DaemonProcess:
+    """A real ``yolo-supervisord`` in a temp home, observed through its real SQLite database."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.proc: subprocess.Popen | None = None
+        self.log = home / "daemon.log"
+
+    def start(self, *args: str) -> "DaemonProcess":
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.daemon.main", "--home", str(self.home), *args],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_for(lambda: (self.home / "state.db").exists(), 30, what="daemon database")
+        return self
+
+    def store(self):
+        from supervisor.store import Store
+
+        return Store(self.home / "state.db")
+
+    def job(self, name: str):
+        s = self.store()
+        try:
+            return s.get_job(name)
+        finally:
+            s.close()
+
+    def attempts(self, name: str):
+        s = self.store()
+        try:
+            return s.attempts(name)
+        finally:
+            s.close()
+
+    def events(self, name: str):
+        s = self.store()
+        try:
+            return s.events(name)
+        finally:
+            s.close()
+
+    def drop(self, spec: dict, filename: str | None = None) -> Path:
+        import yaml
+
+        inbox = self.home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        tmp = inbox / f".{spec['name']}.tmp"
+        tmp.write_text(yaml.safe_dump(spec))
+        dest = inbox / (filename or f"{spec['name']}.yaml")
+        tmp.rename(dest)
+        return dest
+
+    def wait_state(self, name: str, states, timeout: float = 300):
+        states = {states} if isinstance(states, str) else set(states)
+
+        def check():
+            job = self.job(name)
+            if job is not None and job.state in states:
+                return job
+            self.assert_alive()
+            return None
+        return wait_for(check, timeout, interval=0.1, what=f"job {name} in {sorted(states)}")
+
+    def assert_alive(self):
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def kill_job_processes(name: str) -> None:
+    """Test cleanup: no training child of ``name`` may outlive its test."""
+    from supervisor.process.launcher import kill_job_now
+
+    kill_job_now(name, None)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = DaemonProcess(tmp_path / "home")
+    yield d
+    d.stop()
+    for job in (d.home / "jobs").glob("*") if (d.home / "jobs").exists() else []:
+        kill_job_processes(job.name)
+
+
+def cpu_job(name: str, data: Path, epochs: int = 4, **extra) -> dict:
+    """A real, tiny CPU training job."""
+    spec = {
+        "name": name,
+        "train": {"model": "yolov8n.yaml", "data": str(data), "epochs": epochs, "imgsz": 64, "batch": 8,
+                  "workers": 0, "device": "cpu", "plots": False, "amp": False},
+        "restart": {"backoff": {"initial": 0.5, "max": 2, "factor": 2}},
+    }
+    spec.update(extra)
+    return spec

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install yolo-supervisor into .venv and run the embedded demo: a real YOLO training on CPU,
+# on a generated dataset, SIGKILLed after epoch 2 and resumed automatically to completion.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e .
+exec .venv/bin/yolo-supervisord --demo "$@"

@@ -1,0 +1,74 @@
+"""End to end: a real daemon, real Ultralytics training on CPU, real signals and files."""
+
+import os
+import signal
+from pathlib import Path
+
+from supervisor import results_csv
+from supervisor.child.progress import read_json
+from tests.conftest import cpu_job, wait_for
+
+
+def progress(daemon, name):
+    return read_json(daemon.home / "jobs" / name / "progress.json") or {}
+
+
+def wait_training_in_epoch(daemon, name, epoch, timeout=240):
+    """Until the child reports a trained batch in ``epoch`` (1-based) or later."""
+    return wait_for(lambda: (p := progress(daemon, name)).get("epoch", 0) >= epoch and (p.get("batch") or 0) >= 1
+                    and p.get("phase") == "training", timeout, what=f"{name} training in epoch {epoch}")
+
+
+def assert_every_epoch_once(job, epochs):
+    got = results_csv.read_epochs(Path(job.run_dir) / "results.csv")
+    assert got == list(range(1, epochs + 1)), got
+
+
+def test_sigkill_mid_run_resumes_and_completes(daemon, dataset):
+    daemon.start()
+    daemon.drop(cpu_job("killed", dataset, epochs=4))
+    wait_training_in_epoch(daemon, "killed", 3)
+    first = daemon.job("killed")
+    os.kill(first.pid, signal.SIGKILL)
+
+    job = daemon.wait_state("killed", "completed")
+    attempts = daemon.attempts("killed")
+    assert [a.cause for a in attempts] == ["killed", "completed"]
+    assert attempts[0].signal == signal.SIGKILL
+    assert attempts[1].resumed_from == str(Path(job.run_dir) / "weights" / "last.pt")
+    assert attempts[1].epochs_before >= 2  # resumed, not restarted from scratch
+    assert_every_epoch_once(job, 4)
+
+
+def test_truncated_last_pt_is_restored_from_the_verified_copy(daemon, dataset):
+    daemon.start()
+    daemon.drop(cpu_job("trunc", dataset, epochs=5))
+    vault = daemon.home / "jobs" / "trunc" / "checkpoints"
+    wait_for(lambda: any(vault.glob("epoch-*.pt")) and progress(daemon, "trunc").get("epoch", 0) >= 3,
+             240, what="a verified copy and epoch 3 under way")
+    job = daemon.job("trunc")
+    last = Path(job.run_dir) / "weights" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # what a kill during Ultralytics' write_bytes leaves
+    os.kill(job.pid, signal.SIGKILL)
+
+    job = daemon.wait_state("trunc", "completed")
+    notes = [e.reason for e in daemon.events("trunc") if e.kind == "checkpoint"]
+    assert any("restored verified copy" in n for n in notes), notes
+    assert list(last.parent.glob("last.pt.corrupt-*")), "the corrupt file is kept aside, not deleted"
+    attempts = daemon.attempts("trunc")
+    assert [a.cause for a in attempts] == ["killed", "completed"]
+    assert attempts[1].epochs_before >= 1
+    assert_every_epoch_once(job, 5)
+
+
+def test_missing_dataset_is_a_config_error_and_not_retried(daemon, tmp_path):
+    daemon.start()
+    missing = tmp_path / "nowhere" / "data.yaml"
+    daemon.drop(cpu_job("nodata", missing, epochs=2))
+    job = daemon.wait_state("nodata", "failed", timeout=120)
+    attempts = daemon.attempts("nodata")
+    assert len(attempts) == 1
+    assert attempts[0].cause == "config_error"
+    assert "not retried" in job.state_reason
+    assert str(missing.name) in attempts[0].detail, attempts[0].detail
