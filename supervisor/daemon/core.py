@@ -27,6 +27,7 @@ from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
 from supervisor.paths import Home
 from supervisor.policy import Action, AttemptEnd, Budget, decide
+from supervisor.probes.progress import stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
 from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
@@ -289,6 +290,17 @@ class Daemon:
         self._snapshot(name)
         if run.kill_at is not None and time.monotonic() >= run.kill_at:
             self._escalate_kill(name, run)
+        elif run.kill_cause is None:
+            self._check_stall(name, run, progress)
+
+    def _check_stall(self, name: str, run: Running, progress: Optional[dict[str, Any]]) -> None:
+        """A hung attempt (NCCL deadlock, frozen process) is killed and restarted as ``stalled``."""
+        health = self.spec(name).health
+        verdict = stall_verdict(progress, time.time(), run.child.start_time, health.stall_timeout,
+                                health.stall_floor, health.first_batch_timeout)
+        if verdict.stalled:
+            run.extra["stall_reason"] = verdict.reason
+            self.terminate(name, Cause.STALLED, f"stalled: {verdict.reason}", health.stop_grace)
 
     def _note_progress(self, name: str, run: Running, progress: dict[str, Any]) -> None:
         job = self.store.get_job(name)

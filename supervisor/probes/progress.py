@@ -1,0 +1,61 @@
+"""The progress probe: is the training child still making progress?
+
+The child writes a heartbeat (progress.json) from Ultralytics callbacks: train
+and validation batches, epoch ends, checkpoint saves. The daemon reads it each
+tick; ``stall_verdict`` is the pure rule that says when silence means a hang.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+# How many times the longest quiet interval seen so far the daemon waits
+# before calling a process stalled. Slow batches, validation and saves are all
+# heartbeat gaps the child measures, so the multiple covers their variance.
+AUTO_MULTIPLE = 5.0
+
+
+@dataclass(frozen=True)
+class StallVerdict:
+    stalled: bool
+    silent_s: float
+    timeout_s: float
+    reason: str
+
+
+def stall_timeout(progress: dict[str, Any], stall_timeout: Any, floor: float, first_batch_timeout: float) -> float:
+    """The allowed silence for this attempt now.
+
+    Before the first batch (dataset scan, caching, DDP setup) the longer
+    ``first_batch_timeout`` applies. After it: a fixed number of seconds, or
+    with ``auto`` a multiple of the longest observed heartbeat gap, never
+    below ``floor``.
+    """
+    if not progress.get("first_batch_at"):
+        return first_batch_timeout
+    if stall_timeout != "auto":
+        return float(stall_timeout)
+    longest = float(progress.get("max_gap_s") or 0.0)
+    return max(floor, AUTO_MULTIPLE * longest)
+
+
+def stall_verdict(progress: Optional[dict[str, Any]], now: float, started_at: float, stall_timeout_cfg: Any,
+                  floor: float, first_batch_timeout: float) -> StallVerdict:
+    """Whether the attempt has been silent for longer than allowed (``now`` is wall time)."""
+    progress = progress or {}
+    last = max(float(progress.get("updated_at") or 0.0), started_at)
+    timeout = stall_timeout(progress, stall_timeout_cfg, floor, first_batch_timeout)
+    silent = now - last
+    if silent <= timeout:
+        return StallVerdict(False, silent, timeout, "")
+    where = _where(progress)
+    return StallVerdict(True, silent, timeout,
+                        f"no progress for {silent:.0f}s (limit {timeout:.0f}s) {where}".strip())
+
+
+def _where(progress: dict[str, Any]) -> str:
+    if not progress.get("first_batch_at"):
+        return "before the first batch"
+    phase = progress.get("phase", "?")
+    return f"in epoch {progress.get('epoch')} batch {progress.get('batch')}/{progress.get('batches')} ({phase})"
