@@ -63,6 +63,8 @@ def child_env(job: str, attempt: int, yolo_config_dir: Path) -> dict[str, str]:
         "YOLO_OFFLINE": "1",
         "YOLO_CONFIG_DIR": str(yolo_config_dir),
         "PYTHONUNBUFFERED": "1",
+        # CUDA's default order is fastest-first; NVML's is PCI bus: make device 0 the same GPU for both.
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         JOB_ENV: job,
         ATTEMPT_ENV: str(attempt),
     })

@@ -1,0 +1,66 @@
+"""GPU health as the daemon uses it: hold jobs on unhealthy devices, wait for memory release.
+
+Wraps a ``GpuProbe`` (real NVML or the fake) with the two questions the job
+lifecycle asks. Without a probe (no driver, CPU jobs) every answer is "fine".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from supervisor.jobs.spec import JobSpec
+from supervisor.probes.gpu import GpuEvent, GpuProbe
+
+
+@dataclass(frozen=True)
+class ReleaseGate:
+    ready: bool          # launch now
+    note: str = ""       # something worth an event (released after a wait, or gave up waiting)
+
+
+class DeviceHealth:
+    def __init__(self, probe: Optional[GpuProbe], clock=time.monotonic):
+        self.probe = probe
+        self.clock = clock
+        self._waiting_since: dict[str, float] = {}
+
+    def unhealthy_reasons(self, spec: JobSpec, job_pids: set[int] = frozenset()) -> list[str]:
+        """Why the job's devices cannot be used now; empty when they can (or cannot be checked)."""
+        if self.probe is None or not spec.gpu_indices:
+            return []
+        report = self.probe.check(spec.gpu_indices, set(job_pids))
+        return [p for h in report.values() if not h.healthy for p in h.problems]
+
+    def warnings(self, spec: JobSpec) -> list[str]:
+        if self.probe is None or not spec.gpu_indices:
+            return []
+        return [w for h in self.probe.check(spec.gpu_indices, set()).values() for w in h.warnings]
+
+    def release_gate(self, name: str, spec: JobSpec, other_jobs_pids: set[int]) -> ReleaseGate:
+        """Whether the previous attempt's GPU memory is gone (as NVIDIA's ft_launcher waits for it).
+
+        Memory of processes that belong to other supervised jobs is not counted.
+        After ``gpu_release_timeout`` the launch goes ahead and the note names the
+        pids still holding memory.
+        """
+        if self.probe is None or not spec.gpu_indices:
+            return ReleaseGate(True)
+        holders = {i: {pid: mib for pid, mib in self.probe.memory_holders(i).items()
+                       if pid not in other_jobs_pids} for i in spec.gpu_indices}
+        held = sum(m for h in holders.values() for m in h.values())
+        started = self._waiting_since.setdefault(name, self.clock())
+        waited = self.clock() - started
+        if held <= spec.health.gpu_release_tolerance_mib:
+            self._waiting_since.pop(name, None)
+            return ReleaseGate(True, f"GPU memory released after {waited:.1f}s" if waited >= 1 else "")
+        if waited < spec.health.gpu_release_timeout:
+            return ReleaseGate(False)
+        self._waiting_since.pop(name, None)
+        who = "; ".join(f"GPU {i}: " + ", ".join(f"pid {p} ({m} MiB)" for p, m in h.items())
+                        for i, h in holders.items() if h)
+        return ReleaseGate(True, f"GPU memory still held after {waited:.0f}s by {who}; launching anyway")
+
+    def drain_events(self) -> list[GpuEvent]:
+        return self.probe.drain_events() if self.probe is not None else []

@@ -1,0 +1,1 @@
+"""Probes: checkpoint, GPU, progress."""
