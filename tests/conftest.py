@@ -168,3 +168,33 @@ def cpu_job(name: str, data: Path, epochs: int = 4, **extra) -> dict:
     }
     spec.update(extra)
     return spec
+
+
+# -- control plane helpers ------------------------------------------------------------
+def wait_socket(daemon: DaemonProcess, path: Path | None = None, timeout: float = 30.0) -> Path:
+    """Until the daemon's control socket exists (it appears after the database)."""
+    sock = path or daemon.home / "supervisor.sock"
+
+    def ready():
+        daemon.assert_alive()
+        return sock.is_socket()
+    wait_for(ready, timeout, what=f"control socket {sock}")
+    return sock
+
+
+def ctl(home: Path | None, *args: str, timeout: float = 60, text: bool = True) -> subprocess.CompletedProcess:
+    """Run ``yolo-supervisorctl`` as a real subprocess (``text=False``: bytes, no newline translation)."""
+    cmd = [sys.executable, "-m", "supervisor.control.cli"]
+    if home is not None:
+        cmd += ["--home", str(home)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=text, timeout=timeout)
+
+
+FAKE_TRAINER = Path(__file__).parent / "e2e" / "fake_trainer.py"
+
+
+@pytest.fixture
+def fake_daemon(daemon, monkeypatch):
+    """The ``daemon`` fixture with training replaced by tests/e2e/fake_trainer.py (test-only hook)."""
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    return daemon

@@ -43,6 +43,7 @@ class Reporter:
         self._last_write = 0.0
         self._epoch_start = None
         self.preempt_requested = False
+        self.failed_callbacks: set[str] = set()
 
     def beat(self, force: bool = False, **values: Any) -> None:
         now = time.time()
@@ -70,14 +71,15 @@ def _install_callbacks(model, rep: Reporter) -> None:
                  save_dir=str(trainer.save_dir))
 
     def on_train_batch_end(trainer):
-        if rep.state["first_batch_at"] is None:
-            rep.state["first_batch_at"] = time.time()
-            rep.beat(force=True)
         if rep.preempt_requested:
             _save_resumable_and_exit(trainer, rep)
-        i = rep.state["batch"] + 1 if rep.state["batch"] is not None else 1
-        losses = [round(float(x), 5) for x in trainer.tloss] if getattr(trainer, "tloss", None) is not None else None
-        rep.beat(batch=i, batches=len(trainer.train_loader), losses=losses)
+        first_of_attempt = rep.state["first_batch_at"] is None
+        if first_of_attempt:
+            rep.state["first_batch_at"] = time.time()
+        i = (rep.state["batch"] or 0) + 1
+        losses = _losses(getattr(trainer, "tloss", None))
+        # The first batch of each epoch is always written: it marks the epoch as under way.
+        rep.beat(force=first_of_attempt or i == 1, batch=i, batches=len(trainer.train_loader), losses=losses)
 
     def on_train_epoch_end(trainer):
         rep.beat(force=True, phase="validating")
@@ -101,7 +103,29 @@ def _install_callbacks(model, rep: Reporter) -> None:
 
     for event, fn in dict(locals()).items():
         if event.startswith("on_"):
-            model.add_callback(event, fn)
+            model.add_callback(event, _never_raises(fn, rep))
+
+
+def _never_raises(fn, rep: Reporter):
+    """Progress reporting must never be what kills a training run; SystemExit (preemption) passes."""
+    def wrapper(arg):
+        try:
+            fn(arg)
+        except Exception as exc:  # noqa: BLE001 - logged once per callback, training goes on
+            if fn.__name__ not in rep.failed_callbacks:
+                rep.failed_callbacks.add(fn.__name__)
+                print(f"yolo-supervisor: progress callback {fn.__name__} failed: {exc!r}", file=sys.stderr)
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def _losses(tloss) -> dict[str, float] | None:
+    """Running mean losses; Ultralytics keeps them as a dict (8.4) or a tensor (older)."""
+    if tloss is None:
+        return None
+    if isinstance(tloss, dict):
+        return {k: round(float(v), 5) for k, v in tloss.items()}
+    return {str(i): round(float(v), 5) for i, v in enumerate(tloss.reshape(-1))}
 
 
 def _save_resumable_and_exit(trainer, rep: Reporter) -> None:
@@ -137,10 +161,26 @@ def _install_sigterm(rep: Reporter) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# TEST ONLY: a script to run instead of Ultralytics, for control-plane tests that need a cheap
+# long-running job. Never set it on a real daemon.
+FAKE_TRAINER_ENV = "YOLO_SUPERVISOR_FAKE_TRAINER"
+
+
+def _run_fake_trainer(script: str, plan: dict[str, Any], rep: Reporter) -> int:
+    """TEST ONLY (see FAKE_TRAINER_ENV): ``script`` runs with ``plan`` and ``reporter`` as globals."""
+    import runpy
+
+    runpy.run_path(script, init_globals={"plan": plan, "reporter": rep}, run_name="__main__")
+    rep.exit_record(0)
+    return 0
+
+
 def run(plan: dict[str, Any]) -> int:
     rep = Reporter(plan)
     _install_sigterm(rep)
     rep.beat(force=True)
+    if os.environ.get(FAKE_TRAINER_ENV):
+        return _run_fake_trainer(os.environ[FAKE_TRAINER_ENV], plan, rep)
     try:
         from ultralytics import YOLO
 

@@ -1,16 +1,23 @@
 """The drop directory: job YAML files placed in HOME/inbox are validated and accepted or rejected.
 
 Accepted files move to inbox/accepted/, rejected ones to inbox/rejected/ with a
-NAME.error file beside them saying what is wrong and where.
+NAME.error file beside them saying what is wrong and where (line for YAML
+syntax, field path for everything else). A file is opened without following
+links and read only when it is a regular file under the size limit, so no
+dropped file can make the daemon block, read gigabytes, or read a file the
+dropper could not.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
+from supervisor.control.peer import actor_for_uid
 from supervisor.jobs.spec import MAX_SPEC_BYTES, SpecError
 
 if TYPE_CHECKING:
@@ -23,31 +30,81 @@ def is_candidate(path: Path) -> bool:
     """Job files only: no dotfiles, editor temp files or other suffixes."""
     name = path.name
     return (not name.startswith((".", "#")) and not name.endswith("~")
-            and path.suffix in SUFFIXES)
+            and path.suffix.lower() in SUFFIXES)
+
+
+def candidates(folder: Path) -> Iterator[Path]:
+    """Job files now in ``folder`` (the start-up scan), oldest name first."""
+    try:
+        entries = sorted(folder.iterdir())
+    except FileNotFoundError:
+        return
+    for path in entries:
+        if is_candidate(path) and not path.is_dir():
+            yield path
 
 
 def handle_drop_file(daemon: "Daemon", path: Path) -> bool:
-    """Validate one dropped file and accept or reject it; True when accepted."""
-    inbox = path.parent
+    """Validate one dropped file and accept or reject it; True when accepted.
+
+    Runs on the daemon's loop thread. A file that is already gone (handled
+    before, or removed by its writer) is ignored.
+    """
     try:
-        st = os.lstat(path)
+        text, st = read_drop_file(path)
+        daemon.submit(text, source=f"inbox:{path.name}", actor=f"{actor_for_uid(st.st_uid)} via drop directory",
+                      owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
     except FileNotFoundError:
         return False
-    try:
-        if os.path.islink(path):
-            raise SpecError(str(path), ["(file): is a symbolic link; links are not followed"])
-        if st.st_size > MAX_SPEC_BYTES:
-            raise SpecError(str(path), [f"(file): {st.st_size} bytes is over the {MAX_SPEC_BYTES} byte limit"])
-        text = path.read_text(encoding="utf-8", errors="replace")
-        daemon.submit(text, source=f"inbox:{path.name}", actor=f"uid {st.st_uid} (drop directory)",
-                      owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
     except SpecError as err:
-        _move(path, inbox / "rejected")
-        (inbox / "rejected" / f"{path.name}.error").write_text("\n".join(err.problems) + "\n")
-        daemon.log.warning("job file rejected", file=path.name, problems=err.problems)
+        reject(daemon, path, err.problems)
         return False
-    _move(path, inbox / "accepted")
+    _move(path, path.parent / "accepted")
     return True
+
+
+def read_drop_file(path: Path) -> tuple[str, os.stat_result]:
+    """The file's text and its stat; ``SpecError`` for anything that is not a small, plain UTF-8 file."""
+    src = str(path)
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise SpecError(src, ["(file): is a symbolic link; links are not followed"])
+        # O_NOFOLLOW closes the race with a swap for a link; O_NONBLOCK keeps a FIFO from blocking us.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise FileNotFoundError(src) from None
+        if err.errno == errno.ELOOP:
+            raise SpecError(src, ["(file): is a symbolic link; links are not followed"]) from None
+        raise SpecError(src, [f"(file): cannot open: {err.strerror}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(src, ["(file): not a regular file"])
+        if st.st_nlink > 1:
+            raise SpecError(src, [f"(file): has {st.st_nlink} hard links; drop a file of your own"])
+        if st.st_size > MAX_SPEC_BYTES:
+            raise SpecError(src, [f"(file): {st.st_size} bytes is over the {MAX_SPEC_BYTES} byte limit"])
+        data = os.read(fd, MAX_SPEC_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(src, [f"(file): over the {MAX_SPEC_BYTES} byte limit"])
+    try:
+        return data.decode("utf-8"), st
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise SpecError(src, [f"line {line}: not UTF-8 text ({err.reason})"]) from None
+
+
+def reject(daemon: "Daemon", path: Path, problems: list[str]) -> None:
+    """Move the file to rejected/ and write what is wrong beside it."""
+    try:
+        dest = _move(path, path.parent / "rejected")
+        dest.with_name(f"{dest.name}.error").write_text("\n".join(problems) + "\n")
+    except OSError as err:
+        daemon.log.error("could not move a rejected job file", file=path.name, error=str(err))
+    daemon.log.warning("job file rejected", file=path.name, problems=problems)
 
 
 def _move(path: Path, folder: Path) -> Path:
@@ -57,11 +114,3 @@ def _move(path: Path, folder: Path) -> Path:
         dest = folder / f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
     os.replace(path, dest)
     return dest
-
-
-def scan_inbox(daemon: "Daemon") -> None:
-    """Housekeeping hook: handle every job file in the inbox."""
-    inbox = daemon.home.inbox
-    for path in sorted(inbox.iterdir()):
-        if is_candidate(path) and (path.is_file() or path.is_symlink()):
-            handle_drop_file(daemon, path)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.daemon.config import DaemonConfig
+from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon.resume import best_verified, last_pt, prepare_resume
 from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
@@ -63,7 +64,7 @@ class Daemon:
         self.config = config or DaemonConfig()
         self.store = Store(home.db)
         self.log = get_logger()
-        self.gpu = gpu_probe
+        self.health = DeviceHealth(gpu_probe)
         self.running: dict[str, Running] = {}
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -127,6 +128,16 @@ class Daemon:
             pass
         return fut.result(timeout)
 
+    def post(self, fn: Callable[[], Any]) -> Future:
+        """Queue ``fn`` for the loop thread without waiting (the drop-directory watcher's thread)."""
+        fut: Future = Future()
+        self._calls.put((fn, fut))
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+        return fut
+
     def _drain_wake(self) -> None:
         try:
             while os.read(self._wake_r, 4096):
@@ -166,6 +177,8 @@ class Daemon:
         launcher.reap_orphans({r.child.pid for r in self.running.values()})
         for name in list(self.running):
             self.watch_running(name)
+        self.route_gpu_events()
+        self.release_healthy_holds()
         self.start_due_jobs()
         for hook in self.hooks:
             try:
@@ -211,6 +224,8 @@ class Daemon:
     def launch(self, name: str, actor: Optional[str] = None) -> None:
         job = self.store.get_job(name)
         spec = self.spec(name)
+        if not self._devices_ready(name, spec, actor):
+            return
         self.home.ensure_job(name)
         attempt = job.attempts + 1
         run_dir = Path(job.run_dir) if job.run_dir else None
@@ -376,6 +391,8 @@ class Daemon:
         run_dir = Path(job.run_dir) if job.run_dir else None
         best, finished = best_verified(run_dir, self.vault(name, spec))
         epochs_after = best.epochs_done if best else None
+        if finished:  # last.pt is stripped: the epochs it held are the ones last saved
+            epochs_after = progress.get("saved_epochs_done") or spec.epochs
         self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
                                detail=outcome.detail, epochs_after=epochs_after)
         self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
@@ -413,8 +430,50 @@ class Daemon:
             reason = decision.reason
         self.transition(name, target, reason, **counters)
 
+    # -- GPU health -------------------------------------------------------------
     def _devices_unhealthy(self, name: str, spec: JobSpec) -> bool:
-        return False  # GPU health hook: see the health module
+        reasons = self.health.unhealthy_reasons(spec)
+        if reasons:
+            self.event(name, "gpu", "; ".join(reasons))
+        return bool(reasons)
+
+    def _devices_ready(self, name: str, spec: JobSpec, actor: Optional[str]) -> bool:
+        """Hold the job on unhealthy devices; wait until the last attempt's GPU memory is released."""
+        reasons = self.health.unhealthy_reasons(spec)
+        if reasons:
+            self.event(name, "gpu", "; ".join(reasons))
+            self.transition(name, S.HELD, "devices unhealthy: " + "; ".join(reasons), actor)
+            return False
+        others = {r.child.pid for n, r in self.running.items() if n != name}
+        others |= {p.pid for n in self.running if n != name for p in launcher.job_processes(n)}
+        gate = self.health.release_gate(name, spec, others)
+        if gate.note:
+            self.event(name, "gpu", gate.note)
+        return gate.ready
+
+    def release_healthy_holds(self) -> None:
+        """A job held for its devices leaves ``held`` by itself once they are healthy again."""
+        for job in self.store.list_jobs():
+            if job.state != S.HELD.value:
+                continue
+            spec = self.spec(job.name)
+            if not self.health.unhealthy_reasons(spec):
+                self.event(job.name, "gpu", "devices healthy again")
+                self.transition(job.name, S.QUEUED, "devices healthy again")
+
+    def route_gpu_events(self) -> None:
+        """Record XID events in the history of every job using that device."""
+        events = self.health.drain_events()
+        if not events:
+            return
+        for job in self.store.list_jobs():
+            if S(job.state).is_final:
+                continue
+            devices = set(self.spec(job.name).gpu_indices)
+            for ev in events:
+                if ev.index in devices or ev.index == -1:
+                    self.event(job.name, "gpu", f"GPU {ev.index}: XID {ev.xid} ({ev.description})",
+                               xid=ev.xid, critical=ev.critical)
 
     # -- reconciliation after a daemon restart ------------------------------------
     def reconcile(self) -> None:

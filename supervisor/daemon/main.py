@@ -7,11 +7,12 @@ import signal
 import sys
 from pathlib import Path
 
-from supervisor.control.inbox import scan_inbox
 from supervisor.daemon.config import load_config
 from supervisor.daemon.core import Daemon
+from supervisor.daemon.services import Services
 from supervisor.jobs.spec import SpecError
 from supervisor.observe.logging import configure, get_logger
+from supervisor.probes.gpu import open_probe
 from supervisor.paths import Home, default_home
 
 
@@ -29,8 +30,7 @@ def parse_args(argv):
 def build_daemon(home: Home, log_level: str | None = None) -> Daemon:
     config = load_config(home.config)
     configure(log_level or config.log_level)
-    daemon = Daemon(home, config)
-    daemon.hooks.append(scan_inbox)
+    daemon = Daemon(home, config, gpu_probe=open_probe(lambda line: get_logger().warning(line)))
     return daemon
 
 
@@ -53,15 +53,24 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"yolo-supervisord: {err}", file=sys.stderr)
         return 2
-    for job_file in args.job:
-        try:
-            daemon.submit(job_file.read_text(), source=str(job_file), actor="command line")
-        except (SpecError, OSError) as err:
-            print(f"yolo-supervisord: {err}", file=sys.stderr)
-            return 2
-    install_signal_handlers(daemon)
-    get_logger().info("daemon started", home=str(home.root))
-    daemon.run_forever()
+    try:
+        services = Services(daemon, args.log_level)
+        services.start()  # control socket, drop directory watch, sd_notify, SIGHUP reload
+    except (OSError, RuntimeError, ValueError) as err:
+        print(f"yolo-supervisord: {err}", file=sys.stderr)
+        return 1
+    try:
+        for job_file in args.job:
+            try:
+                daemon.submit(job_file.read_text(), source=str(job_file), actor="command line")
+            except (SpecError, OSError) as err:
+                print(f"yolo-supervisord: {err}", file=sys.stderr)
+                return 2
+        install_signal_handlers(daemon)
+        get_logger().info("daemon started", home=str(home.root))
+        daemon.run_forever()
+    finally:
+        services.stop()
     return 0
 
 

@@ -15,7 +15,7 @@ def progress(daemon, name):
 
 def wait_training_in_epoch(daemon, name, epoch, timeout=240):
     """Until the child reports a trained batch in ``epoch`` (1-based) or later."""
-    return wait_for(lambda: (p := progress(daemon, name)).get("epoch", 0) >= epoch and (p.get("batch") or 0) >= 1
+    return wait_for(lambda: ((p := progress(daemon, name)).get("epoch") or 0) >= epoch and (p.get("batch") or 0) >= 1
                     and p.get("phase") == "training", timeout, what=f"{name} training in epoch {epoch}")
 
 
@@ -44,7 +44,7 @@ def test_truncated_last_pt_is_restored_from_the_verified_copy(daemon, dataset):
     daemon.start()
     daemon.drop(cpu_job("trunc", dataset, epochs=5))
     vault = daemon.home / "jobs" / "trunc" / "checkpoints"
-    wait_for(lambda: any(vault.glob("epoch-*.pt")) and progress(daemon, "trunc").get("epoch", 0) >= 3,
+    wait_for(lambda: any(vault.glob("epoch-*.pt")) and (progress(daemon, "trunc").get("epoch") or 0) >= 3,
              240, what="a verified copy and epoch 3 under way")
     job = daemon.job("trunc")
     last = Path(job.run_dir) / "weights" / "last.pt"

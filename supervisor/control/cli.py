@@ -1,0 +1,272 @@
+"""``yolo-supervisorctl``: talk to the daemon over its control socket.
+
+Exit status: 0 ok, 1 internal error, 2 usage or invalid job file, 3 daemon not
+running, 4 unknown job, 5 wrong state for the command, 6 permission denied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from supervisor.control.protocol import (EXIT_CODES, Connection, ErrorCode, ProtocolError, Request, RequestError,
+                                         connect)
+from supervisor.jobs.spec import MAX_SPEC_BYTES
+from supervisor.paths import HOME_ENV, Home, default_home
+from supervisor.process.classify import signal_name
+
+PROG = "yolo-supervisorctl"
+SYSTEM_HOME = Path("/var/lib/yolo-supervisor")
+FOLLOW_INTERVAL_S = 0.5
+BAR_WIDTH = 20
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="Control a running yolo-supervisord.",
+                                epilog="exit status: 0 ok, 1 error, 2 usage/invalid job file, 3 daemon not "
+                                       "running, 4 unknown job, 5 wrong state, 6 permission denied")
+    p.add_argument("--home", type=Path, default=None,
+                   help=f"the daemon's home (default ${HOME_ENV}, else the per-user home, else {SYSTEM_HOME})")
+    p.add_argument("--socket", type=Path, default=None, help="control socket (default HOME/supervisor.sock)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("status", help="jobs: state, pid, epoch, restarts, last cause, uptime")
+    s.add_argument("names", nargs="*", metavar="NAME")
+    s.add_argument("--json", action="store_true", help="a JSON list of objects instead of a table")
+
+    s = sub.add_parser("submit", help="add a job from a YAML file ('-' reads stdin)")
+    s.add_argument("file")
+
+    for name, text in (("stop", "TERM, grace period, KILL; the job stays stopped"),
+                       ("start", "queue a stopped/failed/held job again; it resumes from its checkpoint"),
+                       ("restart", "stop the running attempt and start a new one that resumes")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("name", metavar="NAME")
+        if name == "stop":
+            s.add_argument("--wait", action="store_true", help="return once the job is stopped")
+            s.add_argument("--timeout", type=float, default=600.0, help="for --wait (seconds)")
+
+    s = sub.add_parser("tail", help="the job's training log")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("-n", "--lines", type=int, default=10)
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
+
+    s = sub.add_parser("history", help="every attempt (start, end, exit, cause, epochs) and every event")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("remove", help="forget a job that is not running (files are kept)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--purge", action="store_true", help="also delete HOME/jobs/NAME (logs, runs, checkpoints)")
+    args = p.parse_args(argv)
+    if getattr(args, "lines", 0) < 0:
+        p.error("-n must be 0 or more")
+    return args
+
+
+def socket_path(home: Optional[Path], explicit: Optional[Path]) -> Path:
+    """--socket, else the socket named by HOME's config, else HOME/supervisor.sock.
+
+    Without --home or $YOLO_SUPERVISOR_HOME the per-user home is tried first,
+    then the system daemon's (what an SSH user on a shared server wants).
+    """
+    if explicit is not None:
+        return explicit
+    if home is None and not os.environ.get(HOME_ENV):
+        own = _configured_socket(Home(default_home()))
+        return own if own.exists() else _configured_socket(Home(SYSTEM_HOME))
+    return _configured_socket(Home(home or default_home()))
+
+
+def _configured_socket(home: Home) -> Path:
+    try:
+        configured = (yaml.safe_load(home.config.read_text()) or {}).get("socket")
+    except (OSError, yaml.YAMLError, AttributeError):
+        configured = None
+    return Path(configured) if configured else home.socket
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    path = socket_path(args.home, args.socket)
+    try:
+        with connect(path) as conn:
+            return COMMANDS[args.command](conn, args)
+    except RequestError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_CODES[err.code]
+    except ProtocolError as err:
+        print(f"{PROG}: protocol error: {err}", file=sys.stderr)
+        return 1
+    except (ConnectionError, TimeoutError) as err:
+        print(f"{PROG}: lost the connection to the daemon: {err}", file=sys.stderr)
+        return EXIT_CODES[ErrorCode.NOT_RUNNING]
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # stdout closed (e.g. piped into head)
+        return 0
+
+
+def call(conn: Connection, cmd: str, **args: Any) -> Any:
+    return conn.request(Request(cmd, args)).unwrap()
+
+
+# -- commands ----------------------------------------------------------------------
+def cmd_status(conn: Connection, args: argparse.Namespace) -> int:
+    jobs = call(conn, "status", names=args.names)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    else:
+        print(render_status(jobs, time.time()))
+    return 0
+
+
+def cmd_submit(conn: Connection, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        data, source = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1), "stdin"
+    else:
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read(MAX_SPEC_BYTES + 1)
+        except OSError as err:
+            raise RequestError(ErrorCode.USAGE, f"{args.file}: {err.strerror}") from None
+        source = os.path.basename(args.file)
+    if len(data) > MAX_SPEC_BYTES:
+        raise RequestError(ErrorCode.INVALID, f"{args.file}: over the {MAX_SPEC_BYTES} byte limit")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(ErrorCode.INVALID, f"{args.file}: not UTF-8 text ({err.reason} at byte {err.start})")
+    job = call(conn, "submit", text=text, source=source)
+    print(f"submitted {job['name']}: {job['state']}")
+    return 0
+
+
+def cmd_stop(conn: Connection, args: argparse.Namespace) -> int:
+    job = call(conn, "stop", name=args.name)
+    print(f"{job['name']}: {job['state']} ({job['state_reason']})")
+    if args.wait and job["state"] != "stopped":
+        deadline = time.monotonic() + args.timeout
+        while job["state"] not in ("stopped", "completed", "failed"):
+            if time.monotonic() > deadline:
+                raise RequestError(ErrorCode.INTERNAL, f"{args.name}: still {job['state']} after {args.timeout:g}s")
+            time.sleep(FOLLOW_INTERVAL_S)
+            job = call(conn, "status", names=[args.name])[0]
+        print(f"{job['name']}: {job['state']} ({job['state_reason']})")
+    return 0
+
+
+def cmd_start(conn: Connection, args: argparse.Namespace) -> int:
+    job = call(conn, args.command, name=args.name)
+    print(f"{job['name']}: {job['state']} ({job['state_reason']})")
+    return 0
+
+
+def cmd_tail(conn: Connection, args: argparse.Namespace) -> int:
+    out = sys.stdout
+    first = call(conn, "tail", name=args.name, lines=args.lines)
+    out.write(first["text"])
+    out.flush()
+    offset = first["offset"]
+    while args.follow:
+        chunk = call(conn, "log", name=args.name, offset=offset)
+        if chunk["restarted"]:
+            out.write(f"\n{PROG}: log truncated; following from its start\n")
+        out.write(chunk["text"])
+        out.flush()
+        if chunk["offset"] == offset:
+            time.sleep(FOLLOW_INTERVAL_S)
+        offset = chunk["offset"]
+    return 0
+
+
+def cmd_history(conn: Connection, args: argparse.Namespace) -> int:
+    hist = call(conn, "history", name=args.name)
+    if args.json:
+        print(json.dumps(hist, indent=2))
+    else:
+        print(render_history(hist))
+    return 0
+
+
+def cmd_remove(conn: Connection, args: argparse.Namespace) -> int:
+    done = call(conn, "remove", name=args.name, purge=args.purge)
+    kept = "deleted" if done["purged"] else "kept"
+    print(f"removed {done['name']} (files in {done['job_dir']} {kept})")
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
+            "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove}
+
+
+# -- rendering ------------------------------------------------------------------------
+def render_status(jobs: list[dict[str, Any]], now: float) -> str:
+    rows = [("NAME", "STATE", "PID", "EPOCH", "PROGRESS", "RESTARTS", "LAST CAUSE", "UPTIME")]
+    for j in jobs:
+        rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs']}",
+                     progress_bar(j), str(j["restarts"]), j["last_cause"] or "-", duration(j["uptime_s"])))
+    return table(rows) if jobs else "no jobs"
+
+
+def progress_bar(job: dict[str, Any], width: int = BAR_WIDTH) -> str:
+    """Epochs done plus the fraction of the epoch under way."""
+    epochs = max(1, job["epochs"])
+    done = float(job["epoch"] if job["state"] == "completed" else job["epochs_done"])
+    if job.get("batches") and job.get("batch") is not None and job["epoch"] > job["epochs_done"]:
+        done = job["epoch"] - 1 + min(1.0, job["batch"] / job["batches"])
+    fraction = max(0.0, min(1.0, done / epochs))
+    filled = int(round(fraction * width))
+    return f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%"
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s < 86400 else f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def render_history(hist: dict[str, Any]) -> str:
+    job = hist["job"]
+    lines = [f"job {job['name']}: {job['state']} ({job['state_reason'] or ''})", ""]
+    rows = [("ATTEMPT", "START", "END", "PID", "EXIT", "CAUSE", "EPOCHS", "DETAIL")]
+    for a in hist["attempts"]:
+        if a["ended_at"] is None:
+            ended = "-"
+        elif a["signal"] is not None:
+            ended = signal_name(a["signal"])
+        else:
+            ended = f"exit {a['exit_code']}" if a["exit_code"] is not None else "unknown"
+        epochs = f"{a['epochs_before']}->{a['epochs_after'] if a['epochs_after'] is not None else '?'}"
+        rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), str(a["pid"] or "-"),
+                     ended, a["cause"] or "(running)", epochs, a["detail"] or ""))
+    lines.append(table(rows) if hist["attempts"] else "no attempts yet")
+    lines += ["", "events:"]
+    for e in hist["events"]:
+        move = f" {e['from_state'] or ''}->{e['to_state']}" if e["to_state"] else ""
+        who = f" [{e['actor']}]" if e["actor"] else ""
+        lines.append(f"  {clock(e['at'])}  {e['kind']}{move}: {e['reason'] or ''}{who}")
+    return "\n".join(lines)
+
+
+def clock(ts: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Daemon-side handlers: one small function per control request.
+
+Each runs on the daemon's loop thread (``dispatch`` goes through
+``Daemon.call``), so it may read and change job state like any other step of
+the loop. A handler returns plain JSON-able data or raises ``RequestError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from supervisor.child.progress import read_json
+from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError
+from supervisor.daemon.core import CommandError
+from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
+from supervisor.jobs.states import Cause, JobState
+from supervisor.store import JobRecord
+
+if TYPE_CHECKING:
+    from supervisor.control.server import Peer
+    from supervisor.daemon.core import Daemon
+
+S = JobState
+HandlerFn = Callable[["Daemon", dict[str, Any], "Peer"], Any]
+
+
+@dataclass(frozen=True)
+class Handler:
+    fn: HandlerFn
+    mutates: bool  # only root, the daemon's user and the socket group may call it
+
+
+def dispatch(daemon: "Daemon", req: Request, peer: "Peer", timeout: float = 30.0) -> Any:
+    """Run the request's handler on the loop thread; errors come back as ``RequestError``."""
+    handler = HANDLERS.get(req.cmd)
+    if handler is None:
+        raise RequestError(ErrorCode.USAGE, f"unknown command {req.cmd!r}")
+    try:
+        return daemon.call(lambda: handler.fn(daemon, req.args, peer), timeout=timeout)
+    except RequestError:
+        raise
+    except SpecError as err:
+        raise RequestError(ErrorCode.INVALID, str(err)) from None
+    except CommandError as err:
+        raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
+    except TimeoutError:
+        raise RequestError(ErrorCode.INTERNAL, f"the daemon did not answer within {timeout:g}s") from None
+
+
+# -- arguments ---------------------------------------------------------------
+def _name(args: dict[str, Any]) -> str:
+    name = args.get("name")
+    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+        raise RequestError(ErrorCode.USAGE, f"not a job name: {name!r}")
+    return name
+
+
+def _job(daemon: "Daemon", args: dict[str, Any]) -> JobRecord:
+    name = _name(args)
+    job = daemon.store.get_job(name)
+    if job is None:
+        raise RequestError(ErrorCode.UNKNOWN_JOB, f"no job named '{name}'")
+    return job
+
+
+def _int_arg(args: dict[str, Any], key: str, default: int, low: int = 0) -> int:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RequestError(ErrorCode.USAGE, f"'{key}' must be an integer >= {low}")
+    return value
+
+
+def _wrong_state(job: JobRecord, what: str) -> RequestError:
+    return RequestError(ErrorCode.WRONG_STATE, f"{job.name}: cannot {what} a job that is {job.state}")
+
+
+# -- read-only requests ----------------------------------------------------------
+def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[str, Any]]:
+    """Every job (or the named ones) with its state, progress and restart count."""
+    names = args.get("names") or []
+    if not isinstance(names, list):
+        raise RequestError(ErrorCode.USAGE, "'names' must be a list")
+    jobs = [_job(daemon, {"name": n}) for n in names] if names else daemon.store.list_jobs()
+    return [job_view(daemon, job) for job in jobs]
+
+
+def job_view(daemon: "Daemon", job: JobRecord) -> dict[str, Any]:
+    state = S(job.state)
+    epochs = daemon.spec(job.name).epochs
+    progress = (read_json(daemon.home.job_progress(job.name)) or {}) if state.has_process else {}
+    if state is S.COMPLETED:
+        epoch = epochs
+    elif progress.get("epoch"):
+        epoch = int(progress["epoch"])  # the epoch being trained now (1-based)
+    else:
+        epoch = job.epochs_done
+    attempt = daemon.store.open_attempt(job.name) if state.has_process else None
+    return {
+        "name": job.name, "state": job.state, "state_reason": job.state_reason,
+        "pid": job.pid, "epoch": epoch, "epochs": epochs, "epochs_done": job.epochs_done,
+        "batch": progress.get("batch"), "batches": progress.get("batches"), "phase": progress.get("phase"),
+        "attempts": job.attempts, "restarts": max(0, job.attempts - 1), "crash_restarts": job.crash_restarts,
+        "last_cause": job.last_cause, "run_dir": job.run_dir,
+        "uptime_s": round(time.time() - attempt.started_at, 1) if attempt else None,
+        "next_start_at": job.next_start_at, "owner_uid": job.owner_uid,
+    }
+
+
+def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Every attempt of a job and every event, oldest first."""
+    job = _job(daemon, args)
+    events = []
+    for e in daemon.store.events(job.name):
+        row = dataclasses.asdict(e)
+        row["data"] = json.loads(e.data) if e.data else None
+        events.append(row)
+    return {"job": job_view(daemon, job),
+            "attempts": [dataclasses.asdict(a) for a in daemon.store.attempts(job.name)],
+            "events": events}
+
+
+def tail(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """The last ``lines`` lines of the job's log and the offset to follow from."""
+    job = _job(daemon, args)
+    lines = _int_arg(args, "lines", 10)
+    text, offset = read_last_lines(daemon.home.job_log(job.name), lines)
+    return {"text": text, "offset": offset, "state": job.state}
+
+
+def log(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Log text written after ``offset`` (``tail -f``); starts over when the file was truncated."""
+    job = _job(daemon, args)
+    offset = _int_arg(args, "offset", 0)
+    text, new_offset, restarted = read_from(daemon.home.job_log(job.name), offset)
+    return {"text": text, "offset": new_offset, "restarted": restarted, "state": job.state}
+
+
+# -- mutating requests -------------------------------------------------------------
+def submit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Add a job from the text of a job file; the training runs as the submitting user."""
+    text, source = args.get("text"), str(args.get("source") or "socket")[:200]
+    if not isinstance(text, str):
+        raise RequestError(ErrorCode.USAGE, "'text' must be the job file's content")
+    if len(text.encode("utf-8")) > MAX_SPEC_BYTES:
+        raise RequestError(ErrorCode.INVALID, f"{source}: (file): over the {MAX_SPEC_BYTES} byte limit")
+    owner = (peer.uid, peer.gid) if os.geteuid() == 0 else None
+    spec = daemon.submit(text, source=f"cli:{source}", actor=peer.actor, owner=owner)
+    daemon.start_due_jobs()
+    return job_view(daemon, daemon.store.get_job(spec.name))
+
+
+def stop(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """TERM, grace, KILL for a running job; a job that waits to start is stopped at once."""
+    job = _job(daemon, args)
+    state, reason = S(job.state), f"stop requested by {peer.actor}"
+    run = daemon.running.get(job.name)
+    if run is not None and state is S.STOPPING:
+        run.user_stop, run.then = True, None  # already ending (stall, restart): stay stopped after
+        daemon.event(job.name, "stop", f"{reason} while already stopping", peer.actor)
+    elif run is not None:
+        grace = daemon.spec(job.name).health.stop_grace
+        daemon.terminate(job.name, Cause.STOPPED, reason, grace, peer.actor, user_stop=True)
+    elif state in (S.QUEUED, S.BACKOFF, S.HELD):
+        daemon.transition(job.name, S.STOPPED, reason, peer.actor, next_start_at=None)
+    else:
+        raise _wrong_state(job, "stop")
+    return job_view(daemon, daemon.store.get_job(job.name))
+
+
+def start(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Queue a stopped, failed or held job again; launch() resumes it from its checkpoint."""
+    job = _job(daemon, args)
+    if S(job.state) not in (S.STOPPED, S.FAILED, S.HELD):
+        raise _wrong_state(job, "start")
+    _requeue(daemon, job, f"start requested by {peer.actor}", peer.actor)
+    return job_view(daemon, daemon.store.get_job(job.name))
+
+
+def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Stop the running attempt and start a new one that resumes; start a job that is not running."""
+    job = _job(daemon, args)
+    state, reason = S(job.state), f"restart requested by {peer.actor}"
+    if job.name in daemon.running and state is not S.STOPPING:
+        grace = daemon.spec(job.name).health.stop_grace
+        daemon.terminate(job.name, Cause.STOPPED, reason, grace, peer.actor, user_stop=True, then="restart")
+    elif state is S.BACKOFF:
+        daemon.launch(job.name, peer.actor)  # skip the rest of the delay
+    elif state in (S.STOPPED, S.FAILED, S.HELD):
+        _requeue(daemon, job, reason, peer.actor)
+    else:
+        raise _wrong_state(job, "restart")
+    return job_view(daemon, daemon.store.get_job(job.name))
+
+
+def _requeue(daemon: "Daemon", job: JobRecord, reason: str, actor: str) -> None:
+    """A user's start gives the job a fresh restart budget."""
+    daemon.transition(job.name, S.QUEUED, reason, actor, crash_restarts=0, no_progress_streak=0,
+                      backoff_level=0, next_start_at=None)
+    daemon.start_due_jobs()
+
+
+def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Forget a job that has no process; its files stay unless ``purge``."""
+    job = _job(daemon, args)
+    if job.name in daemon.running or S(job.state).has_process:
+        raise _wrong_state(job, "remove")
+    daemon.store.remove_job(job.name)
+    purged = bool(args.get("purge"))
+    if purged:
+        shutil.rmtree(daemon.home.job_dir(job.name), ignore_errors=True)
+    daemon.log.info("removed", job=job.name, actor=peer.actor, purged=purged)
+    return {"name": job.name, "purged": purged, "job_dir": str(daemon.home.job_dir(job.name))}
+
+
+HANDLERS: dict[str, Handler] = {
+    "status": Handler(status, mutates=False),
+    "history": Handler(history, mutates=False),
+    "tail": Handler(tail, mutates=False),
+    "log": Handler(log, mutates=False),
+    "submit": Handler(submit, mutates=True),
+    "stop": Handler(stop, mutates=True),
+    "start": Handler(start, mutates=True),
+    "restart": Handler(restart, mutates=True),
+    "remove": Handler(remove, mutates=True),
+}
+
+
+# -- reading the log ---------------------------------------------------------------
+def read_last_lines(path: Path, lines: int, limit: int = LOG_CHUNK_BYTES) -> tuple[str, int]:
+    """The last ``lines`` lines (at most ``limit`` bytes) and the file's size."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - limit)
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return "", 0
+    if lines == 0:
+        return "", size
+    cut = len(data)
+    for _ in range(lines + (1 if data.endswith(b"\n") else 0)):
+        cut = data.rfind(b"\n", 0, cut)
+        if cut < 0:
+            break
+    return data[cut + 1:].decode("utf-8", errors="replace"), size
+
+
+def read_from(path: Path, offset: int, limit: int = LOG_CHUNK_BYTES) -> tuple[str, int, bool]:
+    """(text after ``offset``, next offset, whether the file shrank and was read from the start)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            restarted = size < offset
+            offset = 0 if restarted else offset
+            f.seek(offset)
+            data = _whole_characters(f.read(limit))
+    except FileNotFoundError:
+        return "", 0, offset > 0
+    return data.decode("utf-8", errors="replace"), offset + len(data), restarted
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """Drop a UTF-8 sequence cut at the end of ``data``; the next read starts with it."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # continuation byte: look further back for the lead
+            continue
+        if byte >= 0xC0:
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data[:-back] if back < needed else data
+        return data
+    return data

@@ -1,0 +1,191 @@
+"""The control protocol, shared by the daemon's server and the CLI.
+
+Newline-delimited JSON over a Unix stream socket: the client sends one request
+per line and reads one response per line; a connection may carry several
+(``tail -f`` keeps one open). A message is at most ``MAX_MESSAGE_BYTES``; a
+longer line is an error, never buffered whole.
+
+    request:  {"v": 1, "cmd": "stop", "args": {"name": "coco"}}
+    response: {"ok": true, "data": ...}
+              {"ok": false, "error": "wrong_state", "message": "coco: is stopped"}
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 1024 * 1024
+# Log text per response: JSON escaping can grow it up to 6x, still under the message limit.
+LOG_CHUNK_BYTES = 128 * 1024
+
+
+class ErrorCode(str, Enum):
+    """Why a request failed; each maps to one CLI exit status."""
+
+    USAGE = "usage"              # bad request or bad arguments
+    INVALID = "invalid"          # the job file is not a valid spec
+    NOT_RUNNING = "not_running"  # no daemon on the socket (client side only)
+    UNKNOWN_JOB = "unknown_job"
+    WRONG_STATE = "wrong_state"
+    PERMISSION = "permission"
+    INTERNAL = "internal"        # the daemon failed or did not answer in time
+
+
+EXIT_CODES: dict[ErrorCode, int] = {
+    ErrorCode.INTERNAL: 1,
+    ErrorCode.USAGE: 2,
+    ErrorCode.INVALID: 2,
+    ErrorCode.NOT_RUNNING: 3,
+    ErrorCode.UNKNOWN_JOB: 4,
+    ErrorCode.WRONG_STATE: 5,
+    ErrorCode.PERMISSION: 6,
+}
+
+
+class ProtocolError(Exception):
+    """A malformed, oversized or truncated message."""
+
+
+class RequestError(Exception):
+    """A request that failed with a code the client understands; ``str()`` is for the user."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = ErrorCode(code)
+
+
+@dataclass(frozen=True)
+class Request:
+    cmd: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "cmd": self.cmd, "args": self.args}
+
+    @classmethod
+    def from_wire(cls, msg: dict[str, Any]) -> "Request":
+        if msg.get("v") != VERSION:
+            raise RequestError(ErrorCode.USAGE, f"protocol version {msg.get('v')!r} not supported (want {VERSION})")
+        cmd, args = msg.get("cmd"), msg.get("args", {})
+        if not isinstance(cmd, str) or not isinstance(args, dict):
+            raise RequestError(ErrorCode.USAGE, "a request needs a string 'cmd' and an object 'args'")
+        return cls(cmd, args)
+
+
+@dataclass(frozen=True)
+class Response:
+    ok: bool
+    data: Any = None
+    error: Optional[ErrorCode] = None
+    message: str = ""
+
+    @classmethod
+    def success(cls, data: Any) -> "Response":
+        return cls(True, data)
+
+    @classmethod
+    def failure(cls, code: ErrorCode, message: str) -> "Response":
+        return cls(False, error=code, message=message)
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.ok:
+            return {"ok": True, "data": self.data}
+        return {"ok": False, "error": self.error.value, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, msg: dict[str, Any]) -> "Response":
+        if msg.get("ok") is True:
+            return cls.success(msg.get("data"))
+        try:
+            code = ErrorCode(msg.get("error"))
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        return cls.failure(code, str(msg.get("message", "")))
+
+    def unwrap(self) -> Any:
+        """The data, or the error raised as ``RequestError``."""
+        if not self.ok:
+            raise RequestError(self.error, self.message)
+        return self.data
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    line = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(line)} bytes is over the {MAX_MESSAGE_BYTES} byte limit")
+    return line
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    try:
+        msg = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"not JSON: {err}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return msg
+
+
+class Connection:
+    """One end of a control connection: send and receive whole messages."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._reader = sock.makefile("rb")
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.sendall(encode(msg))
+
+    def receive(self) -> Optional[dict[str, Any]]:
+        """The next message; None when the peer closed the connection between messages."""
+        line = self._reader.readline(MAX_MESSAGE_BYTES + 1)
+        if not line:
+            return None
+        if not line.endswith(b"\n"):
+            if len(line) > MAX_MESSAGE_BYTES:
+                raise ProtocolError(f"message over the {MAX_MESSAGE_BYTES} byte limit")
+            raise ProtocolError("connection closed in the middle of a message")
+        return decode(line)
+
+    def request(self, req: Request) -> Response:
+        """Send one request and wait for its response."""
+        self.send(req.to_wire())
+        msg = self.receive()
+        if msg is None:
+            raise ProtocolError("the daemon closed the connection without answering")
+        return Response.from_wire(msg)
+
+    def close(self) -> None:
+        self._reader.close()
+        self.sock.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(path: Path, timeout: Optional[float] = 60.0) -> Connection:
+    """Connect to the daemon's socket; ``RequestError(NOT_RUNNING | PERMISSION)`` when that fails."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        sock.close()
+        raise RequestError(ErrorCode.NOT_RUNNING, f"the daemon is not running (no one listens on {path})") from None
+    except PermissionError:
+        sock.close()
+        raise RequestError(ErrorCode.PERMISSION, f"permission denied: cannot connect to {path} "
+                                                 "(ask to be added to the daemon's socket group)") from None
+    except OSError as err:
+        sock.close()
+        raise RequestError(ErrorCode.NOT_RUNNING, f"cannot connect to {path}: {err.strerror}") from None
+    return Connection(sock)

@@ -1,0 +1,195 @@
+"""The control socket: a thread that accepts CLI connections and answers requests.
+
+Who may do what is decided from the kernel's word about the peer
+(SO_PEERCRED, SO_PEERGROUPS), never from anything the client says:
+- anyone who can connect may read (status, history, tail);
+- root, the daemon's own user and members of ``socket_group`` may change
+  things (submit, stop, start, restart, remove).
+The socket is 0660 and owned by ``socket_group``, so by default only those
+users can connect at all; loosen it (an ACL, a wider mode) to give others
+read access.
+
+Handlers run on the daemon's loop thread; this module only moves messages.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import socket
+import stat
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from supervisor.control import handlers
+from supervisor.control.peer import Peer, may_mutate, peer_of
+from supervisor.control.protocol import Connection, ErrorCode, ProtocolError, Request, RequestError, Response
+
+if TYPE_CHECKING:
+    from supervisor.daemon.core import Daemon
+
+SOCKET_MODE = 0o660
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT_S = 120.0
+
+
+def resolve_group(group: Optional[str]) -> Optional[int]:
+    """A group name or number -> gid; ValueError for an unknown group."""
+    if group is None or str(group).strip() == "":
+        return None
+    group = str(group).strip()
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"socket_group: no group named '{group}'") from None
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+class ControlServer:
+    """Listens on the control socket; one short-lived thread per connection."""
+
+    def __init__(self, daemon: "Daemon", path: Path, group: Optional[str] = None):
+        self.daemon = daemon
+        self.path = Path(path)
+        self.gid = resolve_group(group)
+        self._sock: Optional[socket.socket] = None
+        self._inode: Optional[int] = None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._closing = False
+        self._thread: Optional[threading.Thread] = None
+
+    # -- socket life cycle -----------------------------------------------------
+    def start(self) -> None:
+        """Bind (refusing if another daemon answers on the path) and start accepting."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_if_in_use()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(str(tmp))
+        # Mode and group are set before the socket appears under its name: no window.
+        os.chmod(tmp, SOCKET_MODE)
+        if self.gid is not None:
+            os.chown(tmp, -1, self.gid)
+        sock.listen(16)
+        os.replace(tmp, self.path)
+        self._sock, self._inode = sock, os.stat(self.path).st_ino
+        self._thread = threading.Thread(target=self._accept_loop, name="control-server", daemon=True)
+        self._thread.start()
+        self.daemon.log.info("control socket listening", path=str(self.path), group=self.gid,
+                             mode=oct(SOCKET_MODE))
+
+    def _refuse_if_in_use(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"{self.path} exists and is not a socket; not replacing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            return  # a stale socket from a daemon that died: replaced on bind
+        finally:
+            probe.close()
+        raise RuntimeError(f"another daemon is listening on {self.path}")
+
+    def set_group(self, group: Optional[str]) -> None:
+        """Apply a new ``socket_group`` (SIGHUP reload): socket ownership and the mutate check."""
+        gid = resolve_group(group)
+        if gid is not None:
+            os.chown(self.path, -1, gid)
+        self.gid = gid
+
+    def close(self) -> None:
+        """Stop accepting and remove the socket, unless a newer daemon already replaced it."""
+        self._closing = True
+        if self._sock is None:
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the server thread
+        except OSError:
+            pass
+        self._sock.close()
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # -- connections -----------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                if self._closing:
+                    return
+                continue
+            if not self._slots.acquire(blocking=False):
+                self._refuse(conn, "too many control connections; try again")
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+
+    def _refuse(self, conn: socket.socket, message: str) -> None:
+        try:
+            Connection(conn).send(Response.failure(ErrorCode.INTERNAL, message).to_wire())
+        except OSError:
+            pass
+        conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(IDLE_TIMEOUT_S)
+            peer = peer_of(conn)
+            channel = Connection(conn)
+            while not self._closing:
+                try:
+                    msg = channel.receive()
+                except ProtocolError as err:
+                    channel.send(Response.failure(ErrorCode.USAGE, str(err)).to_wire())
+                    return
+                if msg is None:
+                    return
+                channel.send(self.answer(msg, peer).to_wire())
+        except OSError:
+            pass  # the client went away or idled out
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def answer(self, msg: dict, peer: Peer) -> Response:
+        """One request -> one response; never raises."""
+        try:
+            req = Request.from_wire(msg)
+            self._authorize(req, peer)
+            return Response.success(handlers.dispatch(self.daemon, req, peer))
+        except RequestError as err:
+            return Response.failure(err.code, str(err))
+        except Exception as exc:  # a bug in a handler must not kill the connection thread silently
+            self.daemon.log.error("control request failed", cmd=msg.get("cmd"), error=repr(exc))
+            return Response.failure(ErrorCode.INTERNAL, f"internal error: {exc!r}")
+
+    def _authorize(self, req: Request, peer: Peer) -> None:
+        handler = handlers.HANDLERS.get(req.cmd)
+        if handler is None or not handler.mutates:
+            return
+        if not may_mutate(peer, os.geteuid(), self.gid):
+            self.daemon.log.warning("control request refused", cmd=req.cmd, actor=peer.actor,
+                                    job=req.args.get("name"))
+            group = f"group {group_name(self.gid)}" if self.gid is not None else "no socket_group is configured"
+            raise RequestError(ErrorCode.PERMISSION,
+                               f"permission denied: {req.cmd} needs root, the daemon's user or a member of "
+                               f"the socket group ({group}); {peer.actor} may only read")

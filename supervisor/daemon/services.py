@@ -1,0 +1,98 @@
+"""What the daemon shows the outside world around its loop: the control socket, the drop
+directory watch, systemd notifications and SIGHUP reloads.
+
+``main`` starts these after building the daemon and stops them after the loop
+ends. The parts that touch job state (reload, sd_notify's watchdog ping) run as
+housekeeping hooks on the loop thread, so a hung loop stops pinging.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from supervisor.control.server import ControlServer
+from supervisor.control.watcher import DropWatcher
+from supervisor.daemon.config import DaemonConfig, load_config
+from supervisor.daemon.core import Daemon
+from supervisor.daemon.sdnotify import Notifier
+from supervisor.observe.logging import configure
+
+# Settings read once at start: a reload reports a change to them but cannot apply it.
+RESTART_TO_APPLY = ("socket", "jobs_dir", "metrics_address", "metrics_textfile_dir")
+
+
+def socket_path(daemon: Daemon) -> Path:
+    return Path(daemon.config.socket) if daemon.config.socket else daemon.home.socket
+
+
+def jobs_dir(daemon: Daemon) -> Path:
+    return Path(daemon.config.jobs_dir) if daemon.config.jobs_dir else daemon.home.inbox
+
+
+class Services:
+    def __init__(self, daemon: Daemon, log_level_override: Optional[str] = None):
+        self.daemon = daemon
+        self.log_level_override = log_level_override
+        self.server = ControlServer(daemon, socket_path(daemon), daemon.config.socket_group)
+        self.watcher = DropWatcher(daemon, jobs_dir(daemon))
+        self.notifier = Notifier.from_environ()
+        self._ready_sent = False
+
+    def start(self) -> None:
+        """Socket first: it refuses to start when another daemon already serves this home."""
+        self.server.start()
+        self.watcher.start()
+        self.daemon.hooks += [self.reload_if_requested, self.notify_systemd]
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        self.watcher.stop()
+        self.server.close()
+
+    # -- housekeeping hooks (loop thread) --------------------------------------------
+    def notify_systemd(self, daemon: Daemon) -> None:
+        """READY=1 after the first housekeeping (reconciliation done), then STATUS and WATCHDOG pings."""
+        if not self.notifier.enabled:
+            return
+        status = _summary(daemon)
+        if not self._ready_sent:
+            self._ready_sent = self.notifier.ready(status)
+        else:
+            self.notifier.status(status)
+        self.notifier.watchdog()
+
+    def reload_if_requested(self, daemon: Daemon) -> None:
+        """SIGHUP: re-read HOME/config.yaml; on any error keep the old config."""
+        if not daemon.reload_requested:
+            return
+        daemon.reload_requested = False
+        self.notifier.reloading()
+        try:
+            new = load_config(daemon.home.config)
+            self.server.set_group(new.socket_group)
+        except (ValueError, OSError) as err:
+            daemon.log.error("config reload failed; keeping the old config", error=str(err))
+        else:
+            self._apply(daemon, new)
+        finally:
+            self.notifier.ready(_summary(daemon))
+
+    def _apply(self, daemon: Daemon, new: DaemonConfig) -> None:
+        old = daemon.config
+        changed = sorted(k for k in DaemonConfig.model_fields if getattr(old, k) != getattr(new, k))
+        daemon.config = new
+        if self.log_level_override is None:
+            configure(new.log_level)
+        pending = [k for k in changed if k in RESTART_TO_APPLY]
+        daemon.log.info("config reloaded", path=str(daemon.home.config), changed=changed,
+                        needs_restart=pending or None)
+
+
+def _summary(daemon: Daemon) -> str:
+    counts: dict[str, int] = {}
+    for job in daemon.store.list_jobs():
+        counts[job.state] = counts.get(job.state, 0) + 1
+    if not counts:
+        return "no jobs"
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))

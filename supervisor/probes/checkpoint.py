@@ -1,0 +1,295 @@
+"""Checkpoint probe: is this ``.pt`` file intact, resumable, finished, or junk?
+
+Runs inside the daemon, so it must never import torch or ultralytics and never
+execute anything a pickle asks for. A torch checkpoint is a zip archive of
+stored (uncompressed) records: ``<stem>/data.pkl`` (the object graph) plus one
+record per tensor storage (``<stem>/data/<key>``). We
+
+1. CRC-check every record ourselves, straight from the file (a flipped byte in a
+   tensor record passes ``torch.load`` but not its CRC, and a truncated file has
+   no central directory at all);
+2. unpickle ``data.pkl`` with an unpickler that resolves every global to an inert
+   stub and every tensor storage to ``None``, which is enough to read ``epoch``,
+   whether ``optimizer`` is present, and ``train_args``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional, Union
+
+CHUNK = 1 << 20  # CRC streaming chunk: big enough to amortise syscalls, small enough for RAM
+
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
+_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+class CkptKind(str, Enum):
+    RESUMABLE = "resumable"  # epoch >= 0 and optimizer state present
+    FINISHED = "finished"    # stripped by Ultralytics' final_eval: epoch -1 / no optimizer
+    CORRUPT = "corrupt"      # unreadable, truncated, CRC mismatch, or not a checkpoint dict
+    MISSING = "missing"      # no such file
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    kind: CkptKind
+    epoch: Optional[int]             # raw ckpt["epoch"]: 0-based last completed epoch; -1 when stripped
+    has_optimizer: bool
+    train_args: Optional[dict]       # only plain JSON-able values
+    size: int
+    problem: Optional[str] = None    # what is wrong, for corrupt/missing
+
+    @property
+    def is_resumable(self) -> bool:
+        return self.kind is CkptKind.RESUMABLE
+
+    @property
+    def epochs_done(self) -> Optional[int]:
+        """Completed epochs a resume starts after (it restarts at epochs_done + 1, 1-based)."""
+        return self.epoch + 1 if self.is_resumable and self.epoch is not None else None
+
+
+class CorruptCheckpoint(Exception):
+    """Raised internally with the human sentence that becomes ``CheckpointInfo.problem``."""
+
+
+# --------------------------------------------------------------------------- public entry
+
+
+def inspect_checkpoint(path: Union[str, Path]) -> CheckpointInfo:
+    """Verify ``path`` completely and classify it. Never raises for a bad file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return CheckpointInfo(path, CkptKind.MISSING, None, False, None, 0, f"{path} does not exist")
+    except OSError as e:
+        return _corrupt(path, 0, f"cannot stat: {e.strerror or e}")
+    if size == 0:
+        return _corrupt(path, 0, "empty file")
+    try:
+        with open(path, "rb") as f:
+            top = _read_verified(f, size)
+        return _classify(path, size, top)
+    except CorruptCheckpoint as e:
+        return _corrupt(path, size, str(e))
+    except OSError as e:
+        return _corrupt(path, size, f"cannot read: {e.strerror or e}")
+
+
+def _corrupt(path: Path, size: int, problem: str) -> CheckpointInfo:
+    return CheckpointInfo(path, CkptKind.CORRUPT, None, False, None, size, problem)
+
+
+def _classify(path: Path, size: int, top: Any) -> CheckpointInfo:
+    """Turn the unpickled top-level object into a kind, following Ultralytics' strip_optimizer."""
+    if not isinstance(top, dict):
+        return _corrupt(path, size, f"top level is not a dict but {type(top).__name__}")
+    epoch = top.get("epoch")
+    if "epoch" not in top or isinstance(epoch, bool) or not isinstance(epoch, int):
+        return _corrupt(path, size, f"no integer 'epoch' entry (got {epoch!r})")
+    has_opt = top.get("optimizer") is not None
+    args = _jsonable(top.get("train_args"))
+    args = args if isinstance(args, dict) else None
+    if epoch == -1 or not has_opt:
+        kind = CkptKind.FINISHED   # strip_optimizer sets epoch=-1 and optimizer=None together
+    elif epoch >= 0:
+        kind = CkptKind.RESUMABLE
+    else:
+        return _corrupt(path, size, f"impossible epoch {epoch}")
+    return CheckpointInfo(path, kind, epoch, has_opt, args, size, None)
+
+
+# --------------------------------------------------------------------------- zip + CRC
+
+
+def _read_verified(f, size: int) -> Any:
+    """CRC-check every record of the archive in ``f``, then return the unpickled data.pkl."""
+    try:
+        zf = zipfile.ZipFile(f)
+    except zipfile.BadZipFile as e:
+        raise CorruptCheckpoint(_not_a_zip(f, e)) from None
+    except (EOFError, struct.error, ValueError) as e:
+        raise CorruptCheckpoint(f"damaged zip directory: {e}") from None
+    with zf:
+        infos = zf.infolist()
+        pkl = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+        if len(pkl) != 1:
+            raise CorruptCheckpoint(f"not a torch checkpoint: {len(pkl)} data.pkl records (want 1)")
+        buf = bytearray(CHUNK)
+        for info in infos:
+            _check_record(f, zf, info, size, buf)
+        data = zf.read(pkl[0])  # already CRC-verified above
+    prefix = pkl[0].filename[: -len("data.pkl")]
+    names = {i.filename for i in infos}
+    return _safe_unpickle(data, prefix, names)
+
+
+def _not_a_zip(f, err: Exception) -> str:
+    """Tell a cut-off archive (starts like a zip) from a file that never was one."""
+    f.seek(0)
+    if f.read(4) == _LOCAL_MAGIC:
+        return "truncated: not a zip archive (end of central directory missing)"
+    return f"not a zip archive (no zip signature at the start): {err}"
+
+
+def _check_record(f, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, buf: bytearray) -> None:
+    """Compare one record's CRC with the directory's, naming the record when it differs."""
+    name = info.filename
+    if info.compress_type != zipfile.ZIP_STORED:
+        # torch never compresses, but a repacked archive might: let zipfile inflate it
+        try:
+            with zf.open(info) as member:
+                crc = 0
+                while chunk := member.read(CHUNK):
+                    crc = zlib.crc32(chunk, crc)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise CorruptCheckpoint(f"unreadable record {name}: {e}") from None
+    else:
+        start = _data_offset(f, info, size)
+        crc = _crc_range(f, start, info.file_size, buf, name)
+    if crc != info.CRC:
+        raise CorruptCheckpoint(f"CRC mismatch in record {name}")
+
+
+def _data_offset(f, info: zipfile.ZipInfo, size: int) -> int:
+    """Where a record's bytes start: after its local header, whose lengths may differ from the directory's."""
+    f.seek(info.header_offset)
+    head = f.read(_LOCAL_HEADER.size)
+    if len(head) != _LOCAL_HEADER.size or head[:4] != _LOCAL_MAGIC:
+        raise CorruptCheckpoint(f"bad local header for record {info.filename}")
+    fields = _LOCAL_HEADER.unpack(head)
+    start = info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]
+    if start + info.file_size > size:
+        raise CorruptCheckpoint(f"truncated: record {info.filename} runs past the end of the file")
+    return start
+
+
+def _crc_range(f, start: int, length: int, buf: bytearray, name: str) -> int:
+    """zlib.crc32 of ``length`` bytes at ``start``, read into one reused buffer (no per-chunk allocation)."""
+    f.seek(start)
+    view = memoryview(buf)
+    crc = 0
+    while length > 0:
+        n = f.readinto(view[: min(length, CHUNK)])
+        if not n:
+            raise CorruptCheckpoint(f"truncated: record {name} ends early")
+        crc = zlib.crc32(view[:n], crc)
+        length -= n
+    return crc
+
+
+# --------------------------------------------------------------------------- safe unpickling
+
+
+class _Inert:
+    """Stands in for every class or function a pickle names; accepts any use and does nothing.
+
+    REDUCE calls it, NEWOBJ calls ``__new__``, BUILD ``__setstate__``, SETITEM(S)
+    ``__setitem__``, APPEND(S) ``append``/``extend``. Instances are also callable
+    so a stub produced by one REDUCE can serve as the callable of another.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+    def __repr__(self):
+        return "<inert>"
+
+
+class _Dict(dict):
+    """OrderedDict stand-in: a real dict (so mappings read naturally) that ignores BUILD state
+    such as torch's ``_metadata`` attribute on state dicts."""
+
+    def __setstate__(self, state):
+        pass
+
+
+# The only real callables a checkpoint may reach: containers whose construction runs no user code.
+_ALLOWED = {
+    ("collections", "OrderedDict"): _Dict,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that never resolves a real global and never loads tensor data."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.storage_keys: set[str] = set()
+
+    def find_class(self, module: str, name: str):
+        return _ALLOWED.get((module, name), _Inert)
+
+    def persistent_load(self, pid):
+        # torch: ('storage', storage_type, key, location, numel); remember the key to check it exists
+        if isinstance(pid, tuple) and len(pid) >= 3 and isinstance(pid[2], str):
+            self.storage_keys.add(pid[2])
+        return None
+
+
+def _safe_unpickle(data: bytes, prefix: str, names: set[str]) -> Any:
+    unpickler = _SafeUnpickler(data)
+    try:
+        top = unpickler.load()
+    except RecursionError:
+        raise CorruptCheckpoint("data.pkl nests too deeply to read safely") from None
+    except Exception as e:  # any malformed pickle: UnpicklingError, EOFError, TypeError, ...
+        raise CorruptCheckpoint(f"data.pkl unreadable: {type(e).__name__}: {e}") from None
+    missing = sorted(k for k in unpickler.storage_keys if f"{prefix}data/{k}" not in names)
+    if missing:
+        raise CorruptCheckpoint(f"missing tensor record {prefix}data/{missing[0]} "
+                                f"({len(missing)} referenced storages absent)")
+    return top
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` keeping only plain JSON-able data; stubs and other objects become ``_DROP``."""
+    if depth > 20:
+        return _DROP
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_jsonable(v, depth + 1) for v in value]
+        return [v for v in items if v is not _DROP]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            v = _jsonable(v, depth + 1)
+            if isinstance(k, str) and v is not _DROP:
+                out[k] = v
+        return out
+    return _DROP
+
+
+_DROP = object()
+
+
+__all__ = ["CkptKind", "CheckpointInfo", "inspect_checkpoint", "CHUNK"]

@@ -1,0 +1,224 @@
+"""The checkpoint probe against real Ultralytics checkpoints and damaged copies of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import pickletools
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
+
+# --------------------------------------------------------------------------- helpers (also used by test_vault)
+
+
+def truncated(src: Path, dst: Path, keep: int) -> Path:
+    """The first ``keep`` bytes of ``src``: what a kill during ``Path.write_bytes`` leaves."""
+    dst.write_bytes(src.read_bytes()[:keep])
+    return dst
+
+
+def record_data_offset(path: Path, name: str) -> tuple[int, int]:
+    """(offset of the first data byte, data length) of a stored record, read from its local header."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+    assert head[:4] == b"PK\x03\x04"
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def flip_byte_in_record(src: Path, dst: Path, name: str) -> Path:
+    """Copy ``src`` with one bit flipped in the middle of record ``name``'s data."""
+    start, length = record_data_offset(src, name)
+    data = bytearray(src.read_bytes())
+    data[start + length // 2] ^= 0x01
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def tensor_records(path: Path) -> list[str]:
+    """Tensor storage records, in archive order."""
+    with zipfile.ZipFile(path) as zf:
+        return [n for n in zf.namelist() if "/data/" in n]
+
+
+def repack(src: Path, dst: Path, *, data_pkl: bytes | None = None, drop: str | None = None) -> Path:
+    """Rewrite the archive with valid CRCs, optionally replacing data.pkl or leaving out one record."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            if info.filename == drop:
+                continue
+            body = data_pkl if (data_pkl is not None and info.filename.endswith("/data.pkl")) else zin.read(info)
+            zout.writestr(info.filename, body)
+    return dst
+
+
+def with_epoch(src: Path, dst: Path, epoch: int) -> Path:
+    """A copy of a real checkpoint whose top-level ``epoch`` is ``epoch`` (a valid archive, new CRCs)."""
+    with zipfile.ZipFile(src) as zf:
+        pkl = zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
+    ops = list(pickletools.genops(pkl))
+    for i, (op, arg, _) in enumerate(ops):
+        if op.name in ("BINUNICODE", "SHORT_BINUNICODE") and arg == "epoch":
+            j = i + 1
+            while ops[j][0].name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                j += 1
+            op2, _, pos = ops[j]
+            assert op2.name == "BININT1" and 0 <= epoch < 256, op2.name
+            patched = pkl[: pos + 1] + bytes([epoch]) + pkl[pos + 2:]
+            return repack(src, dst, data_pkl=patched)
+    raise AssertionError("no 'epoch' key in data.pkl")
+
+
+# --------------------------------------------------------------------------- real checkpoints
+
+
+@pytest.mark.parametrize("key, epoch", [("resumable0", 0), ("resumable1", 1)])
+def test_real_resumable_checkpoint(real_checkpoints, key, epoch):
+    info = inspect_checkpoint(real_checkpoints[key])
+    assert info.kind is CkptKind.RESUMABLE, info.problem
+    assert info.is_resumable and info.problem is None
+    assert info.epoch == epoch and info.epochs_done == epoch + 1
+    assert info.has_optimizer
+    assert info.size == real_checkpoints[key].stat().st_size
+    assert info.train_args["epochs"] == 2 and info.train_args["imgsz"] == 64
+    json.dumps(info.train_args)  # only plain values survive
+
+
+def test_real_stripped_checkpoint_is_finished(real_checkpoints):
+    info = inspect_checkpoint(real_checkpoints["finished"])
+    assert info.kind is CkptKind.FINISHED
+    assert info.epoch == -1 and not info.has_optimizer
+    assert info.epochs_done is None and not info.is_resumable
+    assert info.train_args["epochs"] == 2
+
+
+def test_missing_file(tmp_path):
+    info = inspect_checkpoint(tmp_path / "nope.pt")
+    assert info.kind is CkptKind.MISSING and info.problem and info.size == 0
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.pt").write_bytes(b"")
+    info = inspect_checkpoint(tmp_path / "e.pt")
+    assert info.kind is CkptKind.CORRUPT and info.problem == "empty file"
+
+
+@pytest.mark.parametrize("cut", ["4 bytes", "100 bytes", "half", "before the directory", "1 byte short",
+                                 "22 bytes short"])
+def test_truncated_copies_are_corrupt(real_checkpoints, tmp_path, cut):
+    src = real_checkpoints["resumable1"]
+    size = src.stat().st_size
+    with zipfile.ZipFile(src) as zf:
+        directory_start = zf.start_dir  # every record complete, central directory gone
+    keep = {"4 bytes": 4, "100 bytes": 100, "half": size // 2, "before the directory": directory_start,
+            "1 byte short": size - 1, "22 bytes short": size - 22}[cut]
+    info = inspect_checkpoint(truncated(src, tmp_path / "t.pt", keep))
+    assert info.kind is CkptKind.CORRUPT
+    assert info.problem.startswith("truncated"), info.problem
+    assert info.size == keep
+
+
+@pytest.mark.parametrize("which", ["first", "middle", "last"])
+def test_bit_flip_in_a_tensor_record_names_the_record(real_checkpoints, tmp_path, which):
+    src = real_checkpoints["resumable1"]
+    names = tensor_records(src)
+    name = {"first": names[0], "middle": names[len(names) // 2], "last": names[-1]}[which]
+    info = inspect_checkpoint(flip_byte_in_record(src, tmp_path / "f.pt", name))
+    assert info.kind is CkptKind.CORRUPT
+    assert info.problem == f"CRC mismatch in record {name}"
+
+
+def test_bit_flip_in_the_biggest_tensor_record(real_checkpoints, tmp_path):
+    src = real_checkpoints["resumable0"]
+    with zipfile.ZipFile(src) as zf:
+        name = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size).filename
+    info = inspect_checkpoint(flip_byte_in_record(src, tmp_path / "f.pt", name))
+    assert info.problem == f"CRC mismatch in record {name}"
+
+
+def test_bit_flip_in_data_pkl(real_checkpoints, tmp_path):
+    src = real_checkpoints["finished"]
+    name = next(n for n in zipfile.ZipFile(src).namelist() if n.endswith("/data.pkl"))
+    info = inspect_checkpoint(flip_byte_in_record(src, tmp_path / "f.pt", name))
+    assert info.kind is CkptKind.CORRUPT and info.problem == f"CRC mismatch in record {name}"
+
+
+def test_missing_tensor_record_is_corrupt(real_checkpoints, tmp_path):
+    src = real_checkpoints["resumable0"]
+    gone = tensor_records(src)[3]
+    info = inspect_checkpoint(repack(src, tmp_path / "r.pt", drop=gone))
+    assert info.kind is CkptKind.CORRUPT and gone in info.problem
+
+
+def test_repacked_archive_with_patched_epoch_reads_back(real_checkpoints, tmp_path):
+    info = inspect_checkpoint(with_epoch(real_checkpoints["resumable0"], tmp_path / "e.pt", 7))
+    assert info.kind is CkptKind.RESUMABLE and info.epoch == 7 and info.epochs_done == 8
+
+
+def test_garbage_is_not_a_zip(tmp_path):
+    (tmp_path / "g.pt").write_bytes(os.urandom(4096))
+    info = inspect_checkpoint(tmp_path / "g.pt")
+    assert info.kind is CkptKind.CORRUPT and info.problem.startswith("not a zip archive")
+
+
+def _zip_with_pickle(path: Path, payload: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", payload)
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+@pytest.mark.parametrize("proto", [2, 4])
+def test_malicious_pickle_runs_no_code(tmp_path, proto):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    class EvilExec:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').close()",))
+
+    top_level = pickle.dumps(Evil(), protocol=proto)
+    nested = pickle.dumps({"epoch": 3, "optimizer": EvilExec(), "train_args": {"x": Evil()}}, protocol=proto)
+
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "a.pt", top_level))
+    assert info.kind is CkptKind.CORRUPT and "not a dict" in info.problem
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "b.pt", nested))
+    assert info.train_args == {}  # the stub stood in for the payload and was dropped
+    assert not marker.exists()
+
+
+def test_non_dict_and_epochless_pickles_are_corrupt(tmp_path):
+    for i, obj in enumerate([[1, 2, 3], {"model": None}, {"epoch": "3"}, {"epoch": -5, "optimizer": {}}]):
+        info = inspect_checkpoint(_zip_with_pickle(tmp_path / f"{i}.pt", pickle.dumps(obj)))
+        assert info.kind is CkptKind.CORRUPT, obj
+
+
+def test_garbled_pickle_is_corrupt_not_an_exception(tmp_path):
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "g.pt", b"\x80\x02}q\x00(X\x05\x00"))
+    assert info.kind is CkptKind.CORRUPT and "data.pkl" in info.problem
+
+
+def test_probe_imports_and_reads_without_torch(real_checkpoints):
+    code = (
+        "import sys\n"
+        "import supervisor.probes.checkpoint as c, supervisor.probes.vault, supervisor.results_csv\n"
+        "info = c.inspect_checkpoint(sys.argv[1])\n"
+        "assert info.is_resumable, info\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ultralytics', 'numpy')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(real_checkpoints["resumable1"])], check=True, timeout=60)
