@@ -400,7 +400,7 @@ class Daemon:
         end = AttemptEnd(
             cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
             finished_checkpoint=finished, user_stop=run.user_stop,
-            devices_unhealthy=self._devices_unhealthy(name, spec),
+            devices_unhealthy=self._devices_unhealthy(name, spec, run),
             batch=job.batch_override or _int(spec.train.get("batch")),
         )
         budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level)
@@ -426,15 +426,18 @@ class Daemon:
         if target is S.BACKOFF:
             counters["next_start_at"] = time.time() + decision.delay_s
             reason = f"{decision.reason}; next attempt in {decision.delay_s:.1f}s"
+        elif target is S.HELD:
+            reason = f"{decision.reason}: {run.extra.get('hold_reason', '')}"
         else:
             reason = decision.reason
         self.transition(name, target, reason, **counters)
 
     # -- GPU health -------------------------------------------------------------
-    def _devices_unhealthy(self, name: str, spec: JobSpec) -> bool:
+    def _devices_unhealthy(self, name: str, spec: JobSpec, run: Running) -> bool:
         reasons = self.health.unhealthy_reasons(spec)
         if reasons:
-            self.event(name, "gpu", "; ".join(reasons))
+            run.extra["hold_reason"] = "; ".join(reasons)
+            self.event(name, "gpu", run.extra["hold_reason"])
         return bool(reasons)
 
     def _devices_ready(self, name: str, spec: JobSpec, actor: Optional[str]) -> bool:

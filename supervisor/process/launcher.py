@@ -165,8 +165,13 @@ def kill_job_now(job: str, root_pid: Optional[int], timeout: float = 5.0) -> lis
             p.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p.pid for p in alive if _alive(p)]
+    # Not psutil.wait_procs: it would waitpid() our own child and steal its exit status from Popen.
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+        alive = [p for p in alive if _alive(p)]
+    return [p.pid for p in alive]
 
 
 def become_subreaper() -> bool:
