@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     epochs_after INTEGER,
     resumed_from TEXT,
     first_batch_at REAL,
+    epochs_reached INTEGER,
     UNIQUE (job, number)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -69,6 +70,12 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job, number);
 CREATE INDEX IF NOT EXISTS events_job ON events (job, id);
 """
+
+# Columns added after the first release: (table, column, type). A database made by an older
+# version gets them on open; nothing else about it changes.
+ADDED_COLUMNS = (
+    ("attempts", "epochs_reached", "INTEGER"),
+)
 
 
 @dataclass
@@ -112,6 +119,9 @@ class AttemptRecord:
     epochs_after: Optional[int]
     resumed_from: Optional[str]
     first_batch_at: Optional[float]
+    # Whole epochs whose training pass this attempt finished, as last seen in its progress file
+    # (checkpointed or not); None when never seen. See supervisor/observe/goodput.py.
+    epochs_reached: Optional[int] = None
 
 
 @dataclass
@@ -142,6 +152,13 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, kind in ADDED_COLUMNS:
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -211,6 +228,11 @@ class Store:
         self._exec("UPDATE attempts SET first_batch_at = ? WHERE id = ? AND first_batch_at IS NULL",
                    (at, attempt_id))
 
+    def note_epochs_reached(self, job: str, number: int, epochs: int) -> None:
+        """Raise attempt ``number``'s ``epochs_reached`` to ``epochs`` (it never goes down)."""
+        self._exec("UPDATE attempts SET epochs_reached = ? WHERE job = ? AND number = ?"
+                   " AND (epochs_reached IS NULL OR epochs_reached < ?)", (epochs, job, number, epochs))
+
     def attempts(self, job: str) -> list[AttemptRecord]:
         rows = self._query(
             f"SELECT {', '.join(_columns(AttemptRecord))} FROM attempts WHERE job = ? ORDER BY number", (job,))
@@ -231,6 +253,11 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (job, time.time(), kind, from_state, to_state, reason, actor, json.dumps(data) if data else None),
         )
+
+    def last_event_at(self, job: str, kind: str) -> Optional[float]:
+        """When the job's newest event of ``kind`` happened; None when there is none."""
+        rows = self._query("SELECT MAX(at) FROM events WHERE job = ? AND kind = ?", (job, kind))
+        return rows[0][0] if rows else None
 
     def events(self, job: str) -> list[EventRecord]:
         rows = self._query(

@@ -38,7 +38,7 @@ class Reporter:
             "epoch": None, "batch": None, "batches": None, "losses": None,
             "first_batch_at": None, "last_beat_at": time.time(), "max_gap_s": 0.0,
             "saved_epochs_done": None, "last_save_at": None, "epoch_times": [],
-            "save_dir": None, "batch_size": None,
+            "save_dir": None, "batch_size": None, "epoch_started_at": None,
         }
         self._last_write = 0.0
         self._epoch_start = None
@@ -68,7 +68,7 @@ def _install_callbacks(model, rep: Reporter) -> None:
     def on_train_epoch_start(trainer):
         rep._epoch_start = time.time()
         rep.beat(force=True, phase="training", epoch=trainer.epoch + 1, epochs=trainer.epochs, batch=0,
-                 save_dir=str(trainer.save_dir))
+                 save_dir=str(trainer.save_dir), epoch_started_at=rep._epoch_start)
 
     def on_train_batch_end(trainer):
         if rep.preempt_requested:

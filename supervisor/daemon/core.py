@@ -9,6 +9,7 @@ tick. Every state change goes through ``transition``.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import selectors
@@ -214,7 +215,7 @@ class Daemon:
         return spec
 
     def spec(self, name: str) -> JobSpec:
-        return parse_spec_text(self.store.get_job(name).spec_yaml, name)
+        return _parsed_spec(self.store.get_job(name).spec_yaml, name)
 
     def vault(self, name: str, spec: Optional[JobSpec] = None) -> CheckpointVault:
         keep = (spec or self.spec(name)).keep_checkpoints
@@ -501,6 +502,12 @@ class Daemon:
                 self.event(job.name, "vanished", f"attempt {run.attempt_no} (pid {job.pid}) ended while "
                            "the daemon was down")
                 self.sel.register(run.child.pidfd, selectors.EVENT_READ, ("child", job.name))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_spec(spec_yaml: str, name: str) -> JobSpec:
+    """Specs are immutable once stored; parse each one once, not on every tick."""
+    return parse_spec_text(spec_yaml, name)
 
 
 def _dead_child(job: JobRecord) -> launcher.Child:
