@@ -15,13 +15,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from supervisor.child.progress import read_json
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError
 from supervisor.daemon.core import CommandError
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
 from supervisor.jobs.states import Cause, JobState
+from supervisor.observe.goodput import goodput
+from supervisor.observe.rate import training_rate
 from supervisor.store import JobRecord
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
 
 S = JobState
+# results.csv grows ~200 bytes an epoch: thousands of epochs, under the message limit once escaped.
+RESULTS_MAX_BYTES = 512 * 1024
 HandlerFn = Callable[["Daemon", dict[str, Any], "Peer"], Any]
 
 
@@ -92,7 +96,9 @@ def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[st
     return [job_view(daemon, job) for job in jobs]
 
 
-def job_view(daemon: "Daemon", job: JobRecord) -> dict[str, Any]:
+def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> dict[str, Any]:
+    """What ``status`` shows for one job (also the numbers behind the Prometheus metrics)."""
+    now = time.time() if now is None else now
     state = S(job.state)
     epochs = daemon.spec(job.name).epochs
     progress = (read_json(daemon.home.job_progress(job.name)) or {}) if state.has_process else {}
@@ -102,29 +108,63 @@ def job_view(daemon: "Daemon", job: JobRecord) -> dict[str, Any]:
         epoch = int(progress["epoch"])  # the epoch being trained now (1-based)
     else:
         epoch = job.epochs_done
-    attempt = daemon.store.open_attempt(job.name) if state.has_process else None
+    attempts = daemon.store.attempts(job.name)
+    attempt = next((a for a in reversed(attempts) if a.ended_at is None), None) if state.has_process else None
+    rate = training_rate(progress, epochs, now) if progress else None
     return {
         "name": job.name, "state": job.state, "state_reason": job.state_reason,
         "pid": job.pid, "epoch": epoch, "epochs": epochs, "epochs_done": job.epochs_done,
         "batch": progress.get("batch"), "batches": progress.get("batches"), "phase": progress.get("phase"),
+        "batches_per_s": _round(rate.batches_per_s, 3) if rate else None,
+        "epoch_s": _round(rate.epoch_s, 1) if rate else None,
+        "eta_s": _round(rate.eta_s, 0) if rate else None,
         "attempts": job.attempts, "restarts": max(0, job.attempts - 1), "crash_restarts": job.crash_restarts,
         "last_cause": job.last_cause, "run_dir": job.run_dir,
-        "uptime_s": round(time.time() - attempt.started_at, 1) if attempt else None,
-        "next_start_at": job.next_start_at, "owner_uid": job.owner_uid,
+        "uptime_s": round(now - attempt.started_at, 1) if attempt else None,
+        "next_start_at": job.next_start_at, "owner_uid": job.owner_uid, "created_at": job.created_at,
+        "goodput": goodput(job, attempts, now).summary(),
     }
 
 
+def _round(value: Optional[float], digits: int) -> Optional[float]:
+    return None if value is None else round(value, digits)
+
+
 def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
-    """Every attempt of a job and every event, oldest first."""
+    """Every attempt of a job (with its goodput share) and every event, oldest first."""
     job = _job(daemon, args)
+    now = time.time()
     events = []
     for e in daemon.store.events(job.name):
         row = dataclasses.asdict(e)
         row["data"] = json.loads(e.data) if e.data else None
         events.append(row)
-    return {"job": job_view(daemon, job),
-            "attempts": [dataclasses.asdict(a) for a in daemon.store.attempts(job.name)],
-            "events": events}
+    attempts = daemon.store.attempts(job.name)
+    gp = goodput(job, attempts, now)
+    rows = []
+    for a, share in zip(attempts, gp.attempts):
+        row = dataclasses.asdict(a)
+        row.update(training_s=round(share.training_s, 1), down_after_s=round(share.down_after_s, 1),
+                   epochs_reached=share.epochs_reached, epochs_redone=share.epochs_redone)
+        rows.append(row)
+    return {"job": job_view(daemon, job, now), "attempts": rows, "events": events, "goodput": gp.to_dict()}
+
+
+def results(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """The run's results.csv (what ``plot`` draws), read through the socket like the log."""
+    job = _job(daemon, args)
+    text = None
+    if job.run_dir:
+        path = Path(job.run_dir) / "results.csv"
+        try:
+            with open(path, "rb") as f:
+                data = f.read(RESULTS_MAX_BYTES + 1)
+        except FileNotFoundError:
+            data = None
+        if data is not None and len(data) > RESULTS_MAX_BYTES:
+            raise RequestError(ErrorCode.INTERNAL, f"{path}: over the {RESULTS_MAX_BYTES} byte limit")
+        text = data.decode("utf-8", errors="replace") if data is not None else None
+    return {"name": job.name, "run_dir": job.run_dir, "csv": text}
 
 
 def tail(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
@@ -223,6 +263,7 @@ def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
 HANDLERS: dict[str, Handler] = {
     "status": Handler(status, mutates=False),
     "history": Handler(history, mutates=False),
+    "results": Handler(results, mutates=False),
     "tail": Handler(tail, mutates=False),
     "log": Handler(log, mutates=False),
     "submit": Handler(submit, mutates=True),

@@ -116,18 +116,12 @@ class Daemon:
             if kind == "wake":
                 self._drain_wake()
             elif kind == "child":
-                self.on_child_exit(name)
+                self._guarded(self.on_child_exit, name)
         self._run_calls()
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run ``fn`` on the loop thread and return its result (used by the control server)."""
-        fut: Future = Future()
-        self._calls.put((fn, fut))
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass
-        return fut.result(timeout)
+        return self.post(fn).result(timeout)
 
     def post(self, fn: Callable[[], Any]) -> Future:
         """Queue ``fn`` for the loop thread without waiting (the drop-directory watcher's thread)."""
@@ -177,7 +171,9 @@ class Daemon:
     def housekeeping(self) -> None:
         launcher.reap_orphans({r.child.pid for r in self.running.values()})
         for name in list(self.running):
-            self.watch_running(name)
+            self._guarded(self.watch_running, name)
+        if any(S(j.state).has_process and j.name not in self.running for j in self.store.list_jobs()):
+            self.reconcile()  # a job step failed half-way: pick its process (or its end) up again
         self.route_gpu_events()
         self.release_healthy_holds()
         self.start_due_jobs()
@@ -195,7 +191,24 @@ class Daemon:
             due = job.state == S.QUEUED.value or (
                 job.state == S.BACKOFF.value and (job.next_start_at or 0) <= now)
             if due and self._capacity_left():
-                self.launch(job.name)
+                self._guarded(self.launch, job.name)
+
+    def _guarded(self, fn: Callable[[str], None], name: str) -> None:
+        """One job's failure (a full disk, an unexpected state) is reported, and the daemon keeps serving."""
+        try:
+            fn(name)
+        except OSError as exc:
+            self.log.error("job step failed", job=name, step=fn.__name__, error=str(exc))
+            retry_at = time.time() + 30
+            try:
+                self.store.add_event(name, "error", f"{fn.__name__}: {exc}; retrying in 30s")
+                if S(self.store.get_job(name).state) in (S.QUEUED, S.BACKOFF):
+                    self.store.update_job(name, state=S.BACKOFF.value, next_start_at=retry_at,
+                                          state_reason=f"{fn.__name__} failed: {exc}; retrying in 30s")
+            except Exception:  # the store itself may be on the full disk
+                pass
+        except Exception as exc:  # a bug must not take every other job down with it
+            self.log.exception("job step failed", job=name, step=fn.__name__, error=repr(exc))
 
     def _capacity_left(self) -> bool:
         return not self.config.max_running or len(self.running) < self.config.max_running
@@ -483,7 +496,7 @@ class Daemon:
     def reconcile(self) -> None:
         """Re-adopt live attempts; treat vanished ones as ended and let the policy decide."""
         for job in self.store.list_jobs():
-            if not S(job.state).has_process:
+            if not S(job.state).has_process or job.name in self.running:
                 continue
             open_attempt = self.store.open_attempt(job.name)
             child = launcher.adopt(job.name, job.pid, job.pid_start_time) if job.pid else None
