@@ -241,6 +241,7 @@ class Daemon:
         if not self._devices_ready(name, spec, actor):
             return
         self.home.ensure_job(name)
+        self._kill_strays(name)
         attempt = job.attempts + 1
         run_dir = Path(job.run_dir) if job.run_dir else None
         plan = prepare_resume(run_dir, self.vault(name, spec), attempt)
@@ -255,6 +256,14 @@ class Daemon:
             self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
             return
         self._spawn(job, spec, attempt, plan.resume_from, plan.epochs_done, actor)
+
+    def _kill_strays(self, name: str) -> None:
+        """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
+        strays = launcher.job_processes(name)
+        if strays:
+            survivors = launcher.kill_job_now(name, None)
+            self.event(name, "orphans", f"{len(strays)} process(es) of the job alive before launch; killed",
+                       pids=[p.pid for p in strays], survivors=survivors)
 
     def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
                epochs_before: int, actor: Optional[str]) -> None:
