@@ -37,7 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--socket", type=Path, default=None, help="control socket (default HOME/supervisor.sock)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("status", help="jobs: state, pid, epoch, restarts, last cause, uptime")
+    s = sub.add_parser("status", help="jobs: state, pid, epoch, speed, ETA, restarts, uptime, down time, goodput")
     s.add_argument("names", nargs="*", metavar="NAME")
     s.add_argument("--json", action="store_true", help="a JSON list of objects instead of a table")
 
@@ -58,9 +58,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("-n", "--lines", type=int, default=10)
     s.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
 
-    s = sub.add_parser("history", help="every attempt (start, end, exit, cause, epochs) and every event")
+    s = sub.add_parser("history", help="goodput, every attempt (start, end, exit, cause, epochs, training and "
+                                       "down time) and every event")
     s.add_argument("name", metavar="NAME")
     s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("plot", help="losses and mAP per epoch with every interruption marked (PNG)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("-o", "--output", type=Path, default=None, metavar="FILE.png", help="default ./NAME.png")
 
     s = sub.add_parser("remove", help="forget a job that is not running (files are kept)")
     s.add_argument("name", metavar="NAME")
@@ -203,17 +208,56 @@ def cmd_remove(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(conn: Connection, args: argparse.Namespace) -> int:
+    hist = call(conn, "history", name=args.name)
+    results = call(conn, "results", name=args.name)
+    if not results["csv"]:
+        raise RequestError(ErrorCode.WRONG_STATE, f"{args.name}: nothing to plot yet (no results.csv: "
+                                                  "no epoch finished)")
+    from supervisor.observe.plot import plot_run  # matplotlib: only this command pays for it
+
+    out = args.output or Path(f"{args.name}.png")
+    try:
+        drawn = plot_run(results["csv"], hist, out)
+    except OSError as err:
+        raise RequestError(ErrorCode.USAGE, f"{out}: {err.strerror}") from None
+    print(f"wrote {out}: {len(drawn.epochs)} epoch(s), {len(drawn.markers)} interruption(s)")
+    return 0
+
+
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
-            "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove}
+            "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
+            "plot": cmd_plot}
 
 
 # -- rendering ------------------------------------------------------------------------
 def render_status(jobs: list[dict[str, Any]], now: float) -> str:
-    rows = [("NAME", "STATE", "PID", "EPOCH", "PROGRESS", "RESTARTS", "LAST CAUSE", "UPTIME")]
+    rows = [("NAME", "STATE", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST CAUSE", "UPTIME",
+             "DOWN", "GOODPUT")]
     for j in jobs:
+        gp = j.get("goodput") or {}
         rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs']}",
-                     progress_bar(j), str(j["restarts"]), j["last_cause"] or "-", duration(j["uptime_s"])))
+                     progress_bar(j), speed(j.get("batches_per_s")), duration(j.get("eta_s")),
+                     restarts(j["restarts"], gp.get("restarts_by_cause")), j["last_cause"] or "-",
+                     duration(j["uptime_s"]), duration(gp.get("down_s")), percent(gp.get("training_fraction"))))
     return table(rows) if jobs else "no jobs"
+
+
+def speed(batches_per_s: Optional[float]) -> str:
+    if batches_per_s is None:
+        return "-"
+    return f"{batches_per_s:.2f} it/s" if batches_per_s >= 1 else f"{1 / batches_per_s:.1f} s/it"
+
+
+def restarts(count: int, by_cause: Optional[dict[str, int]]) -> str:
+    """``3 (killed x2, preempted)``."""
+    if not count or not by_cause:
+        return str(count)
+    return f"{count} (" + ", ".join(c if n == 1 else f"{c} x{n}" for c, n in by_cause.items()) + ")"
+
+
+def percent(fraction: Optional[float]) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.0f}%"
 
 
 def progress_bar(job: dict[str, Any], width: int = BAR_WIDTH) -> str:
@@ -230,7 +274,7 @@ def progress_bar(job: dict[str, Any], width: int = BAR_WIDTH) -> str:
 def duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
-    s = int(seconds)
+    s = int(round(seconds))
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s < 86400 else f"{s // 86400}d{s % 86400 // 3600:02d}h"
@@ -238,8 +282,12 @@ def duration(seconds: Optional[float]) -> str:
 
 def render_history(hist: dict[str, Any]) -> str:
     job = hist["job"]
-    lines = [f"job {job['name']}: {job['state']} ({job['state_reason'] or ''})", ""]
-    rows = [("ATTEMPT", "START", "END", "PID", "EXIT", "CAUSE", "EPOCHS", "DETAIL")]
+    lines = [f"job {job['name']}: {job['state']} ({job['state_reason'] or ''})"]
+    if hist.get("goodput"):
+        lines.append(render_goodput(hist["goodput"]))
+    lines.append("")
+    rows = [("ATTEMPT", "START", "END", "PID", "EXIT", "CAUSE", "EPOCHS", "TRAINING", "DOWN AFTER", "REDONE",
+             "DETAIL")]
     for a in hist["attempts"]:
         if a["ended_at"] is None:
             ended = "-"
@@ -249,7 +297,9 @@ def render_history(hist: dict[str, Any]) -> str:
             ended = f"exit {a['exit_code']}" if a["exit_code"] is not None else "unknown"
         epochs = f"{a['epochs_before']}->{a['epochs_after'] if a['epochs_after'] is not None else '?'}"
         rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), str(a["pid"] or "-"),
-                     ended, a["cause"] or "(running)", epochs, a["detail"] or ""))
+                     ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
+                     duration(a.get("down_after_s")) if a["ended_at"] else "-", str(a.get("epochs_redone", "-")),
+                     a["detail"] or ""))
     lines.append(table(rows) if hist["attempts"] else "no attempts yet")
     lines += ["", "events:"]
     for e in hist["events"]:
@@ -257,6 +307,14 @@ def render_history(hist: dict[str, Any]) -> str:
         who = f" [{e['actor']}]" if e["actor"] else ""
         lines.append(f"  {clock(e['at'])}  {e['kind']}{move}: {e['reason'] or ''}{who}")
     return "\n".join(lines)
+
+
+def render_goodput(gp: dict[str, Any]) -> str:
+    """``goodput: wall 1h02m = training 55m01s (89%) + startup 1m10s + down 5m49s + paused 0m00s; ...``"""
+    return (f"goodput: wall {duration(gp['wall_s'])} = training {duration(gp['training_s'])} "
+            f"({percent(gp['training_fraction'])}) + startup {duration(gp['startup_s'])} + down "
+            f"{duration(gp['down_s'])} + paused {duration(gp['paused_s'])}; epochs redone {gp['epochs_redone']}; "
+            f"restarts {restarts(gp['restarts'], gp['restarts_by_cause'])}")
 
 
 def clock(ts: Optional[float]) -> str:

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+METRICS_DEFAULT_HOST = "127.0.0.1"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``:port`` or ``port``; no host means loopback. ValueError if bad."""
+    text = str(text).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"metrics_address: {text!r} is not host:port (a port from 1 to 65535)")
+    if host and ":" in host:
+        ipaddress.IPv6Address(host)  # ValueError for garbage
+    return host or METRICS_DEFAULT_HOST, int(port)
 
 
 class DaemonConfig(BaseModel):
@@ -17,9 +35,19 @@ class DaemonConfig(BaseModel):
     jobs_dir: Optional[str] = Field(None, description="drop directory (default HOME/inbox)")
     tick_s: float = Field(1.0, gt=0, le=10, description="housekeeping interval")
     max_running: int = Field(0, ge=0, description="jobs running at once; 0 = no limit")
-    metrics_address: Optional[str] = Field(None, description="host:port for Prometheus; off when unset")
-    metrics_textfile_dir: Optional[str] = None
+    metrics_address: Optional[str] = Field(None, description="host:port for Prometheus (a port alone: "
+                                                            "127.0.0.1); off when unset")
+    metrics_textfile_dir: Optional[str] = Field(None, description="node_exporter textfile directory; off when unset")
     log_level: str = "info"
+
+    @field_validator("metrics_address", mode="before")
+    @classmethod
+    def _address(cls, value):
+        """``9400`` (YAML reads it as a number), ``:9400``, ``host:9400`` or ``[::1]:9400``."""
+        if value is None:
+            return None
+        parse_address(str(value))  # ValueError: reported by field like any other problem
+        return str(value)
 
 
 def load_config(path: Path) -> DaemonConfig:

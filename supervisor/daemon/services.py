@@ -1,9 +1,10 @@
 """What the daemon shows the outside world around its loop: the control socket, the drop
-directory watch, systemd notifications and SIGHUP reloads.
+directory watch, systemd notifications, SIGHUP reloads and Prometheus metrics.
 
 ``main`` starts these after building the daemon and stops them after the loop
 ends. The parts that touch job state (reload, sd_notify's watchdog ping) run as
-housekeeping hooks on the loop thread, so a hung loop stops pinging.
+housekeeping hooks on the loop thread, so a hung loop stops pinging. So do the
+metrics textfile and the record of how far each attempt trained (for goodput).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from supervisor.child.progress import read_json
 from supervisor.control.server import ControlServer
 from supervisor.control.watcher import DropWatcher
 from supervisor.daemon.config import DaemonConfig, load_config
 from supervisor.daemon.core import Daemon
 from supervisor.daemon.sdnotify import Notifier
+from supervisor.observe.goodput import epochs_trained
 from supervisor.observe.logging import configure
+from supervisor.observe.metrics import MetricsService
 
 # Settings read once at start: a reload reports a change to them but cannot apply it.
 RESTART_TO_APPLY = ("socket", "jobs_dir", "metrics_address", "metrics_textfile_dir")
@@ -37,18 +41,28 @@ class Services:
         self.server = ControlServer(daemon, socket_path(daemon), daemon.config.socket_group)
         self.watcher = DropWatcher(daemon, jobs_dir(daemon))
         self.notifier = Notifier.from_environ()
+        self.metrics = MetricsService(daemon)  # ValueError on a bad metrics_address
         self._ready_sent = False
+        self._progress_seen: dict[str, int] = {}  # job -> mtime of the progress file last read
 
     def start(self) -> None:
         """Socket first: it refuses to start when another daemon already serves this home."""
         self.server.start()
         self.watcher.start()
-        self.daemon.hooks += [self.reload_if_requested, self.notify_systemd]
+        try:
+            self.metrics.start()  # OSError: the port is taken
+        except BaseException:
+            self.watcher.stop()
+            self.server.close()
+            raise
+        self.daemon.hooks += [self.reload_if_requested, self.note_epochs_reached, self.metrics.tick,
+                              self.notify_systemd]
 
     def stop(self) -> None:
         self.notifier.stopping()
         self.watcher.stop()
         self.server.close()
+        self.metrics.stop()
 
     # -- housekeeping hooks (loop thread) --------------------------------------------
     def notify_systemd(self, daemon: Daemon) -> None:
@@ -61,6 +75,27 @@ class Services:
         else:
             self.notifier.status(status)
         self.notifier.watchdog()
+
+    def note_epochs_reached(self, daemon: Daemon) -> None:
+        """Record how many epochs each attempt has trained, saved or not (goodput's redone epochs).
+
+        The progress file is per attempt and replaced when the next one starts, so
+        it is read every tick, including once more after the attempt ended.
+        """
+        for job in daemon.store.list_jobs():
+            path = daemon.home.job_progress(job.name)
+            try:
+                changed = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if self._progress_seen.get(job.name) == changed:
+                continue  # finished jobs cost a stat, not a read
+            self._progress_seen[job.name] = changed
+            progress = read_json(path)
+            if progress and isinstance(progress.get("attempt"), int):
+                trained = epochs_trained(progress)
+                if trained:
+                    daemon.store.note_epochs_reached(job.name, progress["attempt"], trained)
 
     def reload_if_requested(self, daemon: Daemon) -> None:
         """SIGHUP: re-read HOME/config.yaml; on any error keep the old config."""

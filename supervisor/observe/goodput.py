@@ -115,7 +115,8 @@ class Interruption:
     at: float                # when the attempt ended
     resumed_epoch: int       # the next attempt's epochs_before (not resumed yet: the epochs it left)
     resumed: bool            # whether a next attempt exists
-    down_s: float
+    gap_kind: str            # "down" after a death, "paused" after a user's stop/restart
+    gap_s: float             # from its end to the next first trained batch (or now)
     epochs_redone: int       # redone by the next attempt
 
 
@@ -175,7 +176,7 @@ def goodput(job: JobLike, attempts: Sequence[AttemptLike], now: float) -> Goodpu
         wall_s=max(0.0, end - job.created_at), startup_s=totals[STARTUP], training_s=totals[TRAINING],
         down_s=totals[DOWN], paused_s=totals[PAUSED],
         epochs_redone=sum(a.epochs_redone for a in per_attempt), restarts_by_cause=dict(sorted(restarts.items())),
-        attempts=tuple(per_attempt), interruptions=tuple(_interruptions(attempts, per_attempt)),
+        attempts=tuple(per_attempt), interruptions=tuple(_interruptions(attempts, per_attempt, segments)),
         segments=tuple(segments),
     )
 
@@ -239,7 +240,8 @@ def _per_attempt(attempts: Sequence[AttemptLike], segments: Sequence[Segment]) -
     return out
 
 
-def _interruptions(attempts: Sequence[AttemptLike], per_attempt: Sequence[AttemptGoodput]) -> list[Interruption]:
+def _interruptions(attempts: Sequence[AttemptLike], per_attempt: Sequence[AttemptGoodput],
+                   segments: Sequence[Segment]) -> list[Interruption]:
     """Every attempt that ended other than ``completed``, with where the next one resumed."""
     out = []
     for i, a in enumerate(attempts):
@@ -248,9 +250,11 @@ def _interruptions(attempts: Sequence[AttemptLike], per_attempt: Sequence[Attemp
         nxt = attempts[i + 1] if i + 1 < len(attempts) else None
         resumed_epoch = nxt.epochs_before if nxt else (a.epochs_after if a.epochs_after is not None
                                                        else a.epochs_before)
+        kind = PAUSED if a.cause == USER_STOP else DOWN
         out.append(Interruption(
             attempt=a.number, cause=a.cause or "unknown", at=a.ended_at, resumed_epoch=resumed_epoch,
-            resumed=nxt is not None, down_s=per_attempt[i].down_after_s,
+            resumed=nxt is not None, gap_kind=kind,
+            gap_s=sum(s.seconds for s in segments if s.kind == kind and s.attempt == a.number),
             epochs_redone=per_attempt[i + 1].epochs_redone if nxt else 0))
     return out
 

@@ -15,7 +15,6 @@ in HOME/config.yaml). An address without a host binds the loopback interface.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -24,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from supervisor.daemon.config import parse_address
 from supervisor.jobs.states import JobState
 
 if TYPE_CHECKING:
@@ -32,21 +32,6 @@ if TYPE_CHECKING:
 PREFIX = "yolo_supervisor"
 TEXTFILE_NAME = "yolo_supervisor.prom"
 TEXTFILE_INTERVAL_S = 5.0  # node_exporter reads it every scrape (15-60 s typically)
-DEFAULT_HOST = "127.0.0.1"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port``, ``:port`` or ``port``; no host means loopback. ValueError if bad."""
-    text = str(text).strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"metrics_address: {text!r} is not host:port (a port from 1 to 65535)")
-    if host and ":" in host:
-        ipaddress.IPv6Address(host)  # ValueError for garbage
-    return host or DEFAULT_HOST, int(port)
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ("job",)) -> GaugeMetricFamily:
