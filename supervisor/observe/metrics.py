@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from supervisor.control.handlers import job_view  # the same numbers `status` shows
 from supervisor.daemon.config import parse_address
 from supervisor.jobs.states import JobState
 
@@ -56,8 +57,6 @@ class SupervisorCollector(Collector):
         yield from self._gpu_metrics()
 
     def _job_metrics(self, now: float) -> Iterator[Metric]:
-        from supervisor.control.handlers import job_view  # the same numbers `status` shows
-
         states = [s.value for s in JobState]
         m = {
             "jobs": _gauge("jobs", "Jobs in each state", ("state",)),

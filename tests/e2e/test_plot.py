@@ -36,7 +36,7 @@ def test_interrupted_run_status_goodput_and_plot(daemon, dataset, tmp_path):
             [row] = call(conn, "status", names=["curves"])
         return row if row["phase"] == "training" and row["batches_per_s"] and row["eta_s"] is not None else None
     row = wait_for(training_in_epoch_3, 300, what="epoch 3 training with a speed and an ETA")
-    assert row["batches_per_s"] > 0 and row["epoch_s"] > 0 and 0 < row["eta_s"] < 3 * row["epoch_s"]
+    assert row["batches_per_s"] > 0 and row["epoch_s"] > 0 and 0 <= row["eta_s"] <= 2 * row["epoch_s"] + 1  # 1.5 left
     assert {"wall_s", "training_s", "down_s", "epochs_redone", "restarts_by_cause"} <= row["goodput"].keys()
 
     os.kill(row["pid"], signal.SIGKILL)  # after epoch 2 was saved: attempt 2 resumes from epoch 2
@@ -47,7 +47,7 @@ def test_interrupted_run_status_goodput_and_plot(daemon, dataset, tmp_path):
     recorded = [(a.number, a.cause, b.epochs_before) for a, b in zip(attempts, attempts[1:])]
     assert recorded[0][2] >= 2
     # how far each attempt trained, read from its progress file every tick (redone epochs depend on it)
-    assert (attempts[0].epochs_reached or 0) >= 2 and attempts[1].epochs_reached == 4
+    wait_for(lambda: daemon.attempts("curves")[1].epochs_reached == 4, 30, what="epochs_reached recorded")
 
     # goodput: the down time is the gap from the death to the next first batch, exactly
     hist = json.loads(ok(ctl(home, "history", "--json", "curves")))

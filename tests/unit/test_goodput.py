@@ -83,7 +83,8 @@ CASES = [
     # a truncated last.pt: attempt 2 resumes from the verified copy of epoch 3 although attempt 1 reached 5,
     # and is killed after epoch 4 (it redid epoch 4); attempt 3 resumes from 4 and redoes epoch 5.
     Case("older checkpoint restored, then another kill", "completed",
-         [att(1, 0, 10, 100, "killed", after=5, reached=5), att(2, 100, 110, 150, "killed", before=3, after=4, reached=4),
+         [att(1, 0, 10, 100, "killed", after=5, reached=5),
+          att(2, 100, 110, 150, "killed", before=3, after=4, reached=4),
           att(3, 150, 160, 200, "completed", before=4, after=6, reached=6)],
          now=999, wall=200, startup=10, training=90 + 40 + 40, down=20, paused=0, redone=2,
          restarts={"killed": 2}, down_after=[10, 10, 0]),

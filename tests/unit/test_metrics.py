@@ -130,7 +130,8 @@ def test_daemon_serves_metrics_and_writes_the_textfile(fake_daemon, tmp_path):
                    and g, 30, what="the restart in a scrape")
     assert value(got, "yolo_supervisor_up") == 1
     assert value(got, "yolo_supervisor_job_state", job="m", state="running") == 1
-    assert value(got, "yolo_supervisor_job_epoch", job="m") == 1 and value(got, "yolo_supervisor_job_epochs", job="m") == 3
+    assert value(got, "yolo_supervisor_job_epoch", job="m") == 1
+    assert value(got, "yolo_supervisor_job_epochs", job="m") == 3
     first_end, second = fake_daemon.attempts("m")[0].ended_at, fake_daemon.attempts("m")[1]
     down = value(got, "yolo_supervisor_job_down_seconds", job="m")
     assert abs(down - (second.first_batch_at - first_end)) < 0.2
