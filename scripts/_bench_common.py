@@ -298,7 +298,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": _version("torch"),
         "ultralytics": _version("ultralytics"),
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average at the start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "gpu": "none used (CPU training)",
     }
 

@@ -10,9 +10,10 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -164,6 +165,26 @@ class Store:
         with self._lock:
             self._db.close()
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every write inside the block land together or not at all.
+
+        The daemon may be SIGKILLed between any two statements; rows that only make sense
+        together (an attempt and the job's move to starting, say) go in one of these. Nested
+        blocks join the outer one. The lock keeps the control thread's writes out meanwhile.
+        """
+        with self._lock:
+            if self._db.in_transaction:
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -200,11 +221,9 @@ class Store:
         self._exec(f"UPDATE jobs SET {sets} WHERE name = ?", (*values.values(), name))
 
     def remove_job(self, name: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self.transaction():
             for table, col in (("events", "job"), ("attempts", "job"), ("jobs", "name")):
                 self._db.execute(f"DELETE FROM {table} WHERE {col} = ?", (name,))
-            self._db.execute("COMMIT")
 
     # -- attempts -----------------------------------------------------------
     def start_attempt(self, job: str, number: int, pid: int, pid_start_time: float,

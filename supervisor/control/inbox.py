@@ -53,13 +53,13 @@ def handle_drop_file(daemon: "Daemon", path: Path) -> bool:
     try:
         text, st = read_drop_file(path)
         daemon.submit(text, source=f"inbox:{path.name}", actor=f"{actor_for_uid(st.st_uid)} via drop directory",
-                      owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
-    except FileNotFoundError:
+                      owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None,
+                      on_accept=lambda: _move(path, path.parent / "accepted"))
+    except FileNotFoundError:  # gone before it was read or moved: its writer took it back
         return False
     except SpecError as err:
         reject(daemon, path, err.problems)
         return False
-    _move(path, path.parent / "accepted")
     return True
 
 

@@ -29,7 +29,7 @@ from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
 from supervisor.paths import Home
 from supervisor.policy import Action, AttemptEnd, Budget, decide
-from supervisor.probes.progress import stall_verdict
+from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
 from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
@@ -56,6 +56,8 @@ class Running:
     then: Optional[str] = None           # "restart": relaunch once stopped
     kill_at: Optional[float] = None      # monotonic deadline for SIGKILL after TERM
     first_batch_seen: bool = False
+    progress_key: Optional[tuple[int, int, int]] = None  # version of the progress file last acted on
+    progress_path: str = ""                               # the job's progress.json (set by the daemon)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +69,7 @@ class Daemon:
         self.log = get_logger()
         self.health = DeviceHealth(gpu_probe)
         self.running: dict[str, Running] = {}
+        self.progress_files = ProgressFiles()
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
@@ -215,10 +218,16 @@ class Daemon:
 
     # -- submitting ----------------------------------------------------------
     def submit(self, text: str, source: str, actor: Optional[str] = None,
-               owner: Optional[tuple[int, int]] = None) -> JobSpec:
+               owner: Optional[tuple[int, int]] = None,
+               on_accept: Optional[Callable[[], Any]] = None) -> JobSpec:
+        """Validate and queue a job. ``on_accept`` runs once the spec is valid and before the job
+        is visible (the drop directory moves the file to accepted/ there, so no client sees a
+        queued job whose file still lies in the inbox)."""
         spec = parse_spec_text(text, source)
         if self.store.get_job(spec.name) is not None:
             raise SpecError(source, [f"name: a job named '{spec.name}' already exists"])
+        if on_accept is not None:
+            on_accept()
         self.home.ensure_job(spec.name)
         uid, gid = owner if owner else (None, None)
         self.store.add_job(spec.name, spec_to_yaml(spec), S.QUEUED.value, source=source,
@@ -277,13 +286,21 @@ class Daemon:
         except OSError as exc:
             self.transition(name, S.FAILED, f"could not start the training process: {exc}", actor)
             return
-        attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
-                                              str(resume) if resume else None)
-        self.running[name] = Running(child, attempt_id, attempt, epochs_before, offset)
-        self.sel.register(child.pidfd, selectors.EVENT_READ, ("child", name))
         how = f"resume from {resume} (epoch {epochs_before})" if resume else "fresh start"
-        self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
-                        pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
+        # One transaction: a daemon killed between the attempt row and the job's move would leave
+        # an open attempt on a job in backoff, and every later launch would collide with it.
+        with self.store.transaction():
+            attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
+                                                  str(resume) if resume else None)
+            self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
+                            pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
+        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset))
+
+    def _watch(self, name: str, run: Running) -> None:
+        """From now on the loop hears of the attempt's exit and housekeeping watches its progress."""
+        run.progress_path = str(self.home.job_progress(name))
+        self.running[name] = run
+        self.sel.register(run.child.pidfd, selectors.EVENT_READ, ("child", name))
 
     def _write_plan(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path]) -> Path:
         """The attempt's instructions for the child; stale progress/exit files are removed first."""
@@ -321,19 +338,23 @@ class Daemon:
 
     # -- watching a running attempt ---------------------------------------------
     def watch_running(self, name: str) -> None:
+        # Runs every tick for every running job: one stat of the progress file and one job row
+        # read when nothing happened (the idle-CPU budget at 32 jobs is 1 % of a core).
         run = self.running[name]
-        progress = read_json(self.home.job_progress(name))
-        if progress:
+        progress, key = self.progress_files.read(run.progress_path)
+        if progress and key != run.progress_key:
+            run.progress_key = key
             self._note_progress(name, run, progress)
-        self._snapshot(name)
+        job = self.store.get_job(name)
+        self._snapshot(name, job)
         if run.kill_at is not None and time.monotonic() >= run.kill_at:
             self._escalate_kill(name, run)
         elif run.kill_cause is None:
-            self._check_stall(name, run, progress)
+            self._check_stall(name, run, progress, _parsed_spec(job.spec_yaml, name))
 
-    def _check_stall(self, name: str, run: Running, progress: Optional[dict[str, Any]]) -> None:
+    def _check_stall(self, name: str, run: Running, progress: Optional[dict[str, Any]], spec: JobSpec) -> None:
         """A hung attempt (NCCL deadlock, frozen process) is killed and restarted as ``stalled``."""
-        health = self.spec(name).health
+        health = spec.health
         verdict = stall_verdict(progress, time.time(), run.child.start_time, health.stall_timeout,
                                 health.stall_floor, health.first_batch_timeout)
         if verdict.stalled:
@@ -350,9 +371,9 @@ class Daemon:
             if job.state == S.STARTING.value:
                 self.transition(name, S.RUNNING, f"attempt {run.attempt_no}: first batch trained")
 
-    def _snapshot(self, name: str) -> None:
+    def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
         """Copy a newly saved last.pt into the vault once it verifies."""
-        job = self.store.get_job(name)
+        job = job or self.store.get_job(name)
         if not job.run_dir:
             return
         info = self.vault(name).snapshot(last_pt(Path(job.run_dir)))
@@ -389,7 +410,7 @@ class Daemon:
         if leftovers:
             self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
                        pids=leftovers)
-        progress = read_json(self.home.job_progress(name)) or {}
+        progress = self.progress_files.read(run.progress_path)[0] or {}
         self._note_progress(name, run, progress)
         self._snapshot(name)
         outcome = self._classify(name, run, exit_code, sig, progress)
@@ -416,10 +437,6 @@ class Daemon:
         epochs_after = best.epochs_done if best else None
         if finished:  # last.pt is stripped: the epochs it held are the ones last saved
             epochs_after = progress.get("saved_epochs_done") or spec.epochs
-        self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
-                               detail=outcome.detail, epochs_after=epochs_after)
-        self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
-                   exit_code=exit_code, signal=sig, epochs_after=epochs_after)
         end = AttemptEnd(
             cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
             finished_checkpoint=finished, user_stop=run.user_stop,
@@ -428,7 +445,14 @@ class Daemon:
         )
         budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level)
         decision = decide(spec, budget, end)
-        self._apply(name, run, decision, outcome.cause, epochs_after)
+        # The attempt's end, its exit event and the decision land together: a daemon killed in
+        # between must not leave an ended attempt on a job that still says running.
+        with self.store.transaction():
+            self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
+                                   detail=outcome.detail, epochs_after=epochs_after)
+            self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
+                       exit_code=exit_code, signal=sig, epochs_after=epochs_after)
+            self._apply(name, run, decision, outcome.cause, epochs_after)
 
     def _apply(self, name: str, run: Running, decision, cause: Cause, epochs_after) -> None:
         counters = dict(crash_restarts=decision.budget.crash_restarts,
@@ -516,14 +540,12 @@ class Daemon:
                 continue
             run = Running(child or _dead_child(job), open_attempt.id, open_attempt.number,
                           open_attempt.epochs_before, log_offset=0)
-            self.running[job.name] = run
             if child is not None:
-                self.sel.register(child.pidfd, selectors.EVENT_READ, ("child", job.name))
                 self.event(job.name, "adopted", f"re-adopted attempt {run.attempt_no} (pid {job.pid})")
             else:
                 self.event(job.name, "vanished", f"attempt {run.attempt_no} (pid {job.pid}) ended while "
                            "the daemon was down")
-                self.sel.register(run.child.pidfd, selectors.EVENT_READ, ("child", job.name))
+            self._watch(job.name, run)
 
 
 @functools.lru_cache(maxsize=256)

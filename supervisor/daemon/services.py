@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from supervisor.child.progress import read_json
 from supervisor.control.server import ControlServer
 from supervisor.control.watcher import DropWatcher
 from supervisor.daemon.config import DaemonConfig, load_config
@@ -43,7 +42,8 @@ class Services:
         self.notifier = Notifier.from_environ()
         self.metrics = MetricsService(daemon)  # ValueError on a bad metrics_address
         self._ready_sent = False
-        self._progress_seen: dict[str, int] = {}  # job -> mtime of the progress file last read
+        self._progress_seen: dict[str, tuple[int, int, int]] = {}  # job -> progress file version last read
+        self._epochs_noted: dict[str, tuple[int, int]] = {}  # job -> (attempt, epochs) last written
 
     def start(self) -> None:
         """Socket first: it refuses to start when another daemon already serves this home."""
@@ -83,18 +83,15 @@ class Services:
         it is read every tick, including once more after the attempt ended.
         """
         for job in daemon.store.list_jobs():
-            path = daemon.home.job_progress(job.name)
-            try:
-                changed = path.stat().st_mtime_ns
-            except OSError:
-                continue
-            if self._progress_seen.get(job.name) == changed:
-                continue  # finished jobs cost a stat, not a read
-            self._progress_seen[job.name] = changed
-            progress = read_json(path)
+            progress, key = daemon.progress_files.read(daemon.home.job_progress(job.name))
+            if key is None or self._progress_seen.get(job.name) == key:
+                continue  # unchanged: a stat, no read (the loop already parsed it, or will)
+            self._progress_seen[job.name] = key
             if progress and isinstance(progress.get("attempt"), int):
                 trained = epochs_trained(progress)
-                if trained:
+                noted = (progress["attempt"], trained)
+                if trained and self._epochs_noted.get(job.name) != noted:  # heartbeats mostly repeat it
+                    self._epochs_noted[job.name] = noted
                     daemon.store.note_epochs_reached(job.name, progress["attempt"], trained)
 
     def reload_if_requested(self, daemon: Daemon) -> None:

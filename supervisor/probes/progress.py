@@ -7,8 +7,11 @@ tick; ``stall_verdict`` is the pure rule that says when silence means a hang.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from supervisor.child.progress import read_json
 
 # How many times the longest quiet interval seen so far the daemon waits
 # before calling a process stalled. Slow batches, validation and saves are all
@@ -59,3 +62,31 @@ def _where(progress: dict[str, Any]) -> str:
         return "before the first batch"
     phase = progress.get("phase", "?")
     return f"in epoch {progress.get('epoch')} batch {progress.get('batch')}/{progress.get('batches')} ({phase})"
+
+
+class ProgressFiles:
+    """Parsed progress files, re-read only when one changed.
+
+    Housekeeping looks at every running job each tick, and the child rewrites its file
+    at most every few seconds: most looks cost a stat(), not a read and a JSON parse.
+    ``read`` also returns the file's stat key, so each reader can tell for itself
+    whether it has seen this version (several readers share one cache).
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple[int, int, int], Optional[dict[str, Any]]]] = {}
+
+    def read(self, path: "os.PathLike[str] | str") -> tuple[Optional[dict[str, Any]], Optional[tuple[int, int, int]]]:
+        path = os.fspath(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._cache.pop(path, None)
+            return None, None
+        key = (st.st_mtime_ns, st.st_ino, st.st_size)  # written by rename: a new version has a new inode
+        hit = self._cache.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1], key
+        data = read_json(path)
+        self._cache[path] = (key, data)
+        return data, key

@@ -2,15 +2,18 @@
 
 The chaos loop SIGKILLs the training child (at random moments, and right when
 Ultralytics starts rewriting last.pt, caught with inotify), SIGKILLs the daemon
-itself and starts a new one, and does both at once. A watcher thread samples the
-process table the whole time. At the end the suite checks correctness, not speed:
+itself and starts a new one (at random moments, and the moment it starts the next
+attempt), and does both at once. A watcher thread samples the process table the
+whole time. At the end the suite checks correctness, not speed:
 
 - the job completes and results.csv holds every epoch exactly once;
 - there were never two training processes of the job at the same time;
 - attempts are numbered 1..k without gaps, each ended, each with its start and
   exit events, and the job's event ids have no gaps (no row lost);
 - every resume started from a checkpoint the daemon had just verified (or restored
-  from its verified copies), at the epoch that verification reported.
+  from its verified copies), at the epoch that verification reported; no attempt
+  started from scratch once a verified copy existed, and none from an older epoch
+  than the attempt before it.
 
 ``CHAOS_SEED`` picks another sequence of actions (the default one is fixed so a
 failure can be replayed; timing still varies from run to run).
@@ -104,39 +107,79 @@ def sigkill(proc: psutil.Process) -> bool:
         return False
 
 
-# -- a kill during the checkpoint write ------------------------------------------------
+# -- kills at an exact moment: a file is modified ---------------------------------------
 
 # Runs in its own process, so neither this process's GIL (the watcher thread) nor its
-# polling delays the kill: inotify reports Ultralytics' truncating open of last.pt
-# before the 30 MB follow, and the SIGKILL lands inside ``Path.write_bytes`` (or, when
-# the race is lost, just after it). It says which, from the file as the kill left it.
-KILL_ON_WRITE = r"""
+# polling delays the kill. It watches DIR with inotify and SIGKILLs VICTIM the moment
+# FILE in it is modified:
+# - last.pt: Ultralytics rewrites it in place (Path.write_bytes); inotify reports the
+#   truncating open before the 30 MB follow, so the kill lands inside the write (or,
+#   when the race is lost, just after it); the output says which, from the file left;
+# - train.log: the daemon writes an attempt's banner there just before it spawns the
+#   child, so a SIGKILL of the daemon lands in the middle of starting an attempt.
+KILL_ON_MODIFY = r"""
 import ctypes, os, select, struct, sys
 from supervisor.probes.checkpoint import inspect_checkpoint
-weights, pid, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+folder, name, victim, timeout = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), float(sys.argv[4])
+after = int(sys.argv[5]) if len(sys.argv) > 5 else None  # only writes made after this pid ended count
 libc = ctypes.CDLL(None, use_errno=True)
-fd = libc.inotify_init1(os.O_CLOEXEC)
-if fd < 0 or libc.inotify_add_watch(fd, weights.encode(), 0x2) < 0:  # IN_MODIFY
+fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+if fd < 0 or libc.inotify_add_watch(fd, folder.encode(), 0x2) < 0:  # IN_MODIFY
     sys.exit("inotify: " + os.strerror(ctypes.get_errno()))
-pidfd = os.pidfd_open(pid)
+def open_pidfd(pid):
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+pidfd, after_fd = open_pidfd(victim), (open_pidfd(after) if after else None)
 print("ready", flush=True)
+if pidfd is None:
+    print(f"pid {victim} was gone already", flush=True)
+    sys.exit(0)
+if after_fd is not None:
+    select.select([after_fd], [], [], timeout)
+    try:
+        os.read(fd, 1 << 20)  # what it wrote itself before it died
+    except BlockingIOError:
+        pass
 while True:
     ready, _, _ = select.select([fd, pidfd], [], [], timeout)
     if not ready or pidfd in ready:
-        print("no write of last.pt before the child ended", flush=True)
+        print(f"no write of {name.decode()} while pid {victim} lived", flush=True)
         sys.exit(0)
-    data, off = os.read(fd, 65536), 0
+    try:
+        data, off = os.read(fd, 65536), 0
+    except BlockingIOError:
+        continue
     while off < len(data):
         _, _, _, n = struct.unpack_from("iIII", data, off)
-        if data[off + 16: off + 16 + n].rstrip(b"\0") == b"last.pt":
-            os.kill(pid, 9)
+        if data[off + 16: off + 16 + n].rstrip(b"\0") == name:
+            os.kill(victim, 9)
             select.select([pidfd], [], [], 30)
-            info = inspect_checkpoint(os.path.join(weights, "last.pt"))
+            if name != b"last.pt":
+                print(f"killed pid {victim} as {name.decode()} was written", flush=True)
+                sys.exit(0)
+            info = inspect_checkpoint(os.path.join(folder, "last.pt"))
             when = "mid-write" if info.kind.value == "corrupt" else "right after the write"
             print(f"killed {when}: last.pt {info.kind.value} ({info.size} bytes)", flush=True)
             sys.exit(0)
         off += 16 + n
 """
+
+
+def arm_kill_on_modify(folder: Path, name: str, victim: int, timeout: float,
+                       after: Optional[int] = None) -> subprocess.Popen:
+    """Start the helper; it is watching once this returns."""
+    args = [str(folder), name, str(victim), str(timeout)] + ([str(after)] if after else [])
+    helper = subprocess.Popen([sys.executable, "-c", KILL_ON_MODIFY, *args], stdout=subprocess.PIPE, text=True)
+    assert helper.stdout.readline() == "ready\n"
+    return helper
+
+
+def helper_result(helper: subprocess.Popen, timeout: float) -> str:
+    out, _ = helper.communicate(timeout=timeout)
+    assert helper.returncode == 0, out
+    return out.strip()
 
 
 def kill_when_last_pt_is_written(home: Path, proc: psutil.Process, timeout: float) -> str:
@@ -152,12 +195,8 @@ def kill_when_last_pt_is_written(home: Path, proc: psutil.Process, timeout: floa
         return "no weights directory in time"
     if found == "gone":
         return "child ended before its first checkpoint"
-    helper = subprocess.Popen(
-        [sys.executable, "-c", KILL_ON_WRITE, str(Path(found) / "weights"), str(proc.pid), str(timeout)],
-        stdout=subprocess.PIPE, text=True)
-    out, _ = helper.communicate(timeout=timeout + 60)
-    assert helper.returncode == 0 and out.startswith("ready\n"), out
-    return out.removeprefix("ready\n").strip()
+    helper = arm_kill_on_modify(Path(found) / "weights", "last.pt", proc.pid, timeout)
+    return helper_result(helper, timeout + 60)
 
 
 # -- the chaos loop --------------------------------------------------------------------
@@ -168,6 +207,7 @@ class Chaos:
         self.rng = rng
         self.log: list[str] = []
         self.child_kills = 0
+        self.killed: set[int] = set()
         self.daemon_kills = 0
 
     def note(self, text: str) -> None:
@@ -180,11 +220,13 @@ class Chaos:
         return job is not None and job.state in ("completed", "failed")
 
     def wait_child(self, timeout: float = 180) -> Optional[psutil.Process]:
+        """The job's training process, once it is another one than the last one killed."""
         def found():
             if self.finished():
                 return "done"
             self.daemon.assert_alive()
-            return current_child(JOB)
+            child = current_child(JOB)
+            return child if child is not None and child.pid not in self.killed else None
         got = wait_for(found, timeout, interval=0.05, what="a training child")
         return None if got == "done" else got
 
@@ -196,33 +238,50 @@ class Chaos:
         self.daemon.proc.send_signal(signal.SIGKILL)
         self.daemon.proc.wait(30)
 
+    def kill_child(self, child: psutil.Process) -> bool:
+        self.killed.add(child.pid)
+        return sigkill(child)
+
     def run(self, actions: int) -> None:
         for n in range(actions):
             child = self.wait_child()
             if child is None:
                 self.note("job ended before the chaos ran out")
                 return
-            action = self.rng.choices(["child", "child_in_save", "daemon", "both"], [4, 3, 2, 2])[0]
+            action = self.rng.choices(["child", "child_in_save", "daemon", "both", "daemon_at_spawn"],
+                                      [4, 3, 2, 2, 2])[0]
             delay = self.rng.uniform(0.5, 8.0)
             time.sleep(delay)
+            killed, daemon_killed = False, action in ("daemon", "both")
             if action == "child":
-                killed = sigkill(child)
+                killed = self.kill_child(child)
                 done = "SIGKILL child" if killed else "child already gone"
             elif action == "child_in_save":
                 done = kill_when_last_pt_is_written(self.daemon.home, child, timeout=30)
                 killed = done.startswith("killed")
+                if killed:
+                    self.killed.add(child.pid)
             elif action == "daemon":
-                killed = False
                 self.kill_daemon()
                 self.restart_daemon(self.rng.uniform(0.0, 3.0))
                 done = "SIGKILL daemon, new daemon started"
-            else:
+            elif action == "both":
                 self.kill_daemon()
-                killed = sigkill(child)
+                killed = self.kill_child(child)
                 self.restart_daemon(self.rng.uniform(0.0, 3.0))
                 done = f"SIGKILL daemon and child ({'killed' if killed else 'child already gone'}), new daemon"
+            else:  # the child dies; the daemon is killed the moment it starts the next attempt
+                helper = arm_kill_on_modify(self.daemon.home / "jobs" / JOB, "train.log", self.daemon.proc.pid, 30,
+                                            after=child.pid)
+                killed = self.kill_child(child)
+                done = helper_result(helper, 60)
+                daemon_killed = done.startswith("killed")
+                if daemon_killed:
+                    self.daemon.proc.wait(30)
+                    self.restart_daemon(self.rng.uniform(0.0, 3.0))
+                done += " (child SIGKILLed just before)"
             self.child_kills += killed
-            self.daemon_kills += action in ("daemon", "both")
+            self.daemon_kills += daemon_killed
             self.note(f"action {n + 1}: {action} after {delay:.1f}s of pid {child.pid}: {done}")
 
 
@@ -269,6 +328,12 @@ def check_history(daemon: DaemonProcess) -> None:
         else:
             assert FRESH.search(decision), f"attempt {a.number} started fresh after {decision!r}"
             assert a.epochs_before == 0
+            kept = [e.reason for e in events if e.kind == "snapshot" and e.id < start.id]
+            assert not kept, f"attempt {a.number} started from scratch although {kept[-1]!r}"
+
+    # no progress lost: each attempt starts from at least the epoch of the one before
+    starts = [a.epochs_before for a in attempts]
+    assert starts == sorted(starts), f"an attempt resumed from an older checkpoint: {starts}"
 
 
 @pytest.fixture
@@ -307,3 +372,81 @@ def test_chaos_kills_never_lose_an_epoch_a_row_or_exclusivity(chaos_daemon, data
     for copy in (daemon.home / "jobs" / JOB / "checkpoints").glob("epoch-*.pt"):
         assert inspect_checkpoint(copy).is_resumable, copy
     assert chaos.child_kills >= 3 and chaos.daemon_kills >= 1, "the chaos did too little to show anything"
+
+
+# -- a daemon killed at an exact point of starting an attempt ------------------------------
+
+# Random kills rarely land in the few hundred microseconds between the daemon's Popen and
+# its database writes, so these windows get a daemon that SIGKILLs itself right there.
+CRASHING_DAEMON = r"""
+import os, signal, sys
+from supervisor.process import launcher
+from supervisor.store import Store
+where, number = os.environ["CHAOS_CRASH_AT"], int(os.environ["CHAOS_CRASH_ATTEMPT"])
+spawn, start_attempt = launcher.spawn, Store.start_attempt
+
+def spawn_then_die(job, attempt, *args, **kwargs):
+    child = spawn(job, attempt, *args, **kwargs)
+    if where == "after_spawn" and attempt == number:
+        os.kill(os.getpid(), signal.SIGKILL)  # the child runs; nothing about it is recorded
+    return child
+
+def record_then_die(self, job, n, *args, **kwargs):
+    row = start_attempt(self, job, n, *args, **kwargs)
+    if where == "after_attempt_row" and n == number:
+        os.kill(os.getpid(), signal.SIGKILL)  # the attempt row is written, the job's state is not
+    return row
+
+launcher.spawn, Store.start_attempt = spawn_then_die, record_then_die
+from supervisor.daemon.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_crashing_daemon(daemon: DaemonProcess, where: str, attempt: int) -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CHAOS_CRASH_AT=where, CHAOS_CRASH_ATTEMPT=str(attempt))
+    daemon.home.mkdir(parents=True, exist_ok=True)
+    with open(daemon.log, "ab") as log:
+        daemon.proc = subprocess.Popen([sys.executable, "-c", CRASHING_DAEMON, "--home", str(daemon.home)],
+                                       stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    wait_for(lambda: (daemon.home / "supervisor.sock").exists(), 30, what="the crashing daemon's socket")
+
+
+def running_attempt(daemon: DaemonProcess, number: int, timeout: float = 60):
+    def check():
+        daemon.assert_alive()
+        job = daemon.job(JOB)
+        return job if job and job.state == "running" and job.attempts == number else None
+    return wait_for(check, timeout, what=f"attempt {number} running")
+
+
+@pytest.mark.parametrize("where", [
+    "after_spawn",
+    "after_attempt_row",
+])
+def test_a_daemon_killed_while_starting_an_attempt_leaves_one_training_and_no_gap(chaos_daemon, monkeypatch, where):
+    from tests.conftest import FAKE_TRAINER
+
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    daemon = chaos_daemon
+    watcher = Watcher(JOB)
+    watcher.start()
+    try:
+        start_crashing_daemon(daemon, where, attempt=2)
+        daemon.drop({"name": JOB, "train": {"model": "yolov8n.yaml", "data": "unused.yaml", "epochs": 5},
+                     "restart": {"backoff": {"initial": 0, "max": 0, "factor": 1}}})
+        first = running_attempt(daemon, 1)
+        os.kill(first.pid, signal.SIGKILL)  # the daemon dies while it starts attempt 2
+        daemon.proc.wait(30)
+        assert daemon.proc.returncode == -signal.SIGKILL
+        daemon.start()
+        job = running_attempt(daemon, 2, timeout=30)
+        time.sleep(1)  # a few more samples of the process table
+    finally:
+        watcher.halt.set()
+        watcher.join(5)
+    assert not watcher.overlaps, f"two training processes at once: {watcher.overlaps[:3]}"
+    assert [p.pid for p in training_processes(JOB)] == [job.pid]
+    attempts = daemon.attempts(JOB)
+    assert [a.number for a in attempts] == [1, 2]
+    assert attempts[0].ended_at is not None and attempts[1].pid == job.pid
