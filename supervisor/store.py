@@ -142,6 +142,13 @@ def _columns(cls) -> list[str]:
     return [f.name for f in fields(cls)]
 
 
+class StoreError(OSError):
+    """The state database refused a write (full disk, I/O error); none of that change was kept.
+
+    An ``OSError``: the daemon treats it like any other failed write to its disk.
+    """
+
+
 class Store:
     """A thin, thread-safe layer over one SQLite connection."""
 
@@ -177,13 +184,14 @@ class Store:
             if self._db.in_transaction:
                 yield
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self._write("BEGIN IMMEDIATE")
             try:
                 yield
+                self._write("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -191,7 +199,13 @@ class Store:
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
+            return self._write(sql, args)
+
+    def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        try:
             return self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:  # "database or disk is full", "disk I/O error", ...
+            raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
 
     # -- jobs ---------------------------------------------------------------
     def add_job(self, name: str, spec_yaml: str, state: str, source: str = "",
@@ -223,7 +237,7 @@ class Store:
     def remove_job(self, name: str) -> None:
         with self.transaction():
             for table, col in (("events", "job"), ("attempts", "job"), ("jobs", "name")):
-                self._db.execute(f"DELETE FROM {table} WHERE {col} = ?", (name,))
+                self._write(f"DELETE FROM {table} WHERE {col} = ?", (name,))
 
     # -- attempts -----------------------------------------------------------
     def start_attempt(self, job: str, number: int, pid: int, pid_start_time: float,
@@ -236,11 +250,12 @@ class Store:
         return int(cur.lastrowid)
 
     def end_attempt(self, attempt_id: int, *, exit_code: Optional[int], signal: Optional[int],
-                    cause: str, detail: str, epochs_after: Optional[int]) -> None:
+                    cause: str, detail: str, epochs_after: Optional[int], at: Optional[float] = None) -> None:
+        """``at``: when the attempt ended (its exit may be recorded later, after a full disk)."""
         self._exec(
             "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, cause = ?, detail = ?, epochs_after = ?"
             " WHERE id = ?",
-            (time.time(), exit_code, signal, cause, detail, epochs_after, attempt_id),
+            (at or time.time(), exit_code, signal, cause, detail, epochs_after, attempt_id),
         )
 
     def mark_first_batch(self, attempt_id: int, at: float) -> None:

@@ -198,3 +198,43 @@ def fake_daemon(daemon, monkeypatch):
     """The ``daemon`` fixture with training replaced by tests/e2e/fake_trainer.py (test-only hook)."""
     monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
     return daemon
+
+
+# -- a full disk ------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MiB tmpfs mounted for the test, to be filled up: a real ENOSPC, not a mock.
+
+    Mounting needs root (CAP_SYS_ADMIN), which CI and this project's machines have; elsewhere
+    the tests that use it skip and say why.
+    """
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full-disk test mounts a small tmpfs, which needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write zeros into ``folder`` until the filesystem says ENOSPC; return the filler file."""
+    import errno
+
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * (1 << 20)
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                chunk = chunk[: len(chunk) // 2]  # fill the last blocks too
+                if not chunk:
+                    return filler

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from supervisor.control.peer import actor_for_uid
 from supervisor.jobs.spec import MAX_SPEC_BYTES, SpecError
+from supervisor.store import StoreError
 
 if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
@@ -50,16 +51,23 @@ def handle_drop_file(daemon: "Daemon", path: Path) -> bool:
     Runs on the daemon's loop thread. A file that is already gone (handled
     before, or removed by its writer) is ignored.
     """
+    moved: list[Path] = []
     try:
         text, st = read_drop_file(path)
         daemon.submit(text, source=f"inbox:{path.name}", actor=f"{actor_for_uid(st.st_uid)} via drop directory",
                       owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None,
-                      on_accept=lambda: _move(path, path.parent / "accepted"))
+                      on_accept=lambda: moved.append(_move(path, path.parent / "accepted")))
     except FileNotFoundError:  # gone before it was read or moved: its writer took it back
         return False
     except SpecError as err:
         reject(daemon, path, err.problems)
         return False
+    except StoreError:
+        # The job could not be recorded (a full disk): the file is fine, so it goes back where
+        # its owner put it, to be taken again later; it is neither accepted nor rejected.
+        if moved:
+            os.replace(moved[0], path)
+        raise
     return True
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Optional
 from supervisor.control import handlers
 from supervisor.control.peer import Peer, may_mutate, peer_of
 from supervisor.control.protocol import Connection, ErrorCode, ProtocolError, Request, RequestError, Response
+from supervisor.store import StoreError
 
 if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
@@ -178,6 +179,9 @@ class ControlServer:
             return Response.success(handlers.dispatch(self.daemon, req, peer))
         except RequestError as err:
             return Response.failure(err.code, str(err))
+        except StoreError as err:  # a full disk under the state database: say so, keep serving
+            self.daemon.log.error("control request failed", cmd=msg.get("cmd"), error=str(err))
+            return Response.failure(ErrorCode.INTERNAL, f"{err} (the daemon keeps serving; free space and retry)")
         except Exception as exc:  # a bug in a handler must not kill the connection thread silently
             self.daemon.log.error("control request failed", cmd=msg.get("cmd"), error=repr(exc))
             return Response.failure(ErrorCode.INTERNAL, f"internal error: {exc!r}")

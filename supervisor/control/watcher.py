@@ -29,11 +29,13 @@ from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileDeletedEvent
 from watchdog.observers.inotify import InotifyObserver
 
 from supervisor.control.inbox import candidates, handle_drop_file, is_candidate, reject
+from supervisor.store import StoreError
 
 if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
 
 SETTLE_S = 1.0
+RETRY_S = 15.0  # a valid file that could not be recorded (full disk) is taken again after this
 
 
 @dataclass
@@ -51,6 +53,7 @@ class DropWatcher:
         self.folder = Path(os.path.abspath(folder))
         self.settle_s = settle_s
         self._pending: dict[str, _Pending] = {}
+        self._deferred: dict[str, float] = {}  # path -> monotonic time before which it is not taken
         self._lock = threading.Lock()
         self._observer: Optional[InotifyObserver] = None
 
@@ -108,17 +111,35 @@ class DropWatcher:
 
     def _forget(self, path: str) -> None:
         with self._lock:
+            if self._deferred.get(path, 0) > time.monotonic():
+                return  # its own move to accepted/ and back, reported late: the retry stays due
             self._pending.pop(path, None)
 
     def _ready(self, path: str) -> None:
+        with self._lock:
+            if self._deferred.get(path, 0) > time.monotonic():
+                return  # waiting for a retry (handle_settled takes it then)
         self._forget(path)
         self.daemon.post(lambda: self.handle(Path(path)))
+
+    def _retry_later(self, path: str) -> None:
+        """Take the file again in RETRY_S seconds (as if its last change were then)."""
+        at = time.monotonic() + RETRY_S
+        with self._lock:
+            self._deferred[path] = at
+            self._pending[path] = _Pending(False, at, _size(path))
 
     # -- the loop thread ----------------------------------------------------------
     def handle(self, path: Path) -> None:
         """Accept or reject one complete file; nothing in it may take the daemon down."""
+        with self._lock:
+            self._deferred.pop(str(path), None)
         try:
             handle_drop_file(self.daemon, path)
+        except StoreError as exc:  # our disk, not the file: leave it in the inbox and try again later
+            self.daemon.log.error("could not record a dropped job file; it stays in the inbox",
+                                  file=path.name, error=str(exc), retry_in_s=RETRY_S)
+            self._retry_later(str(path))
         except Exception as exc:
             self.daemon.log.error("drop file handling failed", file=path.name, error=repr(exc))
             if path.exists() or path.is_symlink():

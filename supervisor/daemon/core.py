@@ -36,6 +36,7 @@ from supervisor.process.classify import classify, kernel_oom_killed, read_log_ta
 from supervisor.store import JobRecord, Store
 
 S = JobState
+STEP_RETRY_S = 15.0  # a job step that failed on the disk (full, read-only) is tried again after this
 
 
 class CommandError(Exception):
@@ -69,6 +70,10 @@ class Daemon:
         self.log = get_logger()
         self.health = DeviceHealth(gpu_probe)
         self.running: dict[str, Running] = {}
+        # Attempts that exited but whose end is not on disk yet (a full disk): retried, never dropped.
+        self.ending: dict[str, tuple[Running, Optional[int], Optional[int], float]] = {}
+        self.retry_at: dict[str, float] = {}  # job -> monotonic time before which a failed step waits
+        self._snapshot_retry_at: dict[str, float] = {}
         self.progress_files = ProgressFiles()
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -106,10 +111,13 @@ class Daemon:
         next_tick = 0.0
         while not self.stopping:
             now = time.monotonic()
-            if now >= next_tick:
-                self.housekeeping()
-                next_tick = now + self.config.tick_s
-            self.step(max(0.0, next_tick - time.monotonic()))
+            try:
+                if now >= next_tick:
+                    next_tick = now + self.config.tick_s
+                    self.housekeeping()
+                self.step(max(0.0, next_tick - time.monotonic()))
+            except Exception as exc:  # last resort: the daemon outlives any one failure and keeps serving
+                self.log.exception("loop step failed", error=repr(exc))
         self.shutdown()
 
     def step(self, timeout: float) -> None:
@@ -172,24 +180,43 @@ class Daemon:
 
     # -- housekeeping ------------------------------------------------------
     def housekeeping(self) -> None:
-        launcher.reap_orphans({r.child.pid for r in self.running.values()})
+        # Each step on its own: a failing one (a full disk under the state database, a bug) is
+        # logged and the others still run, this tick and every later one.
+        steps: list[Callable[[], Any]] = [
+            lambda: launcher.reap_orphans({r.child.pid for r in self.running.values()}),
+            self._watch_all, self._retry_attempt_ends, self._pick_up_lost_jobs,
+            self.route_gpu_events, self.release_healthy_holds, self.start_due_jobs,
+            *(functools.partial(hook, self) for hook in self.hooks),
+        ]
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                what = getattr(getattr(step, "func", step), "__name__", repr(step))
+                self.log.error("housekeeping step failed", step=what, error=repr(exc))
+
+    def _watch_all(self) -> None:
         for name in list(self.running):
             self._guarded(self.watch_running, name)
-        if any(S(j.state).has_process and j.name not in self.running for j in self.store.list_jobs()):
-            self.reconcile()  # a job step failed half-way: pick its process (or its end) up again
-        self.route_gpu_events()
-        self.release_healthy_holds()
-        self.start_due_jobs()
-        for hook in self.hooks:
-            try:
-                hook(self)
-            except Exception as exc:  # a broken hook must never take the daemon down
-                self.log.error("hook failed", hook=getattr(hook, "__name__", str(hook)), error=repr(exc))
+
+    def _pick_up_lost_jobs(self) -> None:
+        """A job step failed half-way: pick its process (or its end) up again."""
+        busy = self.running.keys() | self.ending.keys()
+        if any(S(j.state).has_process and j.name not in busy for j in self.store.list_jobs()):
+            self.reconcile()
+
+    def _retry_attempt_ends(self) -> None:
+        """Attempt ends that could not be written (a full disk): try again once their wait is over."""
+        now = time.monotonic()
+        for name in list(self.ending):
+            if self.retry_at.get(name, 0) <= now:
+                self._guarded(self._end_attempt, name)
 
     def start_due_jobs(self) -> None:
         now = time.time()
+        waiting = time.monotonic()
         for job in self.store.list_jobs():
-            if job.name in self.running:
+            if job.name in self.running or self.retry_at.get(job.name, 0) > waiting:
                 continue
             due = job.state == S.QUEUED.value or (
                 job.state == S.BACKOFF.value and (job.next_start_at or 0) <= now)
@@ -201,13 +228,14 @@ class Daemon:
         try:
             fn(name)
         except OSError as exc:
-            self.log.error("job step failed", job=name, step=fn.__name__, error=str(exc))
-            retry_at = time.time() + 30
+            wait = STEP_RETRY_S
+            self.log.error("job step failed", job=name, step=fn.__name__, error=str(exc), retry_in_s=wait)
+            self.retry_at[name] = time.monotonic() + wait  # kept in memory: the store may be what failed
             try:
-                self.store.add_event(name, "error", f"{fn.__name__}: {exc}; retrying in 30s")
+                self.store.add_event(name, "error", f"{fn.__name__}: {exc}; retrying in {wait:g}s")
                 if S(self.store.get_job(name).state) in (S.QUEUED, S.BACKOFF):
-                    self.store.update_job(name, state=S.BACKOFF.value, next_start_at=retry_at,
-                                          state_reason=f"{fn.__name__} failed: {exc}; retrying in 30s")
+                    self.store.update_job(name, state=S.BACKOFF.value, next_start_at=time.time() + wait,
+                                          state_reason=f"{fn.__name__} failed: {exc}; retrying in {wait:g}s")
             except Exception:  # the store itself may be on the full disk
                 pass
         except Exception as exc:  # a bug must not take every other job down with it
@@ -220,19 +248,21 @@ class Daemon:
     def submit(self, text: str, source: str, actor: Optional[str] = None,
                owner: Optional[tuple[int, int]] = None,
                on_accept: Optional[Callable[[], Any]] = None) -> JobSpec:
-        """Validate and queue a job. ``on_accept`` runs once the spec is valid and before the job
-        is visible (the drop directory moves the file to accepted/ there, so no client sees a
-        queued job whose file still lies in the inbox)."""
+        """Validate and queue a job. ``on_accept`` runs once the spec is valid, inside the
+        transaction that adds the job, so it happens before anyone sees the job (the drop
+        directory moves the file to accepted/ there) and an exception from it adds nothing."""
         spec = parse_spec_text(text, source)
         if self.store.get_job(spec.name) is not None:
             raise SpecError(source, [f"name: a job named '{spec.name}' already exists"])
-        if on_accept is not None:
-            on_accept()
         self.home.ensure_job(spec.name)
         uid, gid = owner if owner else (None, None)
-        self.store.add_job(spec.name, spec_to_yaml(spec), S.QUEUED.value, source=source,
-                           owner_uid=uid, owner_gid=gid)
-        self.store.add_event(spec.name, "submitted", f"from {source}", to_state=S.QUEUED.value, actor=actor)
+        with self.store.transaction():  # StoreError (a full disk): no job, and on_accept is undone by its caller
+            self.store.add_job(spec.name, spec_to_yaml(spec), S.QUEUED.value, source=source,
+                               owner_uid=uid, owner_gid=gid)
+            self.store.add_event(spec.name, "submitted", f"from {source}", to_state=S.QUEUED.value,
+                                 actor=actor)
+            if on_accept is not None:
+                on_accept()
         self.log.info("submitted", job=spec.name, source=source, actor=actor)
         return spec
 
@@ -374,9 +404,15 @@ class Daemon:
     def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
         """Copy a newly saved last.pt into the vault once it verifies."""
         job = job or self.store.get_job(name)
-        if not job.run_dir:
+        if not job.run_dir or self._snapshot_retry_at.get(name, 0) > time.monotonic():
             return
-        info = self.vault(name).snapshot(last_pt(Path(job.run_dir)))
+        try:
+            info = self.vault(name).snapshot(last_pt(Path(job.run_dir)))
+        except OSError as exc:  # a full disk: the run goes on; the copy is tried again later
+            self._snapshot_retry_at[name] = time.monotonic() + STEP_RETRY_S
+            self.log.error("could not keep a verified copy of last.pt", job=name, error=str(exc),
+                           retry_in_s=STEP_RETRY_S)
+            return
         if info is not None:
             self.store.update_job(name, epochs_done=info.epochs_done)
             self.event(name, "snapshot", f"verified copy of epoch {info.epochs_done} kept",
@@ -406,6 +442,13 @@ class Daemon:
         self.sel.unregister(run.child.pidfd)
         exit_code, sig = run.child.exit_status()
         run.child.close()
+        # The exit status exists only now: keep it until the attempt's end is on disk.
+        self.ending[name] = (run, exit_code, sig, time.time())
+        self._end_attempt(name)
+
+    def _end_attempt(self, name: str) -> None:
+        """Classify the ended attempt, record it and decide; idempotent, so a failed write is retried."""
+        run, exit_code, sig, _ = self.ending[name]
         leftovers = launcher.kill_job_now(name, None)  # e.g. torchrun workers of a killed trainer
         if leftovers:
             self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
@@ -415,6 +458,8 @@ class Daemon:
         self._snapshot(name)
         outcome = self._classify(name, run, exit_code, sig, progress)
         self._finish_attempt(name, run, exit_code, sig, outcome, progress)
+        del self.ending[name]
+        self.retry_at.pop(name, None)
 
     def _classify(self, name, run: Running, exit_code, sig, progress):
         record = read_json(self.home.job_exit_record(name))
@@ -449,7 +494,7 @@ class Daemon:
         # between must not leave an ended attempt on a job that still says running.
         with self.store.transaction():
             self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
-                                   detail=outcome.detail, epochs_after=epochs_after)
+                                   detail=outcome.detail, epochs_after=epochs_after, at=self.ending[name][3])
             self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
                        exit_code=exit_code, signal=sig, epochs_after=epochs_after)
             self._apply(name, run, decision, outcome.cause, epochs_after)
@@ -529,7 +574,7 @@ class Daemon:
     def reconcile(self) -> None:
         """Re-adopt live attempts; treat vanished ones as ended and let the policy decide."""
         for job in self.store.list_jobs():
-            if not S(job.state).has_process or job.name in self.running:
+            if not S(job.state).has_process or job.name in self.running or job.name in self.ending:
                 continue
             open_attempt = self.store.open_attempt(job.name)
             child = launcher.adopt(job.name, job.pid, job.pid_start_time) if job.pid else None

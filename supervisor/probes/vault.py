@@ -72,6 +72,9 @@ class CheckpointVault:
         except FileNotFoundError:
             # the source vanished between stat and copy: an empty temp inspects as corrupt -> retry later
             tmp.write_bytes(b"")
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: a partial copy would only take more of it
+            raise
         return tmp
 
     def _keep(self, tmp: Path, info: CheckpointInfo) -> CheckpointInfo:
