@@ -2,7 +2,7 @@
 # Run every benchmark and write docs/benchmarks.md: yolo-supervisor against a shell retry loop and
 # supervisord in six failure scenarios, then the daemon's micro-figures. CPU only, nothing downloaded
 # except supervisord itself (pip, into its own venv under ~/.cache: its package is also named
-# `supervisor`). About 35 minutes on 2 cores. Extra arguments go to scripts/bench_recovery.py.
+# `supervisor`). About 26 minutes on 2 cores. Extra arguments go to scripts/bench_recovery.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
