@@ -59,6 +59,8 @@ class Running:
     first_batch_seen: bool = False
     progress_key: Optional[tuple[int, int, int]] = None  # version of the progress file last acted on
     progress_path: str = ""                               # the job's progress.json (set by the daemon)
+    exit_status: tuple[Optional[int], Optional[int]] = (None, None)  # (exit code, signal) once it ended
+    ended_at: Optional[float] = None                      # wall time the daemon saw it end
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,7 +73,7 @@ class Daemon:
         self.health = DeviceHealth(gpu_probe)
         self.running: dict[str, Running] = {}
         # Attempts that exited but whose end is not on disk yet (a full disk): retried, never dropped.
-        self.ending: dict[str, tuple[Running, Optional[int], Optional[int], float]] = {}
+        self.ending: dict[str, Running] = {}
         self.retry_at: dict[str, float] = {}  # job -> monotonic time before which a failed step waits
         self._snapshot_retry_at: dict[str, float] = {}
         self.progress_files = ProgressFiles()
@@ -440,15 +442,16 @@ class Daemon:
     def on_child_exit(self, name: str) -> None:
         run = self.running.pop(name)
         self.sel.unregister(run.child.pidfd)
-        exit_code, sig = run.child.exit_status()
-        run.child.close()
         # The exit status exists only now: keep it until the attempt's end is on disk.
-        self.ending[name] = (run, exit_code, sig, time.time())
+        run.exit_status, run.ended_at = run.child.exit_status(), time.time()
+        run.child.close()
+        self.ending[name] = run
         self._end_attempt(name)
 
     def _end_attempt(self, name: str) -> None:
         """Classify the ended attempt, record it and decide; idempotent, so a failed write is retried."""
-        run, exit_code, sig, _ = self.ending[name]
+        run = self.ending[name]
+        exit_code, sig = run.exit_status
         leftovers = launcher.kill_job_now(name, None)  # e.g. torchrun workers of a killed trainer
         if leftovers:
             self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
@@ -494,7 +497,7 @@ class Daemon:
         # between must not leave an ended attempt on a job that still says running.
         with self.store.transaction():
             self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
-                                   detail=outcome.detail, epochs_after=epochs_after, at=self.ending[name][3])
+                                   detail=outcome.detail, epochs_after=epochs_after, at=run.ended_at)
             self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
                        exit_code=exit_code, signal=sig, epochs_after=epochs_after)
             self._apply(name, run, decision, outcome.cause, epochs_after)

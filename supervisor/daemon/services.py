@@ -42,7 +42,6 @@ class Services:
         self.notifier = Notifier.from_environ()
         self.metrics = MetricsService(daemon)  # ValueError on a bad metrics_address
         self._ready_sent = False
-        self._progress_seen: dict[str, tuple[int, int, int]] = {}  # job -> progress file version last read
         self._epochs_noted: dict[str, tuple[int, int]] = {}  # job -> (attempt, epochs) last written
 
     def start(self) -> None:
@@ -83,10 +82,7 @@ class Services:
         it is read every tick, including once more after the attempt ended.
         """
         for job in daemon.store.list_jobs():
-            progress, key = daemon.progress_files.read(daemon.home.job_progress(job.name))
-            if key is None or self._progress_seen.get(job.name) == key:
-                continue  # unchanged: a stat, no read (the loop already parsed it, or will)
-            self._progress_seen[job.name] = key
+            progress = daemon.progress_files.read(daemon.home.job_progress(job.name))[0]  # cached: a stat
             if progress and isinstance(progress.get("attempt"), int):
                 trained = epochs_trained(progress)
                 noted = (progress["attempt"], trained)

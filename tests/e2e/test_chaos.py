@@ -441,7 +441,8 @@ def test_a_daemon_killed_while_starting_an_attempt_leaves_one_training_and_no_ga
         assert daemon.proc.returncode == -signal.SIGKILL
         daemon.start()
         job = running_attempt(daemon, 2, timeout=30)
-        time.sleep(1)  # a few more samples of the process table
+        seen = watcher.samples
+        wait_for(lambda: watcher.samples >= seen + 25, 30, what="more samples of the process table")
     finally:
         watcher.halt.set()
         watcher.join(5)

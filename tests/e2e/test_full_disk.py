@@ -62,9 +62,11 @@ def test_a_full_disk_loses_no_job_no_file_and_no_attempt_end(small_disk, tmp_pat
         filler.unlink()
 
         # the attempt's end is recorded with its real cause and time, and the job goes on
-        second = d.wait_state("j1", "running", timeout=60)
-        while second.attempts != 2:
-            second = d.wait_state("j1", "running", timeout=60)
+        def second_attempt_running():
+            d.assert_alive()
+            job = d.job("j1")
+            return job if job.state == "running" and job.attempts == 2 else None
+        second = wait_for(second_attempt_running, 60, what="j1's attempt 2 running")
         one, two = d.attempts("j1")
         assert (one.cause, one.signal) == ("killed", signal.SIGKILL)
         assert abs(one.ended_at - killed_at) < 3  # when it died, not when the disk had room again
