@@ -13,10 +13,11 @@ looks the same to any tool that already parsed it.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
+
+from supervisor import safefs
 
 
 def read_epochs(csv_path: Union[str, Path]) -> list[int]:
@@ -41,9 +42,16 @@ def trim_after(csv_path: Union[str, Path], epochs_done: int, backup: Union[str, 
     removed = len(rows) - len(kept)
     if removed == 0:
         return 0
-    shutil.copy2(path, backup)
+    _backup(path, Path(backup))
     _atomic_write(path, header + "".join(_terminated(line) for line in kept))
     return removed
+
+
+def _backup(path: Path, backup: Path) -> None:
+    """Copy ``path`` to ``backup`` under a fresh name, then rename: whatever is at ``backup`` (a
+    link the job's user planted) is replaced, never written through."""
+    data = path.read_bytes()
+    safefs.write_atomic(backup, data, mode=path.stat().st_mode & 0o777)
 
 
 def _keep(rows: list[tuple[Optional[int], str]], epochs_done: int) -> list[str]:

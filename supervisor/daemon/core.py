@@ -33,6 +33,7 @@ from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
 from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
+from supervisor import safefs
 from supervisor.store import JobRecord, Store
 
 S = JobState
@@ -104,6 +105,7 @@ class Daemon:
 
     # -- loop ----------------------------------------------------------------
     def start(self) -> None:
+        safefs.check_as_user_works()  # as root: never fall back to touching job files as root
         if launcher.become_subreaper():
             self.log.debug("subreaper", enabled=True)
         self.reconcile()
@@ -256,8 +258,8 @@ class Daemon:
         spec = parse_spec_text(text, source)
         if self.store.get_job(spec.name) is not None:
             raise SpecError(source, [f"name: a job named '{spec.name}' already exists"])
+        uid, gid = self._owner_ids(owner, source)
         self.home.ensure_job(spec.name)
-        uid, gid = owner if owner else (None, None)
         with self.store.transaction():  # StoreError (a full disk): no job, and on_accept is undone by its caller
             self.store.add_job(spec.name, spec_to_yaml(spec), S.QUEUED.value, source=source,
                                owner_uid=uid, owner_gid=gid)
@@ -267,6 +269,25 @@ class Daemon:
                 on_accept()
         self.log.info("submitted", job=spec.name, source=source, actor=actor)
         return spec
+
+    def _owner_ids(self, owner: Optional[tuple[int, int]], source: str) -> tuple[Optional[int], Optional[int]]:
+        """(uid, the account's primary gid): a job never runs with a group taken from its file."""
+        if owner is None:
+            return None, None
+        try:
+            return owner[0], safefs.identity_for(owner[0]).gid
+        except safefs.NoSuchUser as err:
+            raise SpecError(source, [f"(owner): {err.strerror}"]) from None
+
+    def job_identity(self, job: JobRecord) -> Optional[safefs.Identity]:
+        """Who the job's files are touched as, and its training runs as; None: the daemon's own user."""
+        if job.owner_uid is None or os.geteuid() != 0 or job.owner_uid == 0:
+            return None
+        return safefs.identity_for(job.owner_uid)
+
+    def as_owner(self, name: str):
+        """File operations inside the job's directories run as its user (see supervisor.safefs)."""
+        return safefs.as_user(self.job_identity(self.store.get_job(name)))
 
     def spec(self, name: str) -> JobSpec:
         return _parsed_spec(self.store.get_job(name).spec_yaml, name)
@@ -285,7 +306,8 @@ class Daemon:
         self._kill_strays(name)
         attempt = job.attempts + 1
         run_dir = Path(job.run_dir) if job.run_dir else None
-        plan = prepare_resume(run_dir, self.vault(name, spec), attempt)
+        with self.as_owner(name):
+            plan = prepare_resume(run_dir, self.vault(name, spec), attempt)
         for note in plan.notes:
             self.event(name, "checkpoint", note)
         if plan.finished:
@@ -312,8 +334,8 @@ class Daemon:
         plan_path = self._write_plan(job, spec, attempt, resume)
         log_path = self.home.job_log(name)
         offset = log_path.stat().st_size if log_path.exists() else 0
-        user = (job.owner_uid, job.owner_gid) if job.owner_uid is not None else None
         try:
+            user = self.job_identity(job)
             child = launcher.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user)
         except OSError as exc:
             self.transition(name, S.FAILED, f"could not start the training process: {exc}", actor)
@@ -356,17 +378,14 @@ class Daemon:
         }
         path = self.home.job_plan(name)
         write_json_atomic(path, plan)
-        if job.owner_uid is not None and os.geteuid() == 0:
-            self._chown_job_dir(name, job.owner_uid, job.owner_gid)
+        identity = self.job_identity(job)
+        if identity is not None:
+            self._chown_job_dir(name, identity)
         return path
 
-    def _chown_job_dir(self, name: str, uid: int, gid: Optional[int]) -> None:
-        for root, dirs, files in os.walk(self.home.job_dir(name)):
-            for entry in [root, *(os.path.join(root, f) for f in files)]:
-                try:
-                    os.chown(entry, uid, gid if gid is not None else -1)
-                except OSError:
-                    pass
+    def _chown_job_dir(self, name: str, identity: safefs.Identity) -> None:
+        """The job's user gets the folders and files the daemon made for them, and nothing through a link."""
+        safefs.chown_tree(self.home.job_dir(name), identity.uid, identity.gid)
 
     # -- watching a running attempt ---------------------------------------------
     def watch_running(self, name: str) -> None:
@@ -396,12 +415,29 @@ class Daemon:
     def _note_progress(self, name: str, run: Running, progress: dict[str, Any]) -> None:
         job = self.store.get_job(name)
         if progress.get("save_dir") and progress["save_dir"] != job.run_dir:
-            self.store.update_job(name, run_dir=progress["save_dir"])
+            self._take_run_dir(job, run, progress["save_dir"])
         if progress.get("first_batch_at") and not run.first_batch_seen:
             run.first_batch_seen = True
             self.store.mark_first_batch(run.attempt_id, progress["first_batch_at"])
             if job.state == S.STARTING.value:
                 self.transition(name, S.RUNNING, f"attempt {run.attempt_no}: first batch trained")
+
+    def _take_run_dir(self, job: JobRecord, run: Running, save_dir: Any) -> None:
+        """The child (the job's user) reports where it trains; only a folder inside the job's own
+        runs folder (or the spec's ``project``) is believed, never one elsewhere on the host."""
+        project = self.spec(job.name).train.get("project") or self.home.job_runs(job.name)
+        inside = None
+        if isinstance(save_dir, str):
+            with self.as_owner(job.name):
+                inside = safefs.resolve_inside(save_dir, str(project))
+        if inside is None:
+            if run.extra.get("refused_save_dir") != save_dir:  # once per value, not every progress write
+                run.extra["refused_save_dir"] = save_dir
+                self.event(job.name, "refused", f"run directory {str(save_dir)[:200]!r} reported by the "
+                           f"child is outside {project}; ignored")
+            return
+        if str(inside) != job.run_dir:
+            self.store.update_job(job.name, run_dir=str(inside))
 
     def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
         """Copy a newly saved last.pt into the vault once it verifies."""
@@ -409,7 +445,9 @@ class Daemon:
         if not job.run_dir or self._snapshot_retry_at.get(name, 0) > time.monotonic():
             return
         try:
-            info = self.vault(name).snapshot(last_pt(Path(job.run_dir)))
+            spec = self.spec(name)  # the store is read as root, outside the switch
+            with self.as_owner(name):
+                info = self.vault(name, spec).snapshot(last_pt(Path(job.run_dir)))
         except OSError as exc:  # a full disk: the run goes on; the copy is tried again later
             self._snapshot_retry_at[name] = time.monotonic() + STEP_RETRY_S
             self.log.error("could not keep a verified copy of last.pt", job=name, error=str(exc),
@@ -465,8 +503,9 @@ class Daemon:
         self.retry_at.pop(name, None)
 
     def _classify(self, name, run: Running, exit_code, sig, progress):
-        record = read_json(self.home.job_exit_record(name))
-        tail = read_log_tail(self.home.job_log(name), since_offset=run.log_offset)
+        with self.as_owner(name):
+            record = read_json(self.home.job_exit_record(name))
+            tail = read_log_tail(self.home.job_log(name), since_offset=run.log_offset)
         tail = tail[max(0, tail.rfind(launcher.LOG_BANNER)):]  # this attempt's output only
         reached = bool(progress.get("first_batch_at")) or bool((record or {}).get("reached_training"))
         oom = sig == signal.SIGKILL and kernel_oom_killed(run.child.pid)
@@ -481,7 +520,8 @@ class Daemon:
         job = self.store.get_job(name)
         spec = self.spec(name)
         run_dir = Path(job.run_dir) if job.run_dir else None
-        best, finished = best_verified(run_dir, self.vault(name, spec))
+        with self.as_owner(name):
+            best, finished = best_verified(run_dir, self.vault(name, spec))
         epochs_after = best.epochs_done if best else None
         if finished:  # last.pt is stripped: the epochs it held are the ones last saved
             epochs_after = progress.get("saved_epochs_done") or spec.epochs

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
+from supervisor import safefs
 from supervisor.probes.checkpoint import CheckpointInfo, CkptKind, inspect_checkpoint
 
 _NAME = re.compile(r"^epoch-(\d{5,})\.pt$")
@@ -154,9 +155,10 @@ class CheckpointVault:
             return None
 
     def _write_seen(self, key: tuple[int, int, int]) -> None:
-        tmp = self.directory / (_SEEN + ".tmp")
-        tmp.write_text(" ".join(map(str, key)))
-        os.replace(tmp, self.directory / _SEEN)  # no fsync: losing it only costs one extra copy
+        # A fresh temp name and a rename: the folder may be a job user's, and a link planted at a
+        # fixed temp name must not carry a root daemon's write elsewhere. No fsync: losing it
+        # only costs one extra copy.
+        safefs.write_atomic(self.directory / _SEEN, " ".join(map(str, key)).encode())
 
     def _drop_stale_temps(self) -> None:
         """A daemon killed mid-copy leaves a temp file; it was never verified, so it goes.

@@ -21,9 +21,15 @@ from typing import Optional
 
 import psutil
 
+from supervisor import safefs
+from supervisor.safefs import Identity
+
 JOB_ENV = "YOLO_SUPERVISOR_JOB"
 ATTEMPT_ENV = "YOLO_SUPERVISOR_ATTEMPT"
 LOG_BANNER = "==== yolo-supervisor: attempt"
+# The interpreter for training children; default the daemon's own. Tests of a root daemon set it
+# to one a dropped uid can run (root's own python may live where others cannot enter).
+CHILD_PYTHON_ENV = "YOLO_SUPERVISOR_CHILD_PYTHON"
 
 
 @dataclass
@@ -72,23 +78,42 @@ def child_env(job: str, attempt: int, yolo_config_dir: Path) -> dict[str, str]:
 
 
 def spawn(job: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
-          user: Optional[tuple[int, int]] = None) -> Child:
-    """Start an attempt; ``user`` = (uid, gid) to drop privileges to when running as root."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab", buffering=0) as log:
-        log.write(f"\n{LOG_BANNER} {attempt} of job {job} at "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
+          user: Optional[Identity] = None) -> Child:
+    """Start an attempt; as root, ``user`` is who it runs as: their uid, primary group and groups."""
+    log_fd = open_log(log_path, user)
+    try:
+        os.write(log_fd, f"\n{LOG_BANNER} {attempt} of job {job} at "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         kwargs = {}
-        if user is not None and os.geteuid() == 0 and user[0] != 0:
-            kwargs.update(user=user[0], group=user[1], extra_groups=[])
+        if safefs.needs_switch(user):
+            assert user is not None
+            kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
         popen = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.child.train", str(plan_path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [os.environ.get(CHILD_PYTHON_ENV) or sys.executable, "-m", "supervisor.child.train", str(plan_path)],
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
             env=child_env(job, attempt, yolo_config_dir), start_new_session=True,
             close_fds=True, **kwargs,
         )
+    finally:
+        os.close(log_fd)
     return Child(job=job, pid=popen.pid, start_time=process_start_time(popen.pid) or time.time(),
                  pidfd=os.pidfd_open(popen.pid), popen=popen)
+
+
+def open_log(log_path: Path, user: Optional[Identity]) -> int:
+    """The job's log, opened for appending as the job's user and never through a link.
+
+    The folder is the user's: whatever they put at the log's name (a link to a root
+    file, a hard link, a FIFO) is moved aside, and a fresh log is started.
+    """
+    with safefs.as_user(user):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            return safefs.open_regular(log_path, flags, 0o644)
+        except safefs.UnsafePath:
+            os.rename(log_path, log_path.with_name(f"{log_path.name}.not-a-log-{time.time_ns()}"))
+            return safefs.open_regular(log_path, flags | os.O_EXCL, 0o644)
 
 
 def process_start_time(pid: int) -> Optional[float]:

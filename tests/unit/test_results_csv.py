@@ -84,3 +84,17 @@ def test_trim_to_zero_keeps_only_the_header_and_the_mode(tmp_path):
     assert csv.read_text() == HEADER
     assert csv.stat().st_mode & 0o777 == 0o664
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_backup_replaces_a_planted_link_instead_of_writing_through_it(tmp_path):
+    # The run folder is the job's user's: a link at the backup's (predictable) name made a
+    # root daemon write the results into any file on the host.
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    csv = tmp_path / "results.csv"
+    csv.write_text(HEADER + row(1, 0.9) + row(2, 0.8))
+    backup = tmp_path / "results.csv.before-attempt-2"
+    backup.symlink_to(victim)
+    assert trim_after(csv, 1, backup=backup) == 1
+    assert victim.read_text() == "untouched\n"
+    assert not backup.is_symlink() and backup.read_text() == HEADER + row(1, 0.9) + row(2, 0.8)

@@ -159,3 +159,18 @@ def test_restore_to_missing_destination_and_empty_vault(real_checkpoints, tmp_pa
     info = v.restore_to(dest)
     assert info.epoch == 0 and inspect_checkpoint(dest).is_resumable
     assert dest.stat().st_mode & 0o644 == 0o644   # readable by the training user, not the temp file's 0600
+
+
+def test_seen_file_is_never_written_through_a_planted_link(real_checkpoints, tmp_path):
+    # The vault lives in the job's folder, which its user owns: the old fixed temp name
+    # ".last-source-stat.tmp" let them aim a root daemon's write at any file.
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    vdir = tmp_path / "vault"
+    vdir.mkdir()
+    (vdir / ".last-source-stat.tmp").symlink_to(victim)
+    src = tmp_path / "last.pt"
+    shutil.copyfile(real_checkpoints["resumable1"], src)
+    assert CheckpointVault(vdir, keep=2).snapshot(src) is not None
+    assert victim.read_text() == "untouched\n"
+    assert not (vdir / ".last-source-stat").is_symlink()
