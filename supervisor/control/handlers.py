@@ -7,6 +7,7 @@ the loop. A handler returns plain JSON-able data or raises ``RequestError``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from supervisor import safefs
 from supervisor.child.progress import read_json
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError
 from supervisor.daemon.core import CommandError
@@ -157,10 +159,12 @@ def results(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     if job.run_dir:
         path = Path(job.run_dir) / "results.csv"
         try:
-            with open(path, "rb") as f:
-                data = f.read(RESULTS_MAX_BYTES + 1)
+            with daemon.as_owner(job.name):  # read as the job's user: a link in their folder gets nothing
+                data = safefs.read_regular(path, RESULTS_MAX_BYTES + 1)
         except FileNotFoundError:
             data = None
+        except OSError as err:
+            raise RequestError(ErrorCode.INTERNAL, f"{path}: not read: {err.strerror or err}") from None
         if data is not None and len(data) > RESULTS_MAX_BYTES:
             raise RequestError(ErrorCode.INTERNAL, f"{path}: over the {RESULTS_MAX_BYTES} byte limit")
         text = data.decode("utf-8", errors="replace") if data is not None else None
@@ -171,7 +175,8 @@ def tail(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]
     """The last ``lines`` lines of the job's log and the offset to follow from."""
     job = _job(daemon, args)
     lines = _int_arg(args, "lines", 10)
-    text, offset = read_last_lines(daemon.home.job_log(job.name), lines)
+    with _reading_log(daemon, job):
+        text, offset = read_last_lines(daemon.home.job_log(job.name), lines)
     return {"text": text, "offset": offset, "state": job.state}
 
 
@@ -179,8 +184,23 @@ def log(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Log text written after ``offset`` (``tail -f``); starts over when the file was truncated."""
     job = _job(daemon, args)
     offset = _int_arg(args, "offset", 0)
-    text, new_offset, restarted = read_from(daemon.home.job_log(job.name), offset)
+    with _reading_log(daemon, job):
+        text, new_offset, restarted = read_from(daemon.home.job_log(job.name), offset)
     return {"text": text, "offset": new_offset, "restarted": restarted, "state": job.state}
+
+
+@contextlib.contextmanager
+def _reading_log(daemon: "Daemon", job: JobRecord):
+    """The log is read as the job's user and never through a link: the folder is theirs, and
+    ``tail`` is open to anyone who can connect."""
+    try:
+        with daemon.as_owner(job.name):
+            yield
+    except OSError as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise RequestError(ErrorCode.INTERNAL, f"{daemon.home.job_log(job.name)}: not read: "
+                           f"{err.strerror or err}") from None
 
 
 # -- mutating requests -------------------------------------------------------------
@@ -278,7 +298,7 @@ HANDLERS: dict[str, Handler] = {
 def read_last_lines(path: Path, lines: int, limit: int = LOG_CHUNK_BYTES) -> tuple[str, int]:
     """The last ``lines`` lines (at most ``limit`` bytes) and the file's size."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(safefs.open_regular(path), "rb") as f:
             size = f.seek(0, os.SEEK_END)
             start = max(0, size - limit)
             f.seek(start)
@@ -298,7 +318,7 @@ def read_last_lines(path: Path, lines: int, limit: int = LOG_CHUNK_BYTES) -> tup
 def read_from(path: Path, offset: int, limit: int = LOG_CHUNK_BYTES) -> tuple[str, int, bool]:
     """(text after ``offset``, next offset, whether the file shrank and was read from the start)."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(safefs.open_regular(path), "rb") as f:
             size = f.seek(0, os.SEEK_END)
             restarted = size < offset
             offset = 0 if restarted else offset

@@ -15,7 +15,9 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
+
+from supervisor import safefs
 
 from supervisor.control.peer import actor_for_uid
 from supervisor.jobs.spec import MAX_SPEC_BYTES, SpecError
@@ -56,7 +58,7 @@ def handle_drop_file(daemon: "Daemon", path: Path) -> bool:
         text, st = read_drop_file(path)
         daemon.submit(text, source=f"inbox:{path.name}", actor=f"{actor_for_uid(st.st_uid)} via drop directory",
                       owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None,
-                      on_accept=lambda: moved.append(_move(path, path.parent / "accepted")))
+                      on_accept=lambda: moved.append(_move(path, "accepted")))
     except FileNotFoundError:  # gone before it was read or moved: its writer took it back
         return False
     except SpecError as err:
@@ -66,7 +68,7 @@ def handle_drop_file(daemon: "Daemon", path: Path) -> bool:
         # The job could not be recorded (a full disk): the file is fine, so it goes back where
         # its owner put it, to be taken again later; it is neither accepted nor rejected.
         if moved:
-            os.replace(moved[0], path)
+            _move_back(moved[0], path)
         raise
     return True
 
@@ -108,17 +110,41 @@ def read_drop_file(path: Path) -> tuple[str, os.stat_result]:
 def reject(daemon: "Daemon", path: Path, problems: list[str]) -> None:
     """Move the file to rejected/ and write what is wrong beside it."""
     try:
-        dest = _move(path, path.parent / "rejected")
-        dest.with_name(f"{dest.name}.error").write_text("\n".join(problems) + "\n")
+        _move(path, "rejected", error_text="\n".join(problems) + "\n")
     except OSError as err:
         daemon.log.error("could not move a rejected job file", file=path.name, error=str(err))
     daemon.log.warning("job file rejected", file=path.name, problems=problems)
 
 
-def _move(path: Path, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / path.name
-    if dest.exists() or dest.is_symlink():
-        dest = folder / f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
-    os.replace(path, dest)
-    return dest
+def _move(path: Path, folder: str, error_text: Optional[str] = None) -> Path:
+    """Move a dropped file into ``inbox/FOLDER/`` (with ``NAME.error`` beside it) following no link.
+
+    Whoever may write to the inbox may put a link at ``rejected``, ``accepted`` or
+    ``NAME.error``: the folder is opened without following (a link there is moved
+    aside and a real folder made) and the error text replaces whatever is at its name.
+    """
+    with safefs.opened_dir(path.parent) as inbox_fd:
+        folder_fd = safefs.ensure_subdir(inbox_fd, folder)
+        try:
+            dest = _free_name(folder_fd, path)
+            os.rename(path.name, dest, src_dir_fd=inbox_fd, dst_dir_fd=folder_fd)
+            if error_text is not None:
+                safefs.write_atomic_at(folder_fd, f"{dest}.error", error_text.encode())
+        finally:
+            os.close(folder_fd)
+    return path.parent / folder / dest
+
+
+def _free_name(folder_fd: int, path: Path) -> str:
+    """The file's own name in the folder, or a timestamped one when that is taken (by anything)."""
+    try:
+        os.stat(path.name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return path.name
+    return f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
+
+
+def _move_back(moved: Path, path: Path) -> None:
+    """Undo ``_move`` (the job could not be recorded): the file returns to where its owner put it."""
+    with safefs.opened_dir(path.parent) as inbox_fd, safefs.opened_dir(moved.parent.name, inbox_fd) as folder_fd:
+        os.rename(moved.name, path.name, src_dir_fd=folder_fd, dst_dir_fd=inbox_fd)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from supervisor import safefs
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE, Cause
 
 CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
@@ -78,7 +79,7 @@ def _error_line(exit_record: Optional[dict[str, Any]], log_tail: str) -> str:
 def read_log_tail(path: Path, limit: int = LOG_TAIL_BYTES, since_offset: int = 0) -> str:
     """The last ``limit`` bytes of the log written after ``since_offset`` (this attempt only)."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(safefs.open_regular(path), "rb") as f:  # the job's folder: follow no link
             size = f.seek(0, 2)
             f.seek(max(since_offset, size - limit))
             return f.read().decode("utf-8", errors="replace")
