@@ -236,7 +236,7 @@ def render_status(jobs: list[dict[str, Any]], now: float) -> str:
              "DOWN", "GOODPUT")]
     for j in jobs:
         gp = j.get("goodput") or {}
-        rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs']}",
+        rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
                      progress_bar(j), speed(j.get("batches_per_s")), duration(j.get("eta_s")),
                      restarts(j["restarts"], gp.get("restarts_by_cause")), j["last_cause"] or "-",
                      duration(j["uptime_s"]), duration(gp.get("down_s")), percent(gp.get("training_fraction"))))
@@ -262,6 +262,8 @@ def percent(fraction: Optional[float]) -> str:
 
 def progress_bar(job: dict[str, Any], width: int = BAR_WIDTH) -> str:
     """Epochs done plus the fraction of the epoch under way."""
+    if job["epochs"] is None:
+        return "(job spec no longer valid: see status --json)"
     epochs = max(1, job["epochs"])
     done = float(job["epoch"] if job["state"] == "completed" else job["epochs_done"])
     if job.get("batches") and job.get("batch") is not None and job["epoch"] > job["epochs_done"]:

@@ -22,7 +22,7 @@ from supervisor import safefs
 from supervisor.child.progress import read_json
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError
 from supervisor.daemon.core import CommandError
-from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
+from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, Health, SpecError
 from supervisor.jobs.states import Cause, JobState
 from supervisor.observe.goodput import goodput
 from supervisor.observe.rate import training_rate
@@ -102,7 +102,10 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
     """What ``status`` shows for one job (also the numbers behind the Prometheus metrics)."""
     now = time.time() if now is None else now
     state = S(job.state)
-    epochs = daemon.spec(job.name).epochs
+    try:
+        epochs, spec_problem = daemon.spec(job.name).epochs, None
+    except SpecError as err:  # shown with its problem; the listing of every other job goes on
+        epochs, spec_problem = None, "; ".join(err.problems)
     progress = (read_json(daemon.home.job_progress(job.name)) or {}) if state.has_process else {}
     if state is S.COMPLETED:
         epoch = epochs
@@ -112,7 +115,7 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
         epoch = job.epochs_done
     attempts = daemon.store.attempts(job.name)
     attempt = next((a for a in reversed(attempts) if a.ended_at is None), None) if state.has_process else None
-    rate = training_rate(progress, epochs, now) if progress else None
+    rate = training_rate(progress, epochs, now) if progress and epochs else None
     return {
         "name": job.name, "state": job.state, "state_reason": job.state_reason,
         "pid": job.pid, "epoch": epoch, "epochs": epochs, "epochs_done": job.epochs_done,
@@ -124,7 +127,7 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
         "last_cause": job.last_cause, "run_dir": job.run_dir,
         "uptime_s": round(now - attempt.started_at, 1) if attempt else None,
         "next_start_at": job.next_start_at, "owner_uid": job.owner_uid, "created_at": job.created_at,
-        "goodput": goodput(job, attempts, now).summary(),
+        "goodput": goodput(job, attempts, now).summary(), "spec_problem": spec_problem,
     }
 
 
@@ -226,7 +229,7 @@ def stop(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]
         run.user_stop, run.then = True, None  # already ending (stall, restart): stay stopped after
         daemon.event(job.name, "stop", f"{reason} while already stopping", peer.actor)
     elif run is not None:
-        grace = daemon.spec(job.name).health.stop_grace
+        grace = _stop_grace(daemon, job)
         daemon.terminate(job.name, Cause.STOPPED, reason, grace, peer.actor, user_stop=True)
     elif state in (S.QUEUED, S.BACKOFF, S.HELD):
         daemon.transition(job.name, S.STOPPED, reason, peer.actor, next_start_at=None)
@@ -249,7 +252,7 @@ def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     job = _job(daemon, args)
     state, reason = S(job.state), f"restart requested by {peer.actor}"
     if job.name in daemon.running and state is not S.STOPPING:
-        grace = daemon.spec(job.name).health.stop_grace
+        grace = _stop_grace(daemon, job)
         daemon.terminate(job.name, Cause.STOPPED, reason, grace, peer.actor, user_stop=True, then="restart")
     elif state is S.BACKOFF:
         daemon.launch(job.name, peer.actor)  # skip the rest of the delay
@@ -258,6 +261,14 @@ def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     else:
         raise _wrong_state(job, "restart")
     return job_view(daemon, daemon.store.get_job(job.name))
+
+
+def _stop_grace(daemon: "Daemon", job: JobRecord) -> float:
+    """The job's TERM-to-KILL grace; the default when its stored spec no longer validates."""
+    try:
+        return daemon.spec(job.name).health.stop_grace
+    except SpecError:
+        return Health().stop_grace
 
 
 def _requeue(daemon: "Daemon", job: JobRecord, reason: str, actor: str) -> None:

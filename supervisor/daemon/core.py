@@ -290,7 +290,23 @@ class Daemon:
         return safefs.as_user(self.job_identity(self.store.get_job(name)))
 
     def spec(self, name: str) -> JobSpec:
+        """The job's stored spec; ``SpecError`` when it no longer validates (e.g. an Ultralytics
+        upgrade dropped an argument): callers that list jobs show that, never fail on it."""
         return _parsed_spec(self.store.get_job(name).spec_yaml, name)
+
+    def valid_specs(self) -> list[tuple[JobRecord, JobSpec]]:
+        """Every job whose stored spec still validates, with it (for loops over all jobs)."""
+        found = []
+        for job in self.store.list_jobs():
+            try:
+                found.append((job, _parsed_spec(job.spec_yaml, job.name)))
+            except SpecError:
+                continue
+        return found
+
+    def _fail_unparseable(self, name: str, err: SpecError, actor: Optional[str] = None, **fields: Any) -> None:
+        self.transition(name, S.FAILED, f"the stored job spec no longer validates: {'; '.join(err.problems)} "
+                        "(remove the job and submit it again)", actor, **fields)
 
     def vault(self, name: str, spec: Optional[JobSpec] = None) -> CheckpointVault:
         keep = (spec or self.spec(name)).keep_checkpoints
@@ -299,7 +315,11 @@ class Daemon:
     # -- launching -------------------------------------------------------------
     def launch(self, name: str, actor: Optional[str] = None) -> None:
         job = self.store.get_job(name)
-        spec = self.spec(name)
+        try:
+            spec = self.spec(name)
+        except SpecError as err:  # once, with the reason, not a traceback every tick
+            self._fail_unparseable(name, err, actor, next_start_at=None)
+            return
         if not self._devices_ready(name, spec, actor):
             return
         self.home.ensure_job(name)
@@ -401,7 +421,11 @@ class Daemon:
         if run.kill_at is not None and time.monotonic() >= run.kill_at:
             self._escalate_kill(name, run)
         elif run.kill_cause is None:
-            self._check_stall(name, run, progress, _parsed_spec(job.spec_yaml, name))
+            try:
+                spec = _parsed_spec(job.spec_yaml, name)
+            except SpecError:
+                return  # the attempt runs on; its end fails the job with the reason
+            self._check_stall(name, run, progress, spec)
 
     def _check_stall(self, name: str, run: Running, progress: Optional[dict[str, Any]], spec: JobSpec) -> None:
         """A hung attempt (NCCL deadlock, frozen process) is killed and restarted as ``stalled``."""
@@ -518,7 +542,11 @@ class Daemon:
 
     def _finish_attempt(self, name, run: Running, exit_code, sig, outcome, progress) -> None:
         job = self.store.get_job(name)
-        spec = self.spec(name)
+        try:
+            spec = self.spec(name)
+        except SpecError as err:
+            self._end_unparseable(name, run, exit_code, sig, outcome, err)
+            return
         run_dir = Path(job.run_dir) if job.run_dir else None
         with self.as_owner(name):
             best, finished = best_verified(run_dir, self.vault(name, spec))
@@ -541,6 +569,15 @@ class Daemon:
             self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
                        exit_code=exit_code, signal=sig, epochs_after=epochs_after)
             self._apply(name, run, decision, outcome.cause, epochs_after)
+
+    def _end_unparseable(self, name: str, run: Running, exit_code, sig, outcome, err: SpecError) -> None:
+        """An attempt of a job whose stored spec no longer validates ended: record it, and the job fails."""
+        with self.store.transaction():
+            self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
+                                   detail=outcome.detail, epochs_after=None, at=run.ended_at)
+            self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
+                       exit_code=exit_code, signal=sig)
+            self._fail_unparseable(name, err, last_cause=outcome.cause.value, pid=None, pid_start_time=None)
 
     def _apply(self, name: str, run: Running, decision, cause: Cause, epochs_after) -> None:
         counters = dict(crash_restarts=decision.budget.crash_restarts,
@@ -591,10 +628,9 @@ class Daemon:
 
     def release_healthy_holds(self) -> None:
         """A job held for its devices leaves ``held`` by itself once they are healthy again."""
-        for job in self.store.list_jobs():
+        for job, spec in self.valid_specs():
             if job.state != S.HELD.value:
                 continue
-            spec = self.spec(job.name)
             if not self.health.unhealthy_reasons(spec):
                 self.event(job.name, "gpu", "devices healthy again")
                 self.transition(job.name, S.QUEUED, "devices healthy again")
@@ -604,10 +640,10 @@ class Daemon:
         events = self.health.drain_events()
         if not events:
             return
-        for job in self.store.list_jobs():
+        for job, spec in self.valid_specs():
             if S(job.state).is_final:
                 continue
-            devices = set(self.spec(job.name).gpu_indices)
+            devices = set(spec.gpu_indices)
             for ev in events:
                 if ev.index in devices or ev.index == -1:
                     self.event(job.name, "gpu", f"GPU {ev.index}: XID {ev.xid} ({ev.description})",

@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_SPEC_BYTES = 64 * 1024
+# A job file is a few dozen nodes. Aliases let 400 bytes stand for millions of them (six
+# levels of ten), which the daemon would expand when it validates and stores the spec.
+MAX_YAML_NODES = 10_000
+MAX_YAML_DEPTH = 32
 
 # Train arguments the supervisor owns: a user setting them would break resume.
 MANAGED_TRAIN_KEYS = {"resume"}
@@ -32,7 +36,9 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: "stall_timeout: .nan" would turn stall detection off, and
+    # "stop_grace: .inf" would mean a stopped job is never SIGKILLed.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Backoff(_Strict):
@@ -108,17 +114,36 @@ class JobSpec(_Strict):
         return [int(d) for d in self.device.split(",") if d.strip().isdigit()]
 
 
+_DEVICE_PROBLEM = "'device' must be cpu, a GPU index or a list of them"
+
+
 def normalize_device(device: Any) -> str:
-    """One spelling per device set: ``0``, ``[0, 1]`` and ``"0, 1"`` -> ``"0"``, ``"0,1"``."""
+    """One spelling per device set: ``0``, ``[0, 1]`` and ``"0, 1"`` -> ``"0"``, ``"0,1"``.
+
+    The result is never empty and normalises to itself: it is stored and parsed
+    again on every read, so ``[]`` or ``","`` must be refused here, at submit.
+    """
+    parts = _device_parts(device)
+    if not parts:
+        raise ValueError(_DEVICE_PROBLEM + " (none given)")
+    return ",".join(parts)
+
+
+def _device_parts(device: Any) -> list[str]:
     if isinstance(device, bool):
-        raise ValueError("'device' must be cpu, a GPU index or a list of them")
+        raise ValueError(_DEVICE_PROBLEM)
     if isinstance(device, int):
-        return str(device)
+        return [str(device)]
     if isinstance(device, (list, tuple)):
-        return ",".join(str(normalize_device(d)) for d in device)
-    if isinstance(device, str) and device.strip():
-        return ",".join(p.strip() for p in device.split(",") if p.strip())
-    raise ValueError("'device' must be cpu, a GPU index or a list of them")
+        parts = []
+        for item in device:
+            if isinstance(item, (list, tuple)):
+                raise ValueError(_DEVICE_PROBLEM + " (a list inside the list)")
+            parts += _device_parts(item)
+        return parts
+    if isinstance(device, str):
+        return [p.strip() for p in device.split(",") if p.strip()]
+    raise ValueError(_DEVICE_PROBLEM)
 
 
 @functools.lru_cache(maxsize=1)
@@ -163,15 +188,53 @@ def parse_spec(data: Any, source: str = "<spec>") -> JobSpec:
 
 
 def parse_spec_text(text: str, source: str = "<spec>") -> JobSpec:
-    """Parse YAML text (safe_load only) and validate it."""
+    """Parse YAML text (safe loader only, bounded in size once aliases are expanded) and validate it."""
     try:
-        data = yaml.safe_load(text)
+        data = load_bounded_yaml(text, source)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         problem = getattr(err, "problem", None) or str(err)
         raise SpecError(source, [f"{where}: YAML syntax error: {problem}"]) from None
     return parse_spec(data, source)
+
+
+def load_bounded_yaml(text: str, source: str = "<spec>") -> Any:
+    """``yaml.safe_load``, but a document that expands to more than ``MAX_YAML_NODES`` nodes
+    (aliases counted at every use) or nests deeper than ``MAX_YAML_DEPTH`` is refused before
+    anything is built from it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise SpecError(source, [f"(top level): nested too deeply (more than {MAX_YAML_DEPTH} levels)"]) from None
+        if node is None:
+            return None
+        _check_expanded_size(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Walk the node graph as the constructor and pydantic would, alias by alias, up to the budget."""
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        where = f"line {node.start_mark.line + 1}"
+        if seen > MAX_YAML_NODES:
+            raise SpecError(source, [f"{where}: the document expands to more than {MAX_YAML_NODES} values "
+                                     "(YAML aliases); refused"])
+        if depth > MAX_YAML_DEPTH:
+            raise SpecError(source, [f"{where}: nested deeper than {MAX_YAML_DEPTH} levels; refused"])
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend(((key, depth + 1), (value, depth + 1)))
 
 
 def load_spec(path: Path) -> JobSpec:

@@ -87,7 +87,8 @@ class SupervisorCollector(Collector):
             for state in states:
                 m["state"].add_metric([name, state], 1 if state == job.state else 0)
             m["epoch"].add_metric([name], view["epoch"] or 0)
-            m["epochs"].add_metric([name], view["epochs"])
+            if view["epochs"] is not None:  # None: the stored spec no longer validates
+                m["epochs"].add_metric([name], view["epochs"])
             m["epochs_done"].add_metric([name], view["epochs_done"])
             m["attempts"].add_metric([name], view["attempts"])
             for cause, n in gp["restarts_by_cause"].items():
@@ -122,7 +123,7 @@ class SupervisorCollector(Collector):
             count = len(probe.devices)
         if count:
             return list(range(count))
-        return sorted({i for job in self.daemon.store.list_jobs() for i in self.daemon.spec(job.name).gpu_indices})
+        return sorted({i for _job, spec in self.daemon.valid_specs() for i in spec.gpu_indices})
 
 
 class MetricsService:

@@ -70,3 +70,69 @@ def test_oversized_file_is_refused(tmp_path):
     f.write_text("name: a\n# " + "x" * MAX_SPEC_BYTES)
     with pytest.raises(SpecError, match="byte limit"):
         load_spec(f)
+
+
+# -- issue 10: inputs that took the daemon down --------------------------------------------
+def alias_bomb(levels: int = 6, width: int = 10) -> str:
+    """The 422-byte file of the issue: ``levels`` levels of ``width`` aliases under train.classes."""
+    lines = ["name: bomb", "train:", "  model: yolov8n.yaml", "  data: d.yaml", "  epochs: 1",
+             "  classes:", "    - &a0 [0]"]
+    for i in range(1, levels + 1):
+        lines.append(f"    - &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_quickly_with_its_line():
+    import time
+
+    text = alias_bomb()
+    assert len(text) < 600
+    began = time.monotonic()
+    with pytest.raises(SpecError) as err:
+        parse_spec_text(text, "bomb.yaml")
+    assert time.monotonic() - began < 2.0
+    assert "YAML aliases" in err.value.problems[0] and err.value.problems[0].startswith("line ")
+
+
+def test_a_recursive_alias_is_refused():
+    with pytest.raises(SpecError, match="refused"):
+        parse_spec_text("name: a\ntrain: &t {model: m, data: d, epochs: 1, classes: *t}\n")
+
+
+def test_deep_nesting_is_refused():
+    deep = "name: a\ntrain: {model: m, data: d, epochs: 1, classes: " + "[" * 40 + "]" * 40 + "}\n"
+    with pytest.raises(SpecError, match="nested deeper than"):
+        parse_spec_text(deep)
+    deeper = "name: a\ntrain: {model: m, data: d, epochs: 1, classes: " + "[" * 5000 + "]" * 5000 + "}\n"
+    with pytest.raises(SpecError, match="nested"):
+        parse_spec_text(deeper)
+
+
+def test_a_few_aliases_are_still_fine():
+    spec = parse_spec_text("name: a\ntrain: {model: m, data: d, epochs: 1, classes: &c [0, 1]}\n"
+                           "health: {stop_grace: 5}\n")
+    assert spec.train["classes"] == [0, 1]
+
+
+@pytest.mark.parametrize("device", [[], ",", [[]], " , ", [0, []], [[0]]])
+def test_an_empty_device_set_is_refused_at_submit(device):
+    # It used to normalise to "" and pass, then fail every later parse of the stored spec.
+    assert any(p.startswith("train:") and "device" in p for p in problems(with_(train={**GOOD["train"],
+                                                                                        "device": device})))
+
+
+@pytest.mark.parametrize("device", [0, [0, 1], "0, 1", "cpu", "mps", [0, "1"]])
+def test_a_stored_device_parses_again_to_itself(device):
+    from supervisor.jobs.spec import spec_to_yaml
+
+    spec = parse_spec(with_(train={**GOOD["train"], "device": device}))
+    assert parse_spec_text(spec_to_yaml(spec)) == spec
+
+
+@pytest.mark.parametrize("field, value", [("stall_timeout", ".nan"), ("stall_timeout", ".inf"),
+                                          ("stop_grace", ".inf"), ("stop_grace", ".nan"),
+                                          ("first_batch_timeout", ".inf")])
+def test_nan_and_infinity_are_refused(field, value):
+    with pytest.raises(SpecError) as err:
+        parse_spec_text(f"name: a\ntrain: {{model: m, data: d, epochs: 1}}\nhealth: {{{field}: {value}}}\n")
+    assert any(p.startswith(f"health.{field}") for p in err.value.problems), err.value.problems
