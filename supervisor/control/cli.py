@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-from supervisor.control.protocol import (EXIT_CODES, Connection, ErrorCode, ProtocolError, Request, RequestError,
+from supervisor.control.protocol import (EXIT_CODES, one_line, Connection, ErrorCode, ProtocolError, Request, RequestError,
                                          connect)
 from supervisor.jobs.spec import MAX_SPEC_BYTES
 from supervisor.paths import HOME_ENV, Home, default_home
@@ -284,7 +284,7 @@ def duration(seconds: Optional[float]) -> str:
 
 def render_history(hist: dict[str, Any]) -> str:
     job = hist["job"]
-    lines = [f"job {job['name']}: {job['state']} ({job['state_reason'] or ''})"]
+    lines = [f"job {job['name']}: {job['state']} ({one_line(job['state_reason'] or '')})"]
     if hist.get("goodput"):
         lines.append(render_goodput(hist["goodput"]))
     lines.append("")
@@ -301,14 +301,15 @@ def render_history(hist: dict[str, Any]) -> str:
         rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), str(a["pid"] or "-"),
                      ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
                      duration(a.get("down_after_s")) if a["ended_at"] else "-", str(a.get("epochs_redone", "-")),
-                     a["detail"] or ""))
+                     one_line(a["detail"] or "")))
     lines.append(table(rows) if hist["attempts"] else "no attempts yet")
     lines += ["", "events:"]
     for e in hist["events"]:
         move = f" {e['from_state'] or ''}->{e['to_state']}" if e["to_state"] else ""
-        who = f" [{e['actor']}]" if e["actor"] else ""
-        lines.append(f"  {clock(e['at'])}  {e['kind']}{move}: {e['reason'] or ''}{who}")
+        who = f" [{one_line(e['actor'])}]" if e["actor"] else ""
+        lines.append(f"  {clock(e['at'])}  {e['kind']}{move}: {one_line(e['reason'] or '')}{who}")
     return "\n".join(lines)
+
 
 
 def render_goodput(gp: dict[str, Any]) -> str:

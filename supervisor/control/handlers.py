@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from supervisor import safefs
 from supervisor.child.progress import read_json
-from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError
+from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
 from supervisor.daemon.core import CommandError
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, Health, SpecError
 from supervisor.jobs.states import Cause, JobState
@@ -209,7 +209,7 @@ def _reading_log(daemon: "Daemon", job: JobRecord):
 # -- mutating requests -------------------------------------------------------------
 def submit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Add a job from the text of a job file; the training runs as the submitting user."""
-    text, source = args.get("text"), str(args.get("source") or "socket")[:200]
+    text, source = args.get("text"), one_line(str(args.get("source") or "socket")[:200])
     if not isinstance(text, str):
         raise RequestError(ErrorCode.USAGE, "'text' must be the job file's content")
     if len(text.encode("utf-8")) > MAX_SPEC_BYTES:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from supervisor import safefs
 
 from supervisor.control.peer import actor_for_uid
+from supervisor.control.protocol import one_line
 from supervisor.jobs.spec import MAX_SPEC_BYTES, SpecError
 from supervisor.store import StoreError
 
@@ -56,7 +57,7 @@ def handle_drop_file(daemon: "Daemon", path: Path) -> bool:
     moved: list[Path] = []
     try:
         text, st = read_drop_file(path)
-        daemon.submit(text, source=f"inbox:{path.name}", actor=f"{actor_for_uid(st.st_uid)} via drop directory",
+        daemon.submit(text, source=f"inbox:{one_line(path.name)}", actor=f"{actor_for_uid(st.st_uid)} via drop directory",
                       owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None,
                       on_accept=lambda: moved.append(_move(path, "accepted")))
     except FileNotFoundError:  # gone before it was read or moved: its writer took it back

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -122,9 +123,25 @@ def encode(msg: dict[str, Any]) -> bytes:
     return line
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def one_line(text: str) -> str:
+    """Text that came from outside (a file name, an exception, a user name) as one printable
+    line: a newline in a dropped file's name must not forge lines of ``history``."""
+    return str(text).translate(_CONTROL)
+
+
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python accepts them, and a NaN timeout turns a check off.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def decode(line: bytes) -> dict[str, Any]:
     try:
-        msg = json.loads(line)
+        msg = json.loads(line, parse_constant=_no_constants)
+    except RecursionError:
+        raise ProtocolError("not JSON the daemon accepts: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ProtocolError(f"not JSON: {err}") from None
     if not isinstance(msg, dict):
@@ -138,6 +155,7 @@ class Connection:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._reader = sock.makefile("rb")
+        self._pending = bytearray()  # receive_by's bytes after the last whole message
 
     def send(self, msg: dict[str, Any]) -> None:
         self.sock.sendall(encode(msg))
@@ -151,6 +169,29 @@ class Connection:
             if len(line) > MAX_MESSAGE_BYTES:
                 raise ProtocolError(f"message over the {MAX_MESSAGE_BYTES} byte limit")
             raise ProtocolError("connection closed in the middle of a message")
+        return decode(line)
+
+    def receive_by(self, deadline: float) -> Optional[dict[str, Any]]:
+        """The next message, which must be complete by ``deadline`` (monotonic); ``TimeoutError``
+        otherwise. A per-read timeout is not enough: one byte every so often never trips it.
+        (The daemon's side; do not mix with ``receive`` on one connection.)"""
+        while b"\n" not in self._pending:
+            if len(self._pending) > MAX_MESSAGE_BYTES:
+                raise ProtocolError(f"message over the {MAX_MESSAGE_BYTES} byte limit")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no whole request in time")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                if self._pending:
+                    raise ProtocolError("connection closed in the middle of a message")
+                return None
+            self._pending += chunk
+        line, _, rest = bytes(self._pending).partition(b"\n")
+        self._pending = bytearray(rest)
+        if len(line) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"message over the {MAX_MESSAGE_BYTES} byte limit")
         return decode(line)
 
     def request(self, req: Request) -> Response:

@@ -19,6 +19,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -31,8 +32,16 @@ if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
 
 SOCKET_MODE = 0o660
-MAX_CONNECTIONS = 32
-IDLE_TIMEOUT_S = 120.0
+# Connection slots. Anyone who can connect may read, so a reader must not be able to hold
+# every slot: each read-only user gets a few and all of them together a bounded pool;
+# root, the daemon's user and the socket group have slots of their own (never taken by
+# others, bounded per user only against a runaway script).
+MAX_PER_READER = 4
+MAX_READERS_TOTAL = 32
+MAX_PER_OPERATOR = 64
+# Each request must arrive whole within this long after the previous answer (or the
+# connection): a client that sends one byte now and then gets no more than this.
+REQUEST_DEADLINE_S = 30.0
 
 
 def resolve_group(group: Optional[str]) -> Optional[int]:
@@ -64,7 +73,7 @@ class ControlServer:
         self.gid = resolve_group(group)
         self._sock: Optional[socket.socket] = None
         self._inode: Optional[int] = None
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = _Slots()
         self._closing = False
         self._thread: Optional[threading.Thread] = None
 
@@ -139,10 +148,18 @@ class ControlServer:
                 if self._closing:
                     return
                 continue
-            if not self._slots.acquire(blocking=False):
-                self._refuse(conn, "too many control connections; try again")
+            try:
+                peer = peer_of(conn)
+            except OSError:
+                conn.close()
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+            operator = may_mutate(peer, os.geteuid(), self.gid)
+            refusal = self._slots.take(peer.uid, operator)
+            if refusal:
+                self._refuse(conn, refusal)
+                continue
+            threading.Thread(target=self._serve, args=(conn, peer, operator), name="control-conn",
+                             daemon=True).start()
 
     def _refuse(self, conn: socket.socket, message: str) -> None:
         try:
@@ -151,25 +168,24 @@ class ControlServer:
             pass
         conn.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, peer: Peer, operator: bool) -> None:
         try:
-            conn.settimeout(IDLE_TIMEOUT_S)
-            peer = peer_of(conn)
             channel = Connection(conn)
             while not self._closing:
                 try:
-                    msg = channel.receive()
+                    msg = channel.receive_by(time.monotonic() + REQUEST_DEADLINE_S)
                 except ProtocolError as err:
                     channel.send(Response.failure(ErrorCode.USAGE, str(err)).to_wire())
                     return
                 if msg is None:
                     return
+                conn.settimeout(REQUEST_DEADLINE_S)  # a client that does not read its answer is cut off too
                 channel.send(self.answer(msg, peer).to_wire())
         except OSError:
-            pass  # the client went away or idled out
+            pass  # the client went away, or missed its deadline
         finally:
             conn.close()
-            self._slots.release()
+            self._slots.give_back(peer.uid, operator)
 
     def answer(self, msg: dict, peer: Peer) -> Response:
         """One request -> one response; never raises."""
@@ -197,3 +213,38 @@ class ControlServer:
             raise RequestError(ErrorCode.PERMISSION,
                                f"permission denied: {req.cmd} needs root, the daemon's user or a member of "
                                f"the socket group ({group}); {peer.actor} may only read")
+
+
+class _Slots:
+    """Connection slots per user: readers share a bounded pool, operators have their own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._per_uid: dict[int, int] = {}
+        self._readers = 0
+
+    def take(self, uid: int, operator: bool) -> Optional[str]:
+        """None when a slot was taken; else why not (sent to the client before closing)."""
+        with self._lock:
+            held = self._per_uid.get(uid, 0)
+            if operator:
+                if held >= MAX_PER_OPERATOR:
+                    return f"too many control connections from uid {uid} ({held}); close some and try again"
+            elif held >= MAX_PER_READER:
+                return f"too many control connections from uid {uid} ({held}); close some and try again"
+            elif self._readers >= MAX_READERS_TOTAL:
+                return "too many read-only control connections; try again"
+            else:
+                self._readers += 1
+            self._per_uid[uid] = held + 1
+            return None
+
+    def give_back(self, uid: int, operator: bool) -> None:
+        with self._lock:
+            left = self._per_uid.get(uid, 1) - 1
+            if left:
+                self._per_uid[uid] = left
+            else:
+                self._per_uid.pop(uid, None)
+            if not operator:
+                self._readers -= 1

@@ -113,3 +113,43 @@ def test_connect_says_not_running_for_a_missing_or_dead_socket(tmp_path):
 def test_wire_format_is_plain_json():
     line = encode(Request("tail", {"name": "a", "lines": 5}).to_wire())
     assert json.loads(line) == {"v": 1, "cmd": "tail", "args": {"name": "a", "lines": 5}}
+
+
+# -- issue 10: a slow client gets a deadline, not a slot forever ----------------------------------
+def test_a_request_trickled_one_byte_at_a_time_is_cut_off_at_its_deadline(tmp_path, monkeypatch):
+    import socket
+    import threading
+    import time
+
+    from supervisor.control import server as server_mod
+    from supervisor.daemon.core import Daemon
+    from supervisor.paths import Home
+
+    monkeypatch.setattr(server_mod, "REQUEST_DEADLINE_S", 1.0, raising=False)
+    daemon = Daemon(Home(tmp_path / "home"))
+    stop = threading.Event()
+    loop = threading.Thread(target=lambda: [daemon.step(0.05) for _ in iter(stop.is_set, True)], daemon=True)
+    loop.start()
+    srv = server_mod.ControlServer(daemon, tmp_path / "ctl.sock")
+    srv.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(tmp_path / "ctl.sock"))
+            s.settimeout(0.3)
+            began = time.monotonic()
+            closed = False
+            while time.monotonic() - began < 8 and not closed:
+                try:
+                    s.sendall(b" ")  # one byte now and then: each read alone is quick
+                    closed = s.recv(1) == b""
+                except socket.timeout:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+            assert closed, "the trickling client kept its slot"
+            assert time.monotonic() - began < 5
+    finally:
+        srv.close()
+        stop.set()
+        loop.join(5)
+        daemon.store.close()
