@@ -76,6 +76,11 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job, id);
 # version gets them on open; nothing else about it changes.
 ADDED_COLUMNS = (
     ("attempts", "epochs_reached", "INTEGER"),
+    ("attempts", "stop_cause", "TEXT"),
+    ("attempts", "stop_detail", "TEXT"),
+    ("attempts", "stop_by_user", "INTEGER"),
+    ("attempts", "stop_then", "TEXT"),
+    ("attempts", "kill_at", "REAL"),
 )
 
 
@@ -123,6 +128,13 @@ class AttemptRecord:
     # Whole epochs whose training pass this attempt finished, as last seen in its progress file
     # (checkpointed or not); None when never seen. See supervisor/observe/goodput.py.
     epochs_reached: Optional[int] = None
+    # The daemon's intent to end this attempt (a stop, a restart, a stall kill) and the wall
+    # time of its SIGKILL: kept so that a daemon restart in the middle does not forget them.
+    stop_cause: Optional[str] = None
+    stop_detail: Optional[str] = None
+    stop_by_user: Optional[int] = None
+    stop_then: Optional[str] = None
+    kill_at: Optional[float] = None
 
 
 @dataclass
@@ -257,6 +269,11 @@ class Store:
             " WHERE id = ?",
             (at or time.time(), exit_code, signal, cause, detail, epochs_after, attempt_id),
         )
+
+    def set_stop_intent(self, attempt_id: int, *, cause: Optional[str], detail: Optional[str],
+                        by_user: bool, then: Optional[str], kill_at: Optional[float]) -> None:
+        self._exec("UPDATE attempts SET stop_cause = ?, stop_detail = ?, stop_by_user = ?, stop_then = ?,"
+                   " kill_at = ? WHERE id = ?", (cause, detail, int(by_user), then, kill_at, attempt_id))
 
     def mark_first_batch(self, attempt_id: int, at: float) -> None:
         self._exec("UPDATE attempts SET first_batch_at = ? WHERE id = ? AND first_batch_at IS NULL",

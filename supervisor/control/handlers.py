@@ -227,6 +227,7 @@ def stop(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]
     run = daemon.running.get(job.name)
     if run is not None and state is S.STOPPING:
         run.user_stop, run.then = True, None  # already ending (stall, restart): stay stopped after
+        daemon.note_stop_intent(run)
         daemon.event(job.name, "stop", f"{reason} while already stopping", peer.actor)
     elif run is not None:
         grace = _stop_grace(daemon, job)

@@ -489,10 +489,18 @@ class Daemon:
         run = self.running[name]
         run.kill_cause, run.user_stop, run.then = cause, user_stop, then
         run.kill_at = time.monotonic() + grace
+        self.note_stop_intent(run)  # before the TERM: a daemon restart right after must not forget it
         pids = launcher.signal_job(name, run.child.pid, signal.SIGTERM)
         self.transition(name, S.STOPPING, reason, actor)
         self.event(name, "signal", f"SIGTERM to {len(pids)} process(es); SIGKILL after {grace:g}s",
                    actor, pids=pids)
+
+    def note_stop_intent(self, run: Running) -> None:
+        """Persist why and by when the attempt is being ended; ``reconcile`` restores it."""
+        left = None if run.kill_at is None else max(0.0, run.kill_at - time.monotonic())
+        self.store.set_stop_intent(run.attempt_id, cause=run.kill_cause.value if run.kill_cause else None,
+                                   detail=run.extra.get("stall_reason"), by_user=run.user_stop, then=run.then,
+                                   kill_at=None if left is None else time.time() + left)
 
     def _escalate_kill(self, name: str, run: Running) -> None:
         run.kill_at = None
@@ -664,6 +672,7 @@ class Daemon:
                 continue
             run = Running(child or _dead_child(job), open_attempt.id, open_attempt.number,
                           open_attempt.epochs_before, log_offset=0)
+            _restore_stop_intent(run, open_attempt)
             if child is not None:
                 self.event(job.name, "adopted", f"re-adopted attempt {run.attempt_no} (pid {job.pid})")
             else:
@@ -676,6 +685,19 @@ class Daemon:
 def _parsed_spec(spec_yaml: str, name: str) -> JobSpec:
     """Specs are immutable once stored; parse each one once, not on every tick."""
     return parse_spec_text(spec_yaml, name)
+
+
+def _restore_stop_intent(run: Running, attempt) -> None:
+    """A stop, restart or stall kill under way when the last daemon ended goes on: the same
+    cause, and SIGKILL at the same wall time (at once if that has passed)."""
+    if attempt.stop_cause is None:
+        return
+    run.kill_cause = Cause(attempt.stop_cause)
+    run.user_stop, run.then = bool(attempt.stop_by_user), attempt.stop_then
+    if attempt.stop_detail:
+        run.extra["stall_reason"] = attempt.stop_detail
+    if attempt.kill_at is not None:
+        run.kill_at = time.monotonic() + max(0.0, attempt.kill_at - time.time())
 
 
 def _dead_child(job: JobRecord) -> launcher.Child:

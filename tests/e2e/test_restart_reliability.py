@@ -1,0 +1,68 @@
+"""What a daemon restart must not lose, and what a second daemon must not touch (issue 10, reliability).
+
+Real daemons (SIGKILLed and started again), real children (the test-only trainers), real signals.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import DaemonProcess, ctl, cpu_job, kill_job_processes, wait_for, wait_socket
+
+STUBBORN = Path(__file__).parent / "stubborn_trainer.py"
+
+
+def job_file(tmp_path: Path, name: str, grace: float = 60) -> Path:
+    spec = cpu_job(name, Path("/nonexistent/data.yaml"), epochs=2, health={"stop_grace": grace})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def stubborn_daemon(daemon, monkeypatch):
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(STUBBORN))
+    return daemon
+
+
+def restart_daemon(daemon: DaemonProcess) -> None:
+    """SIGKILL the daemon (the training lives on) and start a new one on the same home."""
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait(30)
+    daemon.start()
+    wait_socket(daemon)
+
+
+def test_a_stop_survives_a_daemon_restart_while_the_child_saves(stubborn_daemon, tmp_path):
+    d = stubborn_daemon
+    d.start()
+    wait_socket(d)
+    assert ctl(d.home, "submit", str(job_file(tmp_path, "slow"))).returncode == 0
+    pid = d.wait_state("slow", "running", timeout=60).pid
+    assert ctl(d.home, "stop", "slow").returncode == 0
+    d.wait_state("slow", "stopping", timeout=30)
+    restart_daemon(d)
+    (d.home / "jobs" / "slow" / "release").touch()  # the save finishes: the child exits 75
+    job = d.wait_state("slow", {"stopped", "backoff", "queued", "starting", "running"}, timeout=60)
+    assert job.state == "stopped", f"{job.state}: {job.state_reason}"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert len(d.attempts("slow")) == 1
+
+
+def test_a_child_that_ignores_term_is_killed_after_a_daemon_restart(stubborn_daemon, tmp_path):
+    d = stubborn_daemon
+    d.start()
+    wait_socket(d)
+    assert ctl(d.home, "submit", str(job_file(tmp_path, "ignore-term", grace=3))).returncode == 0
+    d.wait_state("ignore-term", "running", timeout=60)
+    assert ctl(d.home, "stop", "ignore-term").returncode == 0
+    d.wait_state("ignore-term", "stopping", timeout=30)
+    restart_daemon(d)
+    job = d.wait_state("ignore-term", "stopped", timeout=30)  # the grace of 3 s ran on across the restart
+    assert "stopped" in (job.last_cause or "")
+    kill_job_processes("ignore-term")
