@@ -68,6 +68,7 @@ class Running:
 class Daemon:
     def __init__(self, home: Home, config: Optional[DaemonConfig] = None, gpu_probe=None):
         self.home = home.ensure()
+        self.daemon_id = str(home.root.resolve())  # in every child's environment: which daemon's job it is
         self.config = config or DaemonConfig()
         self.store = Store(home.db)
         self.log = get_logger()
@@ -342,9 +343,9 @@ class Daemon:
 
     def _kill_strays(self, name: str) -> None:
         """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
-        strays = launcher.job_processes(name)
+        strays = launcher.job_processes(name, daemon_id=self.daemon_id)
         if strays:
-            survivors = launcher.kill_job_now(name, None)
+            survivors = launcher.kill_job_now(name, None, daemon_id=self.daemon_id)
             self.event(name, "orphans", f"{len(strays)} process(es) of the job alive before launch; killed",
                        pids=[p.pid for p in strays], survivors=survivors)
 
@@ -356,7 +357,8 @@ class Daemon:
         offset = log_path.stat().st_size if log_path.exists() else 0
         try:
             user = self.job_identity(job)
-            child = launcher.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user)
+            child = launcher.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user,
+                                   daemon_id=self.daemon_id)
         except OSError as exc:
             self.transition(name, S.FAILED, f"could not start the training process: {exc}", actor)
             return
@@ -490,7 +492,7 @@ class Daemon:
         run.kill_cause, run.user_stop, run.then = cause, user_stop, then
         run.kill_at = time.monotonic() + grace
         self.note_stop_intent(run)  # before the TERM: a daemon restart right after must not forget it
-        pids = launcher.signal_job(name, run.child.pid, signal.SIGTERM)
+        pids = launcher.signal_job(name, run.child.pid, signal.SIGTERM, daemon_id=self.daemon_id)
         self.transition(name, S.STOPPING, reason, actor)
         self.event(name, "signal", f"SIGTERM to {len(pids)} process(es); SIGKILL after {grace:g}s",
                    actor, pids=pids)
@@ -504,7 +506,7 @@ class Daemon:
 
     def _escalate_kill(self, name: str, run: Running) -> None:
         run.kill_at = None
-        survivors = launcher.kill_job_now(name, run.child.pid)
+        survivors = launcher.kill_job_now(name, run.child.pid, daemon_id=self.daemon_id)
         self.event(name, "signal", "grace period over: SIGKILL to every process of the job",
                    survivors=survivors)
 
@@ -522,7 +524,7 @@ class Daemon:
         """Classify the ended attempt, record it and decide; idempotent, so a failed write is retried."""
         run = self.ending[name]
         exit_code, sig = run.exit_status
-        leftovers = launcher.kill_job_now(name, None)  # e.g. torchrun workers of a killed trainer
+        leftovers = launcher.kill_job_now(name, None, daemon_id=self.daemon_id)  # e.g. torchrun workers
         if leftovers:
             self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
                        pids=leftovers)
@@ -628,7 +630,8 @@ class Daemon:
             self.transition(name, S.HELD, "devices unhealthy: " + "; ".join(reasons), actor)
             return False
         others = {r.child.pid for n, r in self.running.items() if n != name}
-        others |= {p.pid for n in self.running if n != name for p in launcher.job_processes(n)}
+        others |= {p.pid for n in self.running if n != name
+                   for p in launcher.job_processes(n, daemon_id=self.daemon_id)}
         gate = self.health.release_gate(name, spec, others)
         if gate.note:
             self.event(name, "gpu", gate.note)

@@ -25,6 +25,9 @@ from supervisor import safefs
 from supervisor.safefs import Identity
 
 JOB_ENV = "YOLO_SUPERVISOR_JOB"
+# Which daemon started the process (its home): two daemons on one host may both have a job
+# called "train", and neither may take the other's for a stray.
+DAEMON_ENV = "YOLO_SUPERVISOR_DAEMON"
 ATTEMPT_ENV = "YOLO_SUPERVISOR_ATTEMPT"
 LOG_BANNER = "==== yolo-supervisor: attempt"
 # The interpreter for training children; default the daemon's own. Tests of a root daemon set it
@@ -57,7 +60,7 @@ class Child:
             pass
 
 
-def child_env(job: str, attempt: int, yolo_config_dir: Path) -> dict[str, str]:
+def child_env(job: str, attempt: int, yolo_config_dir: Path, daemon_id: Optional[str] = None) -> dict[str, str]:
     """The attempt's environment: offline, per-job Ultralytics config, and job markers.
 
     The markers are inherited by every descendant (torchrun and its workers
@@ -74,11 +77,13 @@ def child_env(job: str, attempt: int, yolo_config_dir: Path) -> dict[str, str]:
         JOB_ENV: job,
         ATTEMPT_ENV: str(attempt),
     })
+    if daemon_id is not None:
+        env[DAEMON_ENV] = daemon_id
     return env
 
 
 def spawn(job: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
-          user: Optional[Identity] = None) -> Child:
+          user: Optional[Identity] = None, daemon_id: Optional[str] = None) -> Child:
     """Start an attempt; as root, ``user`` is who it runs as: their uid, primary group and groups."""
     log_fd = open_log(log_path, user)
     try:
@@ -91,7 +96,7 @@ def spawn(job: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_d
         popen = subprocess.Popen(
             [os.environ.get(CHILD_PYTHON_ENV) or sys.executable, "-m", "supervisor.child.train", str(plan_path)],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
-            env=child_env(job, attempt, yolo_config_dir), start_new_session=True,
+            env=child_env(job, attempt, yolo_config_dir, daemon_id), start_new_session=True,
             close_fds=True, **kwargs,
         )
     finally:
@@ -137,8 +142,9 @@ def adopt(job: str, pid: int, start_time: Optional[float]) -> Optional[Child]:
     return Child(job=job, pid=pid, start_time=start_time, pidfd=fd, popen=None)
 
 
-def job_processes(job: str, root_pid: Optional[int] = None) -> list[psutil.Process]:
-    """Every live process of a job: descendants of the attempt plus anything carrying its marker.
+def job_processes(job: str, root_pid: Optional[int] = None, daemon_id: Optional[str] = None) -> list[psutil.Process]:
+    """Every live process of a job: descendants of the attempt plus anything carrying its marker
+    (with ``daemon_id``: the marker of that daemon only).
 
     torchrun's workers start in new sessions and survive a SIGKILL of the
     trainer as orphans, so the process group is not enough.
@@ -156,7 +162,8 @@ def job_processes(job: str, root_pid: Optional[int] = None) -> list[psutil.Proce
         if p.pid == me or p.pid in found:
             continue
         try:
-            if p.environ().get(JOB_ENV) == job:
+            env = p.environ()
+            if env.get(JOB_ENV) == job and (daemon_id is None or env.get(DAEMON_ENV) == daemon_id):
                 found[p.pid] = p
         except psutil.Error:
             continue
@@ -170,10 +177,10 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
-def signal_job(job: str, root_pid: Optional[int], sig: int) -> list[int]:
+def signal_job(job: str, root_pid: Optional[int], sig: int, daemon_id: Optional[str] = None) -> list[int]:
     """Send ``sig`` to every process of the job; return the pids signalled."""
     sent = []
-    for p in job_processes(job, root_pid):
+    for p in job_processes(job, root_pid, daemon_id):
         try:
             p.send_signal(sig)
             sent.append(p.pid)
@@ -182,9 +189,10 @@ def signal_job(job: str, root_pid: Optional[int], sig: int) -> list[int]:
     return sent
 
 
-def kill_job_now(job: str, root_pid: Optional[int], timeout: float = 5.0) -> list[int]:
+def kill_job_now(job: str, root_pid: Optional[int], timeout: float = 5.0,
+                 daemon_id: Optional[str] = None) -> list[int]:
     """SIGKILL every process of the job and wait until they are gone; return survivors' pids."""
-    procs = job_processes(job, root_pid)
+    procs = job_processes(job, root_pid, daemon_id)
     for p in procs:
         try:
             p.send_signal(signal.SIGKILL)

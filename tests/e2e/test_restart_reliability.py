@@ -66,3 +66,28 @@ def test_a_child_that_ignores_term_is_killed_after_a_daemon_restart(stubborn_dae
     job = d.wait_state("ignore-term", "stopped", timeout=30)  # the grace of 3 s ran on across the restart
     assert "stopped" in (job.last_cause or "")
     kill_job_processes("ignore-term")
+
+
+def test_two_daemons_with_a_job_of_the_same_name_leave_each_others_training_alone(tmp_path, monkeypatch):
+    from tests.conftest import FAKE_TRAINER
+
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    first, second = DaemonProcess(tmp_path / "a"), DaemonProcess(tmp_path / "b")
+    try:
+        first.start()
+        wait_socket(first)
+        assert ctl(first.home, "submit", str(job_file(tmp_path, "same"))).returncode == 0
+        pid = first.wait_state("same", "running", timeout=60).pid
+        second.start()
+        wait_socket(second)
+        assert ctl(second.home, "submit", str(job_file(tmp_path, "same"))).returncode == 0
+        other = second.wait_state("same", "running", timeout=60)
+        assert other.pid != pid
+        assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE, "the second daemon killed the first's job"
+        assert not [e for e in second.events("same") if e.kind == "orphans"]
+        job = first.job("same")
+        assert (job.state, job.pid, job.attempts) == ("running", pid, 1)
+    finally:
+        for d in (first, second):
+            d.stop()
+        kill_job_processes("same")
