@@ -7,6 +7,7 @@ are rebuilt on start by reconciliation, never serialised.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -161,18 +162,99 @@ class StoreError(OSError):
     """
 
 
+class StoreCorrupt(Exception):
+    """The state database cannot be used (not a database, damaged): the daemon must not start on
+    it, and the message says what to do. The file itself is left exactly as it is."""
+
+    def __init__(self, path: Path, problem: str):
+        backup = backup_path(path)
+        if backup.exists():
+            age = max(0.0, time.time() - backup.stat().st_mtime) / 60
+            hint = (f"the daemon keeps a copy: `mv {path} {path}.damaged && cp {backup} {path}` restores "
+                    f"the state of {age:.0f} minute(s) ago")
+        else:
+            hint = f"move it aside (`mv {path} {path}.damaged`) to start with no jobs"
+        super().__init__(f"the state database {path} is damaged ({problem}); not starting on it. "
+                         f"Recovery: {hint}; running trainings are re-adopted only from the database they "
+                         "were recorded in")
+
+
+def backup_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".backup")
+
+
 class Store:
     """A thin, thread-safe layer over one SQLite connection."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.RLock()
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            raise StoreCorrupt(self.path, str(exc)) from None
+
+    def _open(self) -> None:
         # isolation_level=None: autocommit; multi-statement changes use `transaction()`.
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._add_missing_columns()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            self._db.executescript(SCHEMA)
+            self._add_missing_columns()
+        except BaseException:
+            self._db.close()
+            raise
+        st = os.stat(self.path)
+        self._file_id = (st.st_dev, st.st_ino)
+
+    # -- the file under the open connection -------------------------------------------
+    def file_problem(self) -> Optional[str]:
+        """None while ``path`` is the file this connection has open; else what became of it."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        return None if (st.st_dev, st.st_ino) == self._file_id else "replaced by another file"
+
+    def write_back(self) -> Optional[Path]:
+        """Put the open database back under its name (deleted or replaced while we ran): what
+        this connection holds is the truth. A file found in its place is kept beside it;
+        returns where, or None."""
+        with self._lock:
+            tmp = self.path.with_name(f".{self.path.name}.restoring-{os.getpid()}")
+            self._copy_to(tmp)
+            aside = None
+            if self.path.exists():
+                aside = self.path.with_name(f"{self.path.name}.replaced-{int(time.time())}")
+                os.replace(self.path, aside)
+            self._db.close()  # checkpoints into the old file; SQLite removes its -wal/-shm names
+            os.replace(tmp, self.path)
+            self._open()
+            return aside
+
+    def backup(self) -> Path:
+        """A consistent copy at ``state.db.backup`` (SQLite's online backup, then a rename)."""
+        dest = backup_path(self.path)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        with self._lock:
+            self._copy_to(tmp)
+        os.replace(tmp, dest)
+        return dest
+
+    def _copy_to(self, tmp: Path) -> None:
+        tmp.unlink(missing_ok=True)
+        out = sqlite3.connect(str(tmp))
+        try:
+            self._db.backup(out)
+        except sqlite3.Error as exc:
+            out.close()
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot copy the state database {self.path}: {exc}") from exc
+        out.close()
 
     def _add_missing_columns(self) -> None:
         for table, column, kind in ADDED_COLUMNS:

@@ -56,18 +56,50 @@ class DropWatcher:
         self._deferred: dict[str, float] = {}  # path -> monotonic time before which it is not taken
         self._lock = threading.Lock()
         self._observer: Optional[InotifyObserver] = None
+        self._watched: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the folder watched
+        self._made_like = (0o777, -1)
+        self._lost = False  # the watched folder itself was deleted (its inode may be reused at once)
 
     def start(self) -> None:
-        """Watch first, then scan: a file dropped in between is seen by one or both, handled once."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        st = os.stat(self.folder)
+        self._made_like = (stat.S_IMODE(st.st_mode), st.st_gid)  # what a folder made again gets
+        self._watch()
+        self.daemon.hooks += [self.keep_watching, self.handle_settled]
+        self.daemon.log.info("watching drop directory", path=str(self.folder))
+
+    def _watch(self) -> None:
+        """Watch first, then scan: a file dropped in between is seen by one or both, handled once."""
         observer = InotifyObserver(generate_full_events=True)  # moves from outside arrive as moves
         observer.schedule(_Events(self), str(self.folder), recursive=False)
         observer.start()
         self._observer = observer
+        st = os.stat(self.folder)
+        self._watched, self._lost = (st.st_dev, st.st_ino), False
         for path in candidates(self.folder):
             self._appeared(str(path))
-        self.daemon.hooks.append(self.handle_settled)
-        self.daemon.log.info("watching drop directory", path=str(self.folder))
+
+    def keep_watching(self, daemon: "Daemon") -> None:
+        """Housekeeping hook: inotify watches an inode, not a name. A drop directory removed (and
+        perhaps made again) would silently be watched no more: make it again if need be, say so,
+        and watch what is there now."""
+        try:
+            st = os.stat(self.folder)
+            now = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now == self._watched and not self._lost:
+            return
+        if now is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            mode, gid = self._made_like
+            os.chmod(self.folder, mode)
+            if gid != os.stat(self.folder).st_gid:
+                os.chown(self.folder, -1, gid)
+        self.daemon.log.error("drop directory was " + ("removed; made again" if now is None else "replaced")
+                              + " and is watched again", path=str(self.folder))
+        self.stop()
+        self._watch()
 
     def stop(self) -> None:
         if self._observer is not None:
@@ -77,6 +109,9 @@ class DropWatcher:
 
     # -- the watchdog thread: bookkeeping only ------------------------------------
     def on_event(self, event: FileSystemEvent) -> None:
+        if event.event_type == "deleted" and Path(event.src_path) == self.folder:
+            self._lost = True  # the watch is gone with it; keep_watching acts on the loop thread
+            return
         if isinstance(event, FileMovedEvent):
             self._forget(event.src_path)
             if event.dest_path and self._ours(event.dest_path):

@@ -38,6 +38,7 @@ from supervisor.store import JobRecord, Store
 
 S = JobState
 STEP_RETRY_S = 15.0  # a job step that failed on the disk (full, read-only) is tried again after this
+BACKUP_INTERVAL_S = 600.0  # how old state.db.backup may get (the recovery hint for a damaged database)
 
 
 class CommandError(Exception):
@@ -86,6 +87,7 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
+        self._backup_due = 0.0  # monotonic; the first tick takes one
 
     # -- the one choke point for state changes ----------------------------
     def transition(self, name: str, new: JobState, reason: str, actor: Optional[str] = None,
@@ -180,6 +182,10 @@ class Daemon:
         for run in self.running.values():
             run.child.close()
         self.running.clear()
+        try:
+            self.store.backup()  # the copy the recovery hint for a damaged database points at
+        except Exception as exc:  # a full disk: the database itself is fine
+            self.log.error("could not back up the state database", error=repr(exc))
         self.log.info("daemon stopped", note="training processes left running")
         self.store.close()
 
@@ -189,7 +195,7 @@ class Daemon:
         # logged and the others still run, this tick and every later one.
         steps: list[Callable[[], Any]] = [
             lambda: launcher.reap_orphans({r.child.pid for r in self.running.values()}),
-            self._watch_all, self._retry_attempt_ends, self._pick_up_lost_jobs,
+            self._keep_state_file, self._watch_all, self._retry_attempt_ends, self._pick_up_lost_jobs,
             self.route_gpu_events, self.release_healthy_holds, self.start_due_jobs,
             *(functools.partial(hook, self) for hook in self.hooks),
         ]
@@ -199,6 +205,20 @@ class Daemon:
             except Exception as exc:
                 what = getattr(getattr(step, "func", step), "__name__", repr(step))
                 self.log.error("housekeeping step failed", step=what, error=repr(exc))
+
+    def _keep_state_file(self) -> None:
+        """state.db deleted or replaced under us: say so and write ours back (a restart would
+        otherwise find no jobs while their trainings run on unsupervised); keep a backup."""
+        problem = self.store.file_problem()
+        if problem:
+            self.log.error("state database " + problem + " while the daemon ran; writing it back",
+                           path=str(self.store.path))
+            aside = self.store.write_back()
+            if aside is not None:
+                self.log.warning("the file found in its place is kept", path=str(aside))
+        if time.monotonic() >= self._backup_due:
+            self._backup_due = time.monotonic() + BACKUP_INTERVAL_S
+            self.store.backup()
 
     def _watch_all(self) -> None:
         for name in list(self.running):

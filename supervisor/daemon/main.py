@@ -14,6 +14,9 @@ from supervisor.jobs.spec import SpecError
 from supervisor.observe.logging import configure, get_logger
 from supervisor.probes.gpu import open_probe
 from supervisor.paths import Home, default_home
+from supervisor.store import StoreCorrupt
+
+EXIT_DAMAGED_STATE = 78  # EX_CONFIG: systemd does not restart on it (RestartPreventExitStatus)
 
 
 def parse_args(argv):
@@ -53,6 +56,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"yolo-supervisord: {err}", file=sys.stderr)
         return 2
+    except StoreCorrupt as err:  # not a traceback, and no crash loop (RestartPreventExitStatus)
+        print(f"yolo-supervisord: {err}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
     try:
         services = Services(daemon, args.log_level)
         services.start()  # control socket, drop directory watch, sd_notify, SIGHUP reload

@@ -35,7 +35,7 @@ def restart_daemon(daemon: DaemonProcess) -> None:
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(30)
     daemon.start()
-    wait_socket(daemon)
+    wait_for(lambda: ctl(daemon.home, "status").returncode == 0, 30, what="the new daemon answering")
 
 
 def test_a_stop_survives_a_daemon_restart_while_the_child_saves(stubborn_daemon, tmp_path):
