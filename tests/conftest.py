@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.demo import make_dataset
-
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; fail with ``what`` on timeout."""
@@ -28,6 +26,8 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """data.yaml of 16 generated 64x64 images with coloured boxes."""
+    from supervisor.demo import make_dataset  # Pillow: only the tests that train need it
+
     return make_dataset(tmp_path_factory.mktemp("dataset"), images=16, size=64)
 
 

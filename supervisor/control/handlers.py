@@ -57,8 +57,8 @@ def dispatch(daemon: "Daemon", req: Request, peer: "Peer", timeout: float = 30.0
         raise RequestError(ErrorCode.INVALID, str(err)) from None
     except CommandError as err:
         raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
-    except TimeoutError:
-        raise RequestError(ErrorCode.INTERNAL, f"the daemon did not answer within {timeout:g}s") from None
+    except TimeoutError as err:
+        raise RequestError(ErrorCode.INTERNAL, str(err)) from None
 
 
 # -- arguments ---------------------------------------------------------------
@@ -255,8 +255,10 @@ def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     if job.name in daemon.running and state is not S.STOPPING:
         grace = _stop_grace(daemon, job)
         daemon.terminate(job.name, Cause.STOPPED, reason, grace, peer.actor, user_stop=True, then="restart")
-    elif state is S.BACKOFF:
-        daemon.launch(job.name, peer.actor)  # skip the rest of the delay
+    elif state is S.BACKOFF:  # skip the rest of the delay, but wait for a slot like any other start
+        daemon.transition(job.name, S.BACKOFF, reason, peer.actor, next_start_at=time.time())
+        daemon.event(job.name, "restart", f"{reason}: starts as soon as a slot is free", peer.actor)
+        daemon.start_due_jobs()
     elif state in (S.STOPPED, S.FAILED, S.HELD):
         _requeue(daemon, job, reason, peer.actor)
     else:
@@ -284,12 +286,27 @@ def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
     job = _job(daemon, args)
     if job.name in daemon.running or S(job.state).has_process:
         raise _wrong_state(job, "remove")
-    daemon.store.remove_job(job.name)
     purged = bool(args.get("purge"))
     if purged:
-        shutil.rmtree(daemon.home.job_dir(job.name), ignore_errors=True)
+        _purge(daemon.home.job_dir(job.name), job.name)  # first: a failed purge keeps the job
+    daemon.store.remove_job(job.name)
+    daemon.health.forget(job.name)
     daemon.log.info("removed", job=job.name, actor=peer.actor, purged=purged)
     return {"name": job.name, "purged": purged, "job_dir": str(daemon.home.job_dir(job.name))}
+
+
+def _purge(folder: Path, name: str) -> None:
+    """Delete the job's folder (rmtree follows no link); ``RequestError`` naming what could not go."""
+    failed: list[str] = []
+
+    def note(_fn, path, exc_info) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):  # gone already is what we want
+            failed.append(f"{path}: {exc_info[1].strerror or exc_info[1]}")
+    shutil.rmtree(folder, onerror=note)
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise RequestError(ErrorCode.INTERNAL, f"{name}: could not delete {failed[0]}{more}; the job is kept "
+                           "(remove again once fixed)")
 
 
 HANDLERS: dict[str, Handler] = {

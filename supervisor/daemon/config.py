@@ -40,6 +40,15 @@ class DaemonConfig(BaseModel):
     metrics_textfile_dir: Optional[str] = Field(None, description="node_exporter textfile directory; off when unset")
     log_level: str = "info"
 
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        """Checked here, so a bad level is refused like any other field (at start and on reload)."""
+        from supervisor.observe.logging import level_number
+
+        level_number(value)
+        return value.strip().lower()
+
     @field_validator("metrics_address", mode="before")
     @classmethod
     def _address(cls, value):

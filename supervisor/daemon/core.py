@@ -9,6 +9,7 @@ tick. Every state change goes through ``transition``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 import queue
@@ -45,6 +46,10 @@ class CommandError(Exception):
     """A control request that cannot be done (unknown job, wrong state); the message is for the user."""
 
 
+class IllegalTransition(RuntimeError):
+    """The daemon tried a move its own transition table does not list: our bug, never the user's."""
+
+
 @dataclass
 class Running:
     """Runtime handle of a job's live attempt (never persisted)."""
@@ -68,6 +73,7 @@ class Running:
 
 class Daemon:
     def __init__(self, home: Home, config: Optional[DaemonConfig] = None, gpu_probe=None):
+        safefs.check_as_user_works()  # as root: never fall back to touching job files as root
         self.home = home.ensure()
         self.daemon_id = str(home.root.resolve())  # in every child's environment: which daemon's job it is
         self.config = config or DaemonConfig()
@@ -95,8 +101,10 @@ class Daemon:
         job = self.store.get_job(name)
         old = S(job.state)
         if old is not new and not can_transition(old, new):
-            raise CommandError(f"{name}: cannot go from {old.value} to {new.value}")
+            raise IllegalTransition(f"{name}: internal error: no transition from {old.value} to {new.value}")
         self.store.update_job(name, state=new.value, state_reason=reason, **fields)
+        if new in (S.STOPPED, S.FAILED, S.COMPLETED):
+            self.health.forget(name)  # a wait for the GPU memory to be released ends with the job
         if old is not new:
             self.store.add_event(name, "state", reason, from_state=old.value, to_state=new.value, actor=actor)
             self.log.info("transition", job=name, **{"from": old.value}, to=new.value, reason=reason,
@@ -108,7 +116,6 @@ class Daemon:
 
     # -- loop ----------------------------------------------------------------
     def start(self) -> None:
-        safefs.check_as_user_works()  # as root: never fall back to touching job files as root
         if launcher.become_subreaper():
             self.log.debug("subreaper", enabled=True)
         self.reconcile()
@@ -138,8 +145,24 @@ class Daemon:
         self._run_calls()
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
-        """Run ``fn`` on the loop thread and return its result (used by the control server)."""
-        return self.post(fn).result(timeout)
+        """Run ``fn`` on the loop thread and return its result (used by the control server).
+
+        ``TimeoutError`` when the loop did not get to it in time; it is then dropped, never run
+        later behind the caller's back. (concurrent.futures' own TimeoutError is not the
+        builtin one before Python 3.11.)
+        """
+        fut = self.post(fn)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if fut.cancel():
+                raise TimeoutError(f"the daemon did not get to the request within {timeout:g}s; "
+                                   "it was dropped and nothing was done") from None
+        try:
+            return fut.result(timeout)  # it started meanwhile: its effects are happening, so wait
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"the request is still running after {2 * timeout:g}s; it may yet "
+                               "take effect") from None
 
     def post(self, fn: Callable[[], Any]) -> Future:
         """Queue ``fn`` for the loop thread without waiting (the drop-directory watcher's thread)."""
@@ -164,6 +187,8 @@ class Daemon:
                 fn, fut = self._calls.get_nowait()
             except queue.Empty:
                 return
+            if not fut.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting: dropped, as it was told
             try:
                 fut.set_result(fn())
             except BaseException as exc:  # the caller gets it; the loop carries on
@@ -259,8 +284,8 @@ class Daemon:
             try:
                 self.store.add_event(name, "error", f"{fn.__name__}: {exc}; retrying in {wait:g}s")
                 if S(self.store.get_job(name).state) in (S.QUEUED, S.BACKOFF):
-                    self.store.update_job(name, state=S.BACKOFF.value, next_start_at=time.time() + wait,
-                                          state_reason=f"{fn.__name__} failed: {exc}; retrying in {wait:g}s")
+                    self.transition(name, S.BACKOFF, f"{fn.__name__} failed: {exc}; retrying in {wait:g}s",
+                                    next_start_at=time.time() + wait)
             except Exception:  # the store itself may be on the full disk
                 pass
         except Exception as exc:  # a bug must not take every other job down with it
@@ -385,12 +410,23 @@ class Daemon:
         how = f"resume from {resume} (epoch {epochs_before})" if resume else "fresh start"
         # One transaction: a daemon killed between the attempt row and the job's move would leave
         # an open attempt on a job in backoff, and every later launch would collide with it.
-        with self.store.transaction():
-            attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
-                                                  str(resume) if resume else None)
-            self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
-                            pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
+        try:
+            with self.store.transaction():
+                attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
+                                                      str(resume) if resume else None)
+                self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
+                                pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
+        except BaseException:
+            self._abandon(name, child)
+            raise
         self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset))
+
+    def _abandon(self, name: str, child: launcher.Child) -> None:
+        """An attempt that could not be recorded (a full disk) must not train unwatched, nor leak its pidfd."""
+        launcher.kill_job_now(name, child.pid, daemon_id=self.daemon_id)
+        if child.popen is not None:
+            child.popen.wait()  # reap it: no zombie left behind
+        child.close()
 
     def _watch(self, name: str, run: Running) -> None:
         """From now on the loop hears of the attempt's exit and housekeeping watches its progress."""
@@ -686,22 +722,26 @@ class Daemon:
         for job in self.store.list_jobs():
             if not S(job.state).has_process or job.name in self.running or job.name in self.ending:
                 continue
-            open_attempt = self.store.open_attempt(job.name)
-            child = launcher.adopt(job.name, job.pid, job.pid_start_time) if job.pid else None
-            if open_attempt is None:
-                if child is not None:
-                    child.close()
-                self.transition(job.name, S.QUEUED, "no open attempt found on daemon start")
-                continue
-            run = Running(child or _dead_child(job), open_attempt.id, open_attempt.number,
-                          open_attempt.epochs_before, log_offset=0)
-            _restore_stop_intent(run, open_attempt)
+            self._guarded(self._reconcile_job, job.name)  # at start too: one job never ends the daemon
+
+    def _reconcile_job(self, name: str) -> None:
+        job = self.store.get_job(name)
+        open_attempt = self.store.open_attempt(name)
+        child = launcher.adopt(name, job.pid, job.pid_start_time) if job.pid else None
+        if open_attempt is None:
             if child is not None:
-                self.event(job.name, "adopted", f"re-adopted attempt {run.attempt_no} (pid {job.pid})")
-            else:
-                self.event(job.name, "vanished", f"attempt {run.attempt_no} (pid {job.pid}) ended while "
-                           "the daemon was down")
-            self._watch(job.name, run)
+                child.close()
+            self.transition(name, S.QUEUED, "no open attempt found on daemon start")
+            return
+        run = Running(child or _dead_child(job), open_attempt.id, open_attempt.number,
+                      open_attempt.epochs_before, log_offset=0)
+        _restore_stop_intent(run, open_attempt)
+        if child is not None:
+            self.event(name, "adopted", f"re-adopted attempt {run.attempt_no} (pid {job.pid})")
+        else:
+            self.event(name, "vanished", f"attempt {run.attempt_no} (pid {job.pid}) ended while "
+                       "the daemon was down")
+        self._watch(name, run)
 
 
 @functools.lru_cache(maxsize=256)

@@ -62,5 +62,9 @@ class DeviceHealth:
                         for i, h in holders.items() if h)
         return ReleaseGate(True, f"GPU memory still held after {waited:.0f}s by {who}; launching anyway")
 
+    def forget(self, name: str) -> None:
+        """The job stopped waiting (stopped, removed, ended): its next launch waits afresh."""
+        self._waiting_since.pop(name, None)
+
     def drain_events(self) -> list[GpuEvent]:
         return self.probe.drain_events() if self.probe is not None else []

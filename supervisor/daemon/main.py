@@ -11,7 +11,7 @@ from supervisor.daemon.config import load_config
 from supervisor.daemon.core import Daemon
 from supervisor.daemon.services import Services
 from supervisor.jobs.spec import SpecError
-from supervisor.observe.logging import configure, get_logger
+from supervisor.observe.logging import LEVELS, configure, get_logger
 from supervisor.probes.gpu import open_probe
 from supervisor.paths import Home, default_home
 from supervisor.store import StoreCorrupt
@@ -26,7 +26,7 @@ def parse_args(argv):
     p.add_argument("--job", type=Path, action="append", default=[], help="submit this job file at start")
     p.add_argument("--demo", action="store_true",
                    help="run the embedded demo: a CPU job on a generated dataset, killed once and resumed")
-    p.add_argument("--log-level", default=None)
+    p.add_argument("--log-level", default=None, type=str.lower, choices=LEVELS)
     return p.parse_args(argv)
 
 
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     except StoreCorrupt as err:  # not a traceback, and no crash loop (RestartPreventExitStatus)
         print(f"yolo-supervisord: {err}", file=sys.stderr)
         return EXIT_DAMAGED_STATE
+    except OSError as err:  # e.g. root, but the per-thread identity switch does not work here
+        print(f"yolo-supervisord: {err}", file=sys.stderr)
+        return 1
     try:
         services = Services(daemon, args.log_level)
         services.start()  # control socket, drop directory watch, sd_notify, SIGHUP reload

@@ -1,0 +1,169 @@
+"""Defects found in review (issue 10, item 12), each on a real Daemon object over a temp home."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from supervisor.control import handlers
+from supervisor.control.peer import Peer
+from supervisor.control.protocol import RequestError
+from supervisor.daemon.config import DaemonConfig, load_config
+from supervisor.daemon.core import Daemon, IllegalTransition
+from supervisor.jobs.states import JobState
+from supervisor.paths import Home
+from supervisor.process import launcher
+from supervisor.store import StoreError
+from tests.conftest import FAKE_TRAINER, wait_for
+
+ROOT = Peer(pid=1, uid=0, gid=0)
+SPEC = yaml.safe_dump({"name": "j", "train": {"model": "yolov8n.yaml", "data": "/nonexistent/d.yaml",
+                                              "epochs": 2, "device": "cpu"}})
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(Home(tmp_path / "home"), DaemonConfig())
+    yield d
+    for run in list(d.running.values()):
+        launcher.kill_job_now(run.child.job, run.child.pid, daemon_id=d.daemon_id)
+    d.store.close()
+
+
+def add(daemon: Daemon, name: str = "j", state: str = "queued", **fields) -> None:
+    daemon.store.add_job(name, SPEC.replace("name: j", f"name: {name}"), state, source="test")
+    daemon.home.ensure_job(name)
+    if fields:
+        daemon.store.update_job(name, **fields)
+
+
+def state_events(daemon: Daemon, name: str = "j") -> list[tuple[str, str]]:
+    return [(e.from_state, e.to_state) for e in daemon.store.events(name) if e.kind == "state"]
+
+
+# -- the transition table is the truth ------------------------------------------------------
+def test_reconcile_requeues_a_running_job_without_an_attempt_instead_of_dying(daemon):
+    add(daemon, state="running")  # e.g. killed between the job's move and the attempt row of an old version
+    daemon.reconcile()  # used to raise CommandError out of start(), outside the loop's guard
+    assert daemon.store.get_job("j").state == "queued"
+    assert state_events(daemon) == [("running", "queued")]
+
+
+def test_a_launch_that_fails_on_the_disk_backs_off_through_the_table_with_an_event(daemon, monkeypatch):
+    add(daemon)
+
+    def full_disk(name, actor=None):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(daemon, "launch", full_disk)
+    daemon.start_due_jobs()
+    job = daemon.store.get_job("j")
+    assert job.state == "backoff" and "No space left" in job.state_reason
+    assert state_events(daemon) == [("queued", "backoff")]
+
+
+def test_a_queued_job_whose_checkpoint_is_finished_completes(daemon, real_checkpoints, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "weights").mkdir(parents=True)
+    shutil.copyfile(real_checkpoints["finished"], run_dir / "weights" / "last.pt")
+    add(daemon, run_dir=str(run_dir))
+    daemon.launch("j")
+    assert daemon.store.get_job("j").state == "completed"
+    assert state_events(daemon) == [("queued", "completed")]
+
+
+def test_an_illegal_move_is_an_internal_error_not_the_users(daemon):
+    add(daemon, state="completed")
+    with pytest.raises(IllegalTransition, match="internal error"):
+        daemon.transition("j", JobState.STARTING, "a bug")
+
+
+# -- logging and configuration ----------------------------------------------------------------
+def test_json_logs_keep_the_traceback():
+    from supervisor.observe.logging import configure, get_logger
+
+    out = io.StringIO()
+    configure("info", stream=out)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        get_logger().exception("step failed")
+    line = json.loads(out.getvalue().splitlines()[-1])
+    assert "Traceback" in line["exception"] and "ValueError: boom" in line["exception"]
+
+
+def test_an_unknown_log_level_is_refused_like_any_other_field(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("log_level: loud\n")
+    with pytest.raises(ValueError, match="log_level"):
+        load_config(config)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text("log_level: loud\n")
+    done = subprocess.run([sys.executable, "-m", "supervisor.daemon.main", "--home", str(home)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "log_level" in done.stderr
+
+
+# -- control requests -------------------------------------------------------------------------
+def test_a_request_that_timed_out_is_dropped_not_run_later(daemon):
+    ran = []
+    with pytest.raises(TimeoutError, match="dropped"):
+        daemon.call(lambda: ran.append(1), timeout=0.1)  # no loop is running
+    daemon.step(0)
+    assert ran == []
+
+
+def test_remove_purge_reports_a_folder_it_could_not_delete(daemon):
+    if os.geteuid() != 0 or not shutil.which("chattr"):
+        pytest.skip("needs root and chattr to make a file that cannot be deleted")
+    add(daemon, state="stopped")
+    stuck = daemon.home.job_dir("j") / "stuck"
+    stuck.write_text("x")
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable attribute")
+    try:
+        with pytest.raises(RequestError, match="could not delete .*stuck.*the job is kept"):
+            handlers.remove(daemon, {"name": "j", "purge": True}, ROOT)
+        assert daemon.store.get_job("j") is not None
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], capture_output=True)
+    assert handlers.remove(daemon, {"name": "j", "purge": True}, ROOT)["purged"] is True
+    assert not daemon.home.job_dir("j").exists()
+
+
+def test_stopping_a_job_that_waits_for_gpu_memory_ends_the_wait(daemon):
+    add(daemon)
+    daemon.health._waiting_since["j"] = 0.0  # waiting for the last attempt's memory since long ago
+    handlers.stop(daemon, {"name": "j"}, ROOT)
+    assert "j" not in daemon.health._waiting_since  # a later start waits afresh
+
+
+# -- an attempt that cannot be recorded ---------------------------------------------------------
+def test_an_attempt_that_cannot_be_recorded_is_killed_and_leaks_no_pidfd(daemon, monkeypatch):
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    add(daemon)
+
+    def full(*args, **kwargs):
+        raise StoreError("cannot write the state database: database or disk is full")
+    monkeypatch.setattr(daemon.store, "start_attempt", full)
+    fds = len(os.listdir("/proc/self/fd"))
+    daemon.start_due_jobs()
+    assert daemon.store.get_job("j").state == "backoff"
+    assert launcher.job_processes("j", daemon_id=daemon.daemon_id) == []
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert "j" not in daemon.running
+
+
+def test_unit_tests_do_not_need_pillow():
+    code = "import sys; sys.modules['PIL'] = None; import tests.conftest"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
