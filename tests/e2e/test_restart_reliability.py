@@ -91,3 +91,27 @@ def test_two_daemons_with_a_job_of_the_same_name_leave_each_others_training_alon
         for d in (first, second):
             d.stop()
         kill_job_processes("same")
+
+
+def test_restart_of_a_job_in_backoff_waits_for_a_free_slot(daemon, tmp_path, monkeypatch):
+    from tests.conftest import FAKE_TRAINER
+
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    daemon.home.mkdir(parents=True)
+    (daemon.home / "config.yaml").write_text("max_running: 1\n")
+    daemon.start()
+    wait_socket(daemon)
+    slow = cpu_job("b", Path("/nonexistent/data.yaml"), epochs=2)
+    slow["restart"] = {"backoff": {"initial": 300, "max": 300, "factor": 2}}
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(slow))
+    assert ctl(daemon.home, "submit", str(path)).returncode == 0
+    pid = daemon.wait_state("b", "running", timeout=60).pid
+    psutil.Process(pid).kill()
+    daemon.wait_state("b", "backoff", timeout=30)  # 300 s before its next attempt
+    assert ctl(daemon.home, "submit", str(job_file(tmp_path, "a"))).returncode == 0
+    daemon.wait_state("a", "running", timeout=60)  # the one slot
+    assert ctl(daemon.home, "restart", "b").returncode == 0
+    assert daemon.job("b").state == "backoff" and len(daemon.attempts("b")) == 1, "max_running: 1 was bypassed"
+    assert ctl(daemon.home, "stop", "--wait", "--timeout", "30", "a").returncode == 0
+    daemon.wait_state("b", {"starting", "running"}, timeout=30)  # at once, not after 300 s
