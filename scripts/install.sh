@@ -8,7 +8,7 @@
 #   1. creates a virtual environment in PREFIX and installs this checkout into it;
 #   2. creates the system group and user yolo-supervisor (no login shell, home = HOME);
 #   3. adds the user to the GPU device groups that exist (video, render);
-#   4. creates HOME with the inbox (setgid, group-writable) and copies configs/daemon.yaml to
+#   4. creates HOME with the inbox (setgid, sticky, group-writable) and copies configs/daemon.yaml to
 #      HOME/config.yaml unless one exists;
 #   5. installs systemd/yolo-supervisor.service (paths adjusted to PREFIX and HOME),
 #      links yolo-supervisorctl into /usr/local/bin, runs daemon-reload and enable --now.
@@ -80,7 +80,7 @@ done
 echo "== state directory: $STATE_HOME"
 run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_HOME"
 # setgid + group-writable: operators drop job files here; the daemon moves them away.
-run install -d -m 2770 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_HOME/inbox"
+run install -d -m 3770 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_HOME/inbox"  # sticky: members cannot move or replace one another's files, nor rejected/ and accepted/
 if [ ! -e "$STATE_HOME/config.yaml" ]; then
   run install -m 0640 -o "$SERVICE_USER" -g "$SERVICE_USER" "$SRC/configs/daemon.yaml" "$STATE_HOME/config.yaml"
 fi

@@ -63,7 +63,7 @@ def test_install_script_dry_run_does_every_step():
     out = result.stdout
     user_exists = subprocess.run(["id", "-u", "yolo-supervisor"], capture_output=True).returncode == 0
     for step in ("-m venv /opt/yolo-supervisor", "pip install -q --upgrade " + str(ROOT),
-                 "" if user_exists else "useradd --system", "usermod -aG yolo-supervisor alice", "install -d -m 2770", "/var/lib/yolo-supervisor/inbox",
+                 "" if user_exists else "useradd --system", "usermod -aG yolo-supervisor alice", "install -d -m 3770", "/var/lib/yolo-supervisor/inbox",
                  "write /etc/systemd/system/yolo-supervisor.service", "systemctl daemon-reload",
                  "systemctl enable --now yolo-supervisor.service"):
         assert step in out, step
