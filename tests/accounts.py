@@ -55,7 +55,7 @@ def account():
     try:
         yield Account(name, pw.pw_uid, pw.pw_gid, grp.getgrnam(extra).gr_gid, extra)
     finally:
-        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["userdel", "--force", name], capture_output=True)  # even if a process of it lingers
         subprocess.run(["groupdel", extra], capture_output=True)
         subprocess.run(["groupdel", name], capture_output=True)
 

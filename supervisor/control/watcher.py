@@ -50,7 +50,9 @@ class DropWatcher:
 
     def __init__(self, daemon: "Daemon", folder: Path, settle_s: float = SETTLE_S):
         self.daemon = daemon
-        self.folder = Path(os.path.abspath(folder))
+        # Resolved once: the drop directory's moves open it without following a link, and a
+        # configured path may itself go through one (the operator's, not a dropper's).
+        self.folder = Path(os.path.realpath(folder))
         self.settle_s = settle_s
         self._pending: dict[str, _Pending] = {}
         self._deferred: dict[str, float] = {}  # path -> monotonic time before which it is not taken

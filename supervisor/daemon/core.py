@@ -507,7 +507,10 @@ class Daemon:
     def _take_run_dir(self, job: JobRecord, run: Running, save_dir: Any) -> None:
         """The child (the job's user) reports where it trains; only a folder inside the job's own
         runs folder (or the spec's ``project``) is believed, never one elsewhere on the host."""
-        project = self.spec(job.name).train.get("project") or self.home.job_runs(job.name)
+        try:
+            project = self.spec(job.name).train.get("project") or self.home.job_runs(job.name)
+        except SpecError:
+            project = self.home.job_runs(job.name)
         inside = None
         if isinstance(save_dir, str):
             with self.as_owner(job.name):
