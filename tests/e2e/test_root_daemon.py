@@ -159,3 +159,40 @@ def test_results_read_as_the_jobs_user(root_daemon, account, open_dir):  # noqa:
     (run_dir / "results.csv").symlink_to(secret)
     answer = request(root_daemon, "results", name="res")
     assert answer.ok is False and "0.42" not in json.dumps(answer.to_wire())
+
+
+def test_checkpoint_copies_are_taken_as_the_jobs_user(account, open_dir, real_checkpoints):  # noqa: F811
+    """In process (the account cannot run root's python, so no real training as it): the vault's
+    snapshot reads the run directory as the job's user, and keeps what it copies as theirs."""
+    import shutil
+
+    from supervisor import safefs
+    from supervisor.daemon.core import Daemon
+    from supervisor.paths import Home
+
+    d = Daemon(Home(open_dir / "inproc"))
+    try:
+        spec = json.dumps({"name": "v", "train": {"model": "yolov8n.yaml", "data": "/x.yaml", "epochs": 3}})
+        d.store.add_job("v", spec, "running", owner_uid=account.uid, owner_gid=account.gid)
+        job_dir = d.home.ensure_job("v")
+        weights = d.home.job_runs("v") / "train" / "weights"
+        weights.mkdir(parents=True)
+        safefs.chown_tree(job_dir, account.uid, account.gid)
+        d.store.update_job("v", run_dir=str(weights.parent))
+        theirs = open_dir / "other-users-last.pt"  # another user's checkpoint: root may read it, they may not
+        shutil.copyfile(real_checkpoints["resumable1"], theirs)
+        theirs.chmod(0o600)
+        (weights / "last.pt").symlink_to(theirs)
+        d._snapshot("v")
+        vault = d.home.job_vault("v")
+        assert not [p for p in vault.iterdir() if p.name.startswith("epoch-")], "copied through the link"
+
+        (weights / "last.pt").unlink()
+        shutil.copyfile(real_checkpoints["resumable1"], weights / "last.pt")
+        os.chown(weights / "last.pt", account.uid, account.gid)
+        d._snapshot_retry_at.clear()
+        d._snapshot("v")
+        [copy] = [p for p in vault.iterdir() if p.name.startswith("epoch-")]
+        assert copy.stat().st_uid == account.uid  # made as the user: theirs, no chown needed
+    finally:
+        d.store.close()
