@@ -76,6 +76,9 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job, id);
 # version gets them on open; nothing else about it changes.
 ADDED_COLUMNS = (
     ("attempts", "epochs_reached", "INTEGER"),
+    ("attempts", "batch_before", "INTEGER"),
+    ("attempts", "batches_reached", "INTEGER"),
+    ("attempts", "batches_per_epoch", "INTEGER"),
 )
 
 
@@ -123,6 +126,12 @@ class AttemptRecord:
     # Whole epochs whose training pass this attempt finished, as last seen in its progress file
     # (checkpointed or not); None when never seen. See supervisor/observe/goodput.py.
     epochs_reached: Optional[int] = None
+    # Mid-epoch positions, for goodput's redone batches: batches of the next epoch in the state
+    # the attempt started from, batches trained in all ((epoch - 1) * per_epoch + batch) as last
+    # seen, and the epoch's length in batches.
+    batch_before: Optional[int] = None
+    batches_reached: Optional[int] = None
+    batches_per_epoch: Optional[int] = None
 
 
 @dataclass
@@ -241,11 +250,11 @@ class Store:
 
     # -- attempts -----------------------------------------------------------
     def start_attempt(self, job: str, number: int, pid: int, pid_start_time: float,
-                      epochs_before: int, resumed_from: Optional[str]) -> int:
+                      epochs_before: int, resumed_from: Optional[str], batch_before: int = 0) -> int:
         cur = self._exec(
-            "INSERT INTO attempts (job, number, started_at, pid, pid_start_time, epochs_before, resumed_from)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job, number, time.time(), pid, pid_start_time, epochs_before, resumed_from),
+            "INSERT INTO attempts (job, number, started_at, pid, pid_start_time, epochs_before, resumed_from,"
+            " batch_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, number, time.time(), pid, pid_start_time, epochs_before, resumed_from, batch_before),
         )
         return int(cur.lastrowid)
 
@@ -266,6 +275,12 @@ class Store:
         """Raise attempt ``number``'s ``epochs_reached`` to ``epochs`` (it never goes down)."""
         self._exec("UPDATE attempts SET epochs_reached = ? WHERE job = ? AND number = ?"
                    " AND (epochs_reached IS NULL OR epochs_reached < ?)", (epochs, job, number, epochs))
+
+    def note_batches_reached(self, job: str, number: int, batches: int, per_epoch: int) -> None:
+        """Raise attempt ``number``'s ``batches_reached`` to ``batches`` (it never goes down)."""
+        self._exec("UPDATE attempts SET batches_reached = ?, batches_per_epoch = ? WHERE job = ? AND number = ?"
+                   " AND (batches_reached IS NULL OR batches_reached < ?)",
+                   (batches, per_epoch, job, number, batches))
 
     def attempts(self, job: str) -> list[AttemptRecord]:
         rows = self._query(

@@ -95,6 +95,7 @@ class PassOrder:
                  first_key: int = 0):
         self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
         self.resume = resume                 # the pass to start with, until an epoch consumes it
+        self._resume_drawn = False           # whether the current iterator already drew it
         self.next_key = resume.key if resume else first_key
         self.started: deque[Pass] = deque()
 
@@ -111,7 +112,10 @@ class PassOrder:
         return torch.randperm(self.n, generator=g).tolist()
 
     def __iter__(self):
-        p = self.resume if self.resume is not None else Pass(self.next_key)
+        if self.resume is not None and not self._resume_drawn:
+            p, self._resume_drawn = self.resume, True
+        else:
+            p = Pass(self.next_key)
         self.next_key = p.key + 1
         self.started.append(p)
         return iter(self.order(p.key)[p.skip * self.batch_size:])
@@ -125,6 +129,7 @@ class PassOrder:
     def drop_started(self) -> None:
         """The loader's iterator was dropped: passes drawn ahead are gone (an unconsumed resume stays)."""
         self.started.clear()
+        self._resume_drawn = False
 
 
 def pass_batches(n: int, batch_size: int, skip: int, drop_last: bool) -> int:

@@ -326,7 +326,7 @@ class Daemon:
         # an open attempt on a job in backoff, and every later launch would collide with it.
         with self.store.transaction():
             attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
-                                                  str(resume) if resume else None)
+                                                  str(resume) if resume else None, batch_before)
             self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
                             pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
         self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before))
