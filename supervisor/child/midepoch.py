@@ -13,9 +13,11 @@ save was taken. What "exactly" needs, and how each piece is restored (see ../sha
 - **The batch index.** ``i`` comes from ``enumerate`` inside ``BaseTrainer._do_train`` and drives
   the warmup (``ni = i + nb * epoch``) and the running loss mean: the trainer module's ``enumerate``
   is shadowed so the resumed epoch counts from ``k``.
-- **The accumulation step.** ``last_opt_step`` is a local of ``_do_train``: saves happen only right
-  after an optimizer step (gradients are zero, nothing is lost) and the resumed run gets the saved
-  value written back into that frame before its first batch.
+- **The accumulation step.** ``last_opt_step`` is a local of ``_do_train``: the resumed run gets
+  the saved value written back into that frame before its first batch. Timed saves wait for the
+  batch right after an optimizer step (gradients are zero: nothing else to keep) for at most
+  ``MAX_WAIT_FOR_STEP`` batches; a SIGTERM saves at the next batch end, with the gradients
+  accumulated since the last step (``GRADS_KEY``), which the resume puts back.
 - **Model, EMA, optimizer, scaler, best fitness, stopper**: Ultralytics' own checkpoint dict (taken
   from its ``save_model`` so the format stays its own), plus the raw model weights (its resume
   loads the EMA into the model) and a plain record (``RECORD_KEY``) the daemon reads without torch.
@@ -44,6 +46,8 @@ from typing import Any, Callable, Optional
 
 RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything the resume restores
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
+GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
+MAX_WAIT_FOR_STEP = 16                    # batches a timed save waits for an optimizer step
 RECORD_FORMAT = 1
 MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
 TESTED_VERSIONS = ("8.4.",)               # prefixes of Ultralytics versions this was tested with
@@ -192,6 +196,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _drop_partial_files(directory: Path) -> None:
+    """Temp files of saves that a kill interrupted (one attempt runs at a time: they are all dead)."""
+    for leftover in directory.glob(".*.partial"):
+        leftover.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -293,9 +303,11 @@ class MidEpoch:
         self.note = note
         self.last_save = time.monotonic()
         self.stepped = False                    # the optimizer stepped in the current batch
+        self.waited = 0                         # batches a due timed save has waited for a step
         self.trainer = None
         self.loader = None
         self.restore_pending = record is not None
+        self.pending_grads = None               # gradients to put back before the first resumed batch
         self.seed = int(record["seed"]) if record else None
         self.resume_skip = 0                    # batches of the first epoch left out (0: epoch-level)
 
@@ -305,6 +317,7 @@ class MidEpoch:
         from ultralytics.engine import trainer as trainer_module
 
         self.trainer = trainer
+        _drop_partial_files(Path(str(trainer.wdir)))
         trainer.wdir = _atomic(trainer.wdir)
         trainer.last, trainer.best = trainer.wdir / "last.pt", trainer.wdir / "best.pt"
         make_strip_atomic(trainer_module)
@@ -355,6 +368,7 @@ class MidEpoch:
         t._load_checkpoint_state(ckpt)
         if ckpt.get(MODEL_KEY) is not None:
             _unwrap(t.model).load_state_dict(ckpt[MODEL_KEY])
+        self.pending_grads = ckpt.get(GRADS_KEY) if self.resume_skip else None
         t.start_epoch = int(rec["epoch"])
         self.note(f"resuming mid-epoch: epoch {t.start_epoch + 1} at batch {self.resume_skip + 1}"
                   f" of {rec['batches']}" if self.resume_skip else
@@ -390,23 +404,32 @@ class MidEpoch:
 
         rec = self.record
         _set_frame_local(_train_frame(trainer), "last_opt_step", int(rec["last_opt_step"]))
+        grads = self.pending_grads
+        if grads is not None:  # after _do_train's zero_grad(): the accumulated part of the step comes back
+            for param, grad in zip(_unwrap(trainer.model).parameters(), grads):
+                param.grad = None if grad is None else grad.to(param.device)
+        self.pending_grads = None
         if rec.get("tloss"):
             trainer.tloss = {k: torch.tensor(v, device=trainer.device) for k, v in rec["tloss"].items()}
 
     def due(self, preempt: bool) -> bool:
-        """Save now? Only right after an optimizer step (nothing accumulated is lost)."""
-        if not self.stepped:
+        """Save now? A SIGTERM: yes. A timer: at the next optimizer step, or after waiting for one."""
+        if preempt:
+            return True
+        if self.interval_s <= 0 or time.monotonic() - self.last_save < self.interval_s:
             return False
-        return preempt or (self.interval_s > 0 and time.monotonic() - self.last_save >= self.interval_s)
+        self.waited += 1
+        return self.stepped or self.waited > MAX_WAIT_FOR_STEP
 
     def epoch_saved(self) -> None:
         self.last_save = time.monotonic()  # epoch-end saves count as saves
+        self.waited = 0
 
     def save(self, trainer) -> Optional[dict]:
         """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch."""
         frame = _train_frame(trainer)
         loc = frame.f_locals
-        i, nb, epoch = int(loc["i"]), int(loc["nb"]), int(loc["epoch"])
+        i, nb, epoch, last_opt_step = int(loc["i"]), int(loc["nb"]), int(loc["epoch"]), int(loc["last_opt_step"])
         if i + 1 >= nb or self.loader is None or self.loader.current is None:
             return None  # the epoch-end save is moments away and is the real one
         started = time.monotonic()
@@ -415,14 +438,17 @@ class MidEpoch:
             "format": RECORD_FORMAT, "epoch": epoch, "next_batch": i + 1, "batches": nb,
             "pass_key": self.loader.current.key, "seed": self.seed, "shuffle": order.shuffle,
             "dataset_len": order.n, "batch_size": order.batch_size,
-            "last_opt_step": int(loc["last_opt_step"]), "accumulate": int(trainer.accumulate),
+            "last_opt_step": last_opt_step, "accumulate": int(trainer.accumulate),
+            "grads_pending": last_opt_step != i + nb * epoch,
             "tloss": _floats(trainer.tloss), "saved_at": time.time(),
             "ultralytics": _ultralytics_version(),
         }
-        data = _checkpoint_bytes(trainer, epoch, {RECORD_KEY: record,
-                                                   MODEL_KEY: _unwrap(trainer.model).state_dict()})
+        model = _unwrap(trainer.model)
+        grads = [p.grad for p in model.parameters()] if record["grads_pending"] else None
+        data = _checkpoint_bytes(trainer, epoch, {RECORD_KEY: record, MODEL_KEY: model.state_dict(),
+                                                   GRADS_KEY: grads})
         atomic_write_bytes(Path(str(trainer.wdir)) / MIDEPOCH_NAME, data)
-        self.last_save = time.monotonic()
+        self.epoch_saved()
         seconds = self.last_save - started
         if self.on_saved:
             self.on_saved({**record, "size": len(data)}, seconds)
