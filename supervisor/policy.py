@@ -103,9 +103,12 @@ def _restart_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision
             f"(last cause {end.cause.value})",
             replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak),
         )
-    # Progress resets the backoff: a job that crashes once a day should not wait 5 minutes.
+    # Progress resets the backoff: a job that crashes once a day should not wait 5 minutes. And an
+    # attempt that moved the verified state forward restarts at once, whatever ended it: the wait
+    # exists to break crash loops, and a loop that makes progress is not one (a shell `until` loop
+    # restarts within a second; the daemon must not be slower on the common SIGKILL).
     level = 0 if progressed else budget.backoff_level
-    delay = 0.0 if end.cause.is_preemption and progressed else backoff_delay(spec, level)
+    delay = 0.0 if progressed else backoff_delay(spec, level)
     new_batch = _reduced_batch(spec, end)
     reason = f"{end.cause.value}: restart {crashes if charged else 'not charged'}"
     if charged:

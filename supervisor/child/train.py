@@ -47,7 +47,9 @@ class Reporter:
             "last_midepoch": None,     # {"epoch", "next_batch", "at", "seconds", "size"} of the last save
             "resumed_at": None,        # {"epoch", "batch"}: where this attempt's training began (1-based epoch)
             "notes": [],               # one-line notes for the history (fallbacks, inexact resumes)
+            "startup": {},             # seconds from the process start to each setup step (where restarts go)
         }
+        self._born = _process_start_time()
         self._last_write = 0.0
         self._epoch_start = None
         self.preempt_requested = False
@@ -63,6 +65,11 @@ class Reporter:
             write_json_atomic(self.path, self.state)
             self._last_write = now
 
+    def mark(self, step: str) -> None:
+        """When a setup step ended, in seconds since the process started (benchmarks read these)."""
+        if step not in self.state["startup"]:
+            self.state["startup"][step] = round(time.time() - self._born, 3)
+
     def note(self, line: str) -> None:
         print(f"yolo-supervisor: {line}", file=sys.stderr, flush=True)
         self.state["notes"] = (self.state["notes"] + [line])[-20:]
@@ -76,11 +83,16 @@ class Reporter:
 
 def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
     def on_pretrain_routine_start(trainer):
+        rep.mark("trainer_created")
         if mid is not None:
             mid.install(trainer)
         rep.beat(force=True, save_dir=str(trainer.save_dir), batch_size=int(trainer.args.batch))
 
+    def on_pretrain_routine_end(trainer):
+        rep.mark("setup_done")  # model, dataset and label cache, dataloaders, optimizer, resume
+
     def on_train_epoch_start(trainer):
+        rep.mark("first_epoch_start")
         rep._epoch_start = time.time()
         first = mid.enumerate_start(trainer.train_loader) if mid is not None else 0
         if rep.state["resumed_at"] is None:
@@ -96,6 +108,7 @@ def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
         first_of_attempt = rep.state["first_batch_at"] is None
         if first_of_attempt:
             rep.state["first_batch_at"] = time.time()
+            rep.mark("first_batch")
         i = (rep.state["batch"] or 0) + 1
         losses = _losses(getattr(trainer, "tloss", None))
         # The first batch of each epoch is always written: it marks the epoch as under way.
@@ -245,6 +258,15 @@ def _midepoch_controller(plan: dict[str, Any], rep: Reporter) -> tuple[Optional[
     return MidEpoch(interval, record, on_saved=saved, note=rep.note), record
 
 
+def _process_start_time() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - only a benchmark figure depends on it
+        return time.time()
+
+
 def run(plan: dict[str, Any]) -> int:
     rep = Reporter(plan)
     _install_sigterm(rep)
@@ -252,8 +274,10 @@ def run(plan: dict[str, Any]) -> int:
     if os.environ.get(FAKE_TRAINER_ENV):
         return _run_fake_trainer(os.environ[FAKE_TRAINER_ENV], plan, rep)
     try:
+        rep.mark("child_started")
         from ultralytics import YOLO
 
+        rep.mark("ultralytics_imported")
         mid, record = _midepoch_controller(plan, rep)
         resume = plan.get("resume")
         if resume and record is not None and mid is None and int(record["epoch"]) == 0:

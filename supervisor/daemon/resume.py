@@ -45,14 +45,19 @@ def midepoch_pt(run_dir: Path) -> Path:
     return Path(run_dir) / "weights" / MIDEPOCH_NAME
 
 
+def verified(path: Path, vault: CheckpointVault) -> CheckpointInfo:
+    """``path`` checked, unless the vault copied and verified it and it has not changed since."""
+    return vault.verified_source(path) or inspect_checkpoint_cached(path)
+
+
 def best_verified(run_dir: Optional[Path], vault: CheckpointVault) -> tuple[Optional[CheckpointInfo], bool]:
     """(newest resumable state, whether last.pt is a finished one) without changing files."""
-    last = inspect_checkpoint_cached(last_pt(run_dir)) if run_dir else None
+    last = verified(last_pt(run_dir), vault) if run_dir else None
     if last is not None and last.kind is CkptKind.FINISHED:
         return None, True
     candidates = [vault.newest()]
     if run_dir:
-        candidates += [last, inspect_checkpoint_cached(midepoch_pt(run_dir))]
+        candidates += [last, verified(midepoch_pt(run_dir), vault)]
     return _newest(candidates), False
 
 
@@ -60,10 +65,10 @@ def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int
     """Make ``run_dir`` resumable from its newest verified state, or say it must start fresh."""
     if run_dir is None:
         return ResumePlan(None, 0, notes=["first start: no run directory yet"])
-    last = inspect_checkpoint_cached(last_pt(run_dir))
+    last = verified(last_pt(run_dir), vault)
     if last.kind is CkptKind.FINISHED:
         return ResumePlan(None, 0, finished=True, notes=[f"{last.path} is a finished (stripped) checkpoint"])
-    plan = _use_or_restore(run_dir, last, inspect_checkpoint_cached(midepoch_pt(run_dir)), vault)
+    plan = _use_or_restore(run_dir, last, verified(midepoch_pt(run_dir), vault), vault)
     if plan.resume_from is not None:
         removed = results_csv.trim_after(
             Path(run_dir) / "results.csv", plan.epochs_done,

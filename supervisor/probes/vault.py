@@ -60,12 +60,29 @@ class CheckpointVault:
         if info.kind is CkptKind.CORRUPT or info.kind is CkptKind.MISSING:
             tmp.unlink(missing_ok=True)
             return None  # probably mid-write: leave the stat unseen so the next call retries
-        self._write_seen(src, key)
         newest = self._positions()
         if not info.is_resumable or (newest and info.position <= newest[0][0]):
+            self._write_seen(src, key)
             tmp.unlink(missing_ok=True)
             return None  # finished or not newer: nothing to keep
-        return self._keep(tmp, info)
+        kept = self._keep(tmp, info)
+        self._write_seen(src, key, kept.path.name)
+        return kept
+
+    def verified_source(self, src: Union[str, Path]) -> Optional[CheckpointInfo]:
+        """The info of ``src`` without reading it again, when it is unchanged since the vault copied
+        and verified it (same mtime, size and inode) and that copy is still here; else None."""
+        src = Path(src)
+        try:
+            st = src.stat()
+        except OSError:
+            return None
+        seen = self._read_seen_entry(src)
+        if seen is None or seen[0] != (st.st_mtime_ns, st.st_size, st.st_ino) or not seen[1]:
+            return None
+        copy = self.directory / seen[1]
+        info = inspect_checkpoint_cached(copy) if copy.exists() else None
+        return _with_path(info, src) if info is not None and info.is_resumable else None
 
     def _copy_in(self, src: Path) -> Path:
         fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".pt", dir=self.directory)
@@ -164,17 +181,23 @@ class CheckpointVault:
         return self.directory / (_SEEN if src.name == "last.pt" else f".{src.name}-source-stat")
 
     def _read_seen(self, src: Path) -> Optional[tuple[int, ...]]:
+        entry = self._read_seen_entry(src)
+        return entry[0] if entry else None
+
+    def _read_seen_entry(self, src: Path) -> Optional[tuple[tuple[int, ...], str]]:
+        """(source stat key, name of the copy made from it or "") from the seen-file."""
         # Kept in a file, not on the instance: the daemon builds a vault per call and restarts,
         # and without it every poll would copy and verify an unchanged 30 MB checkpoint again.
         try:
-            return tuple(int(x) for x in self._seen_file(src).read_text().split())
+            parts = self._seen_file(src).read_text().split()
+            return tuple(int(x) for x in parts[:3]), (parts[3] if len(parts) > 3 else "")
         except (OSError, ValueError):
             return None
 
-    def _write_seen(self, src: Path, key: tuple[int, int, int]) -> None:
+    def _write_seen(self, src: Path, key: tuple[int, int, int], copy_name: str = "") -> None:
         seen = self._seen_file(src)
         tmp = seen.with_name(seen.name + ".tmp")
-        tmp.write_text(" ".join(map(str, key)))
+        tmp.write_text(" ".join([*map(str, key), copy_name]).strip())
         os.replace(tmp, seen)  # no fsync: losing it only costs one extra copy
 
     def _drop_stale_temps(self) -> None:

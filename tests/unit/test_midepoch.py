@@ -225,3 +225,22 @@ def test_goodput_counts_batches_trained_twice():
     epoch_level = [mid_att(1, 0, 1, 100, "killed", after=3, reached=3, batches=3 * 240 + 168),
                    mid_att(2, 101, 105, 200, "completed", before=3, after=10, batches=10 * 240)]
     assert goodput(job("completed"), epoch_level, now=300).batches_redone == 168
+
+
+def test_a_source_the_vault_verified_is_not_read_again_until_it_changes(real_checkpoints, tmp_path, monkeypatch):
+    from supervisor.probes import checkpoint as probe
+    from supervisor.daemon import resume
+
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    last = run / "weights" / "last.pt"
+    shutil.copyfile(real_checkpoints["resumable1"], last)
+    v = CheckpointVault(tmp_path / "vault")
+    assert v.snapshot(last) is not None
+    reads = []
+    real = probe.inspect_checkpoint
+    monkeypatch.setattr(probe, "inspect_checkpoint", lambda p: reads.append(Path(p)) or real(p))
+    info = resume.verified(last, v)
+    assert info.path == last and info.position == (2, 0) and last not in reads
+    shutil.copyfile(real_checkpoints["resumable0"], last)                 # rewritten: checked again
+    assert resume.verified(last, v).position == (1, 0) and last in reads
