@@ -43,6 +43,14 @@ class AttemptEnd:
     user_stop: bool = False            # the daemon killed it because a user said stop/restart
     devices_unhealthy: bool = False    # a GPU probe says the job's devices are not usable
     batch: Optional[int] = None        # current batch size (for on_oom: reduce_batch)
+    batch_before: int = 0              # batches into the next epoch in the state started from (mid-epoch)
+    batch_after: int = 0               # batches into the next epoch in the best verified state now
+
+    @property
+    def progressed(self) -> bool:
+        """The verified state moved forward: a new epoch, or further into one (a mid-epoch save)."""
+        return self.epochs_after is not None and (
+            (self.epochs_after, self.batch_after) > (self.epochs_before, self.batch_before))
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ def decide(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision:
 
 
 def _restart_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision:
-    progressed = end.epochs_after is not None and end.epochs_after > end.epochs_before
+    progressed = end.progressed
     charged = not end.cause.is_preemption
     # A preemption is not the job's fault: it neither charges nor extends the no-progress streak.
     streak = 0 if progressed else budget.no_progress_streak + (1 if charged else 0)
@@ -95,9 +103,12 @@ def _restart_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision
             f"(last cause {end.cause.value})",
             replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak),
         )
-    # Progress resets the backoff: a job that crashes once a day should not wait 5 minutes.
+    # Progress resets the backoff: a job that crashes once a day should not wait 5 minutes. And an
+    # attempt that moved the verified state forward restarts at once, whatever ended it: the wait
+    # exists to break crash loops, and a loop that makes progress is not one (a shell `until` loop
+    # restarts within a second; the daemon must not be slower on the common SIGKILL).
     level = 0 if progressed else budget.backoff_level
-    delay = 0.0 if end.cause.is_preemption and progressed else backoff_delay(spec, level)
+    delay = 0.0 if progressed else backoff_delay(spec, level)
     new_batch = _reduced_batch(spec, end)
     reason = f"{end.cause.value}: restart {crashes if charged else 'not charged'}"
     if charged:

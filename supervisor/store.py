@@ -77,6 +77,9 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job, id);
 # version gets them on open; nothing else about it changes.
 ADDED_COLUMNS = (
     ("attempts", "epochs_reached", "INTEGER"),
+    ("attempts", "batch_before", "INTEGER"),
+    ("attempts", "batches_reached", "INTEGER"),
+    ("attempts", "batches_per_epoch", "INTEGER"),
     ("attempts", "stop_cause", "TEXT"),
     ("attempts", "stop_detail", "TEXT"),
     ("attempts", "stop_by_user", "INTEGER"),
@@ -129,6 +132,12 @@ class AttemptRecord:
     # Whole epochs whose training pass this attempt finished, as last seen in its progress file
     # (checkpointed or not); None when never seen. See supervisor/observe/goodput.py.
     epochs_reached: Optional[int] = None
+    # Mid-epoch positions, for goodput's redone batches: batches of the next epoch in the state
+    # the attempt started from, batches trained in all ((epoch - 1) * per_epoch + batch) as last
+    # seen, and the epoch's length in batches.
+    batch_before: Optional[int] = None
+    batches_reached: Optional[int] = None
+    batches_per_epoch: Optional[int] = None
     # The daemon's intent to end this attempt (a stop, a restart, a stall kill) and the wall
     # time of its SIGKILL: kept so that a daemon restart in the middle does not forget them.
     stop_cause: Optional[str] = None
@@ -191,6 +200,8 @@ class Store:
         self._lock = threading.RLock()
         try:
             self._open()
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, no space: not damage
         except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
             raise StoreCorrupt(self.path, str(exc)) from None
 
@@ -260,7 +271,12 @@ class Store:
         for table, column, kind in ADDED_COLUMNS:
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                try:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:
+                    # another process (a CLI, a second Store) opening the same database added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def close(self) -> None:
         with self._lock:
@@ -335,11 +351,11 @@ class Store:
 
     # -- attempts -----------------------------------------------------------
     def start_attempt(self, job: str, number: int, pid: int, pid_start_time: float,
-                      epochs_before: int, resumed_from: Optional[str]) -> int:
+                      epochs_before: int, resumed_from: Optional[str], batch_before: int = 0) -> int:
         cur = self._exec(
-            "INSERT INTO attempts (job, number, started_at, pid, pid_start_time, epochs_before, resumed_from)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job, number, time.time(), pid, pid_start_time, epochs_before, resumed_from),
+            "INSERT INTO attempts (job, number, started_at, pid, pid_start_time, epochs_before, resumed_from,"
+            " batch_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, number, time.time(), pid, pid_start_time, epochs_before, resumed_from, batch_before),
         )
         return int(cur.lastrowid)
 
@@ -365,6 +381,12 @@ class Store:
         """Raise attempt ``number``'s ``epochs_reached`` to ``epochs`` (it never goes down)."""
         self._exec("UPDATE attempts SET epochs_reached = ? WHERE job = ? AND number = ?"
                    " AND (epochs_reached IS NULL OR epochs_reached < ?)", (epochs, job, number, epochs))
+
+    def note_batches_reached(self, job: str, number: int, batches: int, per_epoch: int) -> None:
+        """Raise attempt ``number``'s ``batches_reached`` to ``batches`` (it never goes down)."""
+        self._exec("UPDATE attempts SET batches_reached = ?, batches_per_epoch = ? WHERE job = ? AND number = ?"
+                   " AND (batches_reached IS NULL OR batches_reached < ?)",
+                   (batches, per_epoch, job, number, batches))
 
     def attempts(self, job: str) -> list[AttemptRecord]:
         rows = self._query(

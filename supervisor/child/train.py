@@ -2,9 +2,11 @@
 
 Runs Ultralytics in this process and adds what the daemon needs from inside:
 - a progress file (phase, epoch, batch i/n, losses, heartbeat gaps), throttled;
-- SIGTERM handling: save a *resumable* checkpoint at the next batch end and exit
-  with PREEMPTED_EXIT_CODE (Ultralytics itself saves nothing on SIGTERM, and
-  ``trainer.stop`` would strip last.pt, so it is never used);
+- mid-epoch checkpoints every ``checkpoint_every`` seconds and exact mid-epoch resume
+  (supervisor/child/midepoch.py), behind a version check with an epoch-level fallback;
+- SIGTERM handling: save a mid-epoch checkpoint at the next batch end (after the next
+  optimizer step) and exit with PREEMPTED_EXIT_CODE (Ultralytics itself saves nothing
+  on SIGTERM, and ``trainer.stop`` would strip last.pt, so it is never used);
 - an exit record (exit code, exception, whether training was reached) so a
   re-adopted attempt's end can still be classified.
 """
@@ -18,10 +20,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from supervisor.child.midepoch import MidEpoch, support_problem
 from supervisor.child.progress import write_json_atomic
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE
+from supervisor.probes.checkpoint import inspect_checkpoint
 
 PROGRESS_INTERVAL_S = 2.0
 
@@ -39,7 +43,13 @@ class Reporter:
             "first_batch_at": None, "last_beat_at": time.time(), "max_gap_s": 0.0,
             "saved_epochs_done": None, "last_save_at": None, "epoch_times": [],
             "save_dir": None, "batch_size": None, "epoch_started_at": None,
+            "midepoch": None,          # {"supported": bool, "why": str}: once, for the job's history
+            "last_midepoch": None,     # {"epoch", "next_batch", "at", "seconds", "size"} of the last save
+            "resumed_at": None,        # {"epoch", "batch"}: where this attempt's training began (1-based epoch)
+            "notes": [],               # one-line notes for the history (fallbacks, inexact resumes)
+            "startup": {},             # seconds from the process start to each setup step (where restarts go)
         }
+        self._born = _process_start_time()
         self._last_write = 0.0
         self._epoch_start = None
         self.preempt_requested = False
@@ -55,31 +65,62 @@ class Reporter:
             write_json_atomic(self.path, self.state)
             self._last_write = now
 
+    def mark(self, step: str) -> None:
+        """When a setup step ended, in seconds since the process started (benchmarks read these)."""
+        if step not in self.state["startup"]:
+            self.state["startup"][step] = round(time.time() - self._born, 3)
+
+    def note(self, line: str) -> None:
+        print(f"yolo-supervisor: {line}", file=sys.stderr, flush=True)
+        self.state["notes"] = (self.state["notes"] + [line])[-20:]
+        self.beat(force=True)
+
     def exit_record(self, code: int, **extra: Any) -> None:
         record = {"exit_code": code, "at": time.time(), "reached_training": self.state["first_batch_at"] is not None,
                   "phase": self.state["phase"], **extra}
         write_json_atomic(self.exit_path, record)
 
 
-def _install_callbacks(model, rep: Reporter) -> None:
+def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
     def on_pretrain_routine_start(trainer):
+        rep.mark("trainer_created")
+        if mid is not None:
+            mid.install(trainer)
         rep.beat(force=True, save_dir=str(trainer.save_dir), batch_size=int(trainer.args.batch))
 
+    def on_pretrain_routine_end(trainer):
+        rep.mark("setup_done")  # model, dataset and label cache, dataloaders, optimizer, resume
+
     def on_train_epoch_start(trainer):
+        rep.mark("first_epoch_start")
         rep._epoch_start = time.time()
-        rep.beat(force=True, phase="training", epoch=trainer.epoch + 1, epochs=trainer.epochs, batch=0,
+        first = mid.enumerate_start(trainer.train_loader) if mid is not None else 0
+        if rep.state["resumed_at"] is None:
+            rep.state["resumed_at"] = {"epoch": trainer.epoch + 1, "batch": first}
+        rep.beat(force=True, phase="training", epoch=trainer.epoch + 1, epochs=trainer.epochs, batch=first,
                  save_dir=str(trainer.save_dir), epoch_started_at=rep._epoch_start)
 
+    def on_train_batch_start(trainer):
+        if mid is not None:
+            mid.on_batch_start(trainer)
+
     def on_train_batch_end(trainer):
-        if rep.preempt_requested:
-            _save_resumable_and_exit(trainer, rep)
         first_of_attempt = rep.state["first_batch_at"] is None
         if first_of_attempt:
             rep.state["first_batch_at"] = time.time()
+            rep.mark("first_batch")
         i = (rep.state["batch"] or 0) + 1
         losses = _losses(getattr(trainer, "tloss", None))
         # The first batch of each epoch is always written: it marks the epoch as under way.
         rep.beat(force=first_of_attempt or i == 1, batch=i, batches=len(trainer.train_loader), losses=losses)
+        if mid is None:
+            if rep.preempt_requested:
+                _save_resumable_and_exit(trainer, rep)
+            return
+        if mid.due(rep.preempt_requested):
+            saved = _save_midepoch(trainer, rep, mid)
+            if saved and rep.preempt_requested:
+                _exit_preempted(rep, f"mid-epoch save at epoch {saved['epoch'] + 1} batch {saved['next_batch']}")
 
     def on_train_epoch_end(trainer):
         rep.beat(force=True, phase="validating")
@@ -88,6 +129,8 @@ def _install_callbacks(model, rep: Reporter) -> None:
         rep.beat()
 
     def on_model_save(trainer):
+        if mid is not None:
+            mid.epoch_saved()
         rep.beat(force=True, saved_epochs_done=trainer.epoch + 1, last_save_at=time.time())
 
     def on_fit_epoch_end(trainer):
@@ -103,7 +146,28 @@ def _install_callbacks(model, rep: Reporter) -> None:
 
     for event, fn in dict(locals()).items():
         if event.startswith("on_"):
-            model.add_callback(event, _never_raises(fn, rep))
+            # Saving is the point of a preemption: a failure there must end the attempt, not be swallowed.
+            wrap = _raises_loudly if event in ("on_pretrain_routine_start", "on_train_batch_start") else _never_raises
+            model.add_callback(event, wrap(fn, rep))
+
+
+def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch) -> Optional[dict]:
+    """Write the mid-epoch checkpoint; a failed save is reported, and on SIGTERM ends the attempt."""
+    try:
+        return mid.save(trainer)
+    except Exception as exc:  # noqa: BLE001 - a full disk must not end a training that can go on
+        rep.note(f"mid-epoch save failed: {exc!r}")
+        if rep.preempt_requested:
+            rep.beat(force=True, phase="preempted")
+            rep.exit_record(1, exception=type(exc).__name__, message=f"save on SIGTERM failed: {exc}"[:2000])
+            os._exit(1)
+        mid.epoch_saved()  # try again after another interval, not on every batch
+        return None
+
+
+def _raises_loudly(fn, rep: Reporter):
+    """Installing the mid-epoch machinery half-way would train wrongly: let a failure end the attempt."""
+    return fn
 
 
 def _never_raises(fn, rep: Reporter):
@@ -175,6 +239,34 @@ def _run_fake_trainer(script: str, plan: dict[str, Any], rep: Reporter) -> int:
     return 0
 
 
+def _midepoch_controller(plan: dict[str, Any], rep: Reporter) -> tuple[Optional[MidEpoch], Optional[dict]]:
+    """The mid-epoch controller for this attempt (None: epoch-level only) and the record resumed from."""
+    resume = plan.get("resume")
+    record = inspect_checkpoint(resume).midepoch if resume else None
+    problem = support_problem(str(plan["train"].get("device", "cpu")))
+    rep.state["midepoch"] = {"supported": problem is None, "why": problem}
+    if problem is not None:
+        rep.note(problem)
+        return None, record
+    interval = float(plan.get("checkpoint_every_s") or 0)
+
+    def saved(record: dict, seconds: float) -> None:
+        rep.beat(force=True, last_midepoch={"epoch": record["epoch"] + 1, "next_batch": record["next_batch"],
+                                            "batches": record["batches"], "at": time.time(),
+                                            "seconds": round(seconds, 3), "size": record["size"]})
+
+    return MidEpoch(interval, record, on_saved=saved, note=rep.note), record
+
+
+def _process_start_time() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - only a benchmark figure depends on it
+        return time.time()
+
+
 def run(plan: dict[str, Any]) -> int:
     rep = Reporter(plan)
     _install_sigterm(rep)
@@ -182,16 +274,23 @@ def run(plan: dict[str, Any]) -> int:
     if os.environ.get(FAKE_TRAINER_ENV):
         return _run_fake_trainer(os.environ[FAKE_TRAINER_ENV], plan, rep)
     try:
+        rep.mark("child_started")
         from ultralytics import YOLO
 
+        rep.mark("ultralytics_imported")
+        mid, record = _midepoch_controller(plan, rep)
         resume = plan.get("resume")
+        if resume and record is not None and mid is None and int(record["epoch"]) == 0:
+            # An unsupported version cannot resume inside the first epoch: start it again, honestly.
+            rep.note("the mid-epoch state is inside epoch 1: starting the training again from scratch")
+            resume = None
         if resume:
             model = YOLO(resume)
-            _install_callbacks(model, rep)
+            _install_callbacks(model, rep, mid)
             model.train(resume=resume, **plan.get("overrides", {}))
         else:
             model = YOLO(plan["train"]["model"])
-            _install_callbacks(model, rep)
+            _install_callbacks(model, rep, mid)
             model.train(**{k: v for k, v in plan["train"].items() if k != "model"})
     except BaseException as exc:  # record every way out, then let Python print the traceback
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1

@@ -297,10 +297,11 @@ def render_history(hist: dict[str, Any]) -> str:
             ended = signal_name(a["signal"])
         else:
             ended = f"exit {a['exit_code']}" if a["exit_code"] is not None else "unknown"
-        epochs = f"{a['epochs_before']}->{a['epochs_after'] if a['epochs_after'] is not None else '?'}"
+        start = f"{a['epochs_before']}+{a['batch_before']}b" if a.get("batch_before") else str(a["epochs_before"])
+        epochs = f"{start}->{a['epochs_after'] if a['epochs_after'] is not None else '?'}"
         rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), str(a["pid"] or "-"),
                      ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
-                     duration(a.get("down_after_s")) if a["ended_at"] else "-", str(a.get("epochs_redone", "-")),
+                     duration(a.get("down_after_s")) if a["ended_at"] else "-", redone(a),
                      one_line(a["detail"] or "")))
     lines.append(table(rows) if hist["attempts"] else "no attempts yet")
     lines += ["", "events:"]
@@ -311,12 +312,19 @@ def render_history(hist: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def redone(a: dict[str, Any]) -> str:
+    """``1 ep / 240 b``: whole epochs and batches an attempt trained a second time."""
+    if "epochs_redone" not in a:
+        return "-"
+    return f"{a['epochs_redone']} ep / {a.get('batches_redone', 0)} b"
+
 
 def render_goodput(gp: dict[str, Any]) -> str:
     """``goodput: wall 1h02m = training 55m01s (89%) + startup 1m10s + down 5m49s + paused 0m00s; ...``"""
     return (f"goodput: wall {duration(gp['wall_s'])} = training {duration(gp['training_s'])} "
             f"({percent(gp['training_fraction'])}) + startup {duration(gp['startup_s'])} + down "
-            f"{duration(gp['down_s'])} + paused {duration(gp['paused_s'])}; epochs redone {gp['epochs_redone']}; "
+            f"{duration(gp['down_s'])} + paused {duration(gp['paused_s'])}; epochs redone {gp['epochs_redone']} "
+            f"(batches {gp.get('batches_redone', 0)}); "
             f"restarts {restarts(gp['restarts'], gp['restarts_by_cause'])}")
 
 

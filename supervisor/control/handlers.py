@@ -150,7 +150,8 @@ def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     for a, share in zip(attempts, gp.attempts):
         row = dataclasses.asdict(a)
         row.update(training_s=round(share.training_s, 1), down_after_s=round(share.down_after_s, 1),
-                   epochs_reached=share.epochs_reached, epochs_redone=share.epochs_redone)
+                   epochs_reached=share.epochs_reached, epochs_redone=share.epochs_redone,
+                   batches_redone=share.batches_redone)
         rows.append(row)
     return {"job": job_view(daemon, job, now), "attempts": rows, "events": events, "goodput": gp.to_dict()}
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
-from supervisor.daemon.resume import best_verified, last_pt, prepare_resume
+from supervisor.daemon.resume import best_verified, last_pt, midepoch_pt, prepare_resume
 from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
@@ -59,6 +59,7 @@ class Running:
     attempt_no: int
     epochs_before: int
     log_offset: int
+    batch_before: int = 0                # batches of the next epoch in the state resumed from (mid-epoch)
     kill_cause: Optional[Cause] = None   # set when the daemon itself ends the attempt
     user_stop: bool = False
     then: Optional[str] = None           # "restart": relaunch once stopped
@@ -384,7 +385,7 @@ class Daemon:
         if plan.epochs_done >= spec.epochs:
             self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
             return
-        self._spawn(job, spec, attempt, plan.resume_from, plan.epochs_done, actor)
+        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor)
 
     def _kill_strays(self, name: str) -> None:
         """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
@@ -395,8 +396,9 @@ class Daemon:
                        pids=[p.pid for p in strays], survivors=survivors)
 
     def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
-               epochs_before: int, actor: Optional[str]) -> None:
+               position: tuple[int, int], actor: Optional[str]) -> None:
         name = job.name
+        epochs_before, batch_before = position
         plan_path = self._write_plan(job, spec, attempt, resume)
         log_path = self.home.job_log(name)
         offset = log_path.stat().st_size if log_path.exists() else 0
@@ -407,19 +409,20 @@ class Daemon:
         except OSError as exc:
             self.transition(name, S.FAILED, f"could not start the training process: {exc}", actor)
             return
-        how = f"resume from {resume} (epoch {epochs_before})" if resume else "fresh start"
+        at = f"epoch {epochs_before + 1} batch {batch_before + 1}" if batch_before else f"epoch {epochs_before}"
+        how = f"resume from {resume} ({at})" if resume else "fresh start"
         # One transaction: a daemon killed between the attempt row and the job's move would leave
         # an open attempt on a job in backoff, and every later launch would collide with it.
         try:
             with self.store.transaction():
                 attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
-                                                      str(resume) if resume else None)
+                                                      str(resume) if resume else None, batch_before)
                 self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
                                 pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
         except BaseException:
             self._abandon(name, child)
             raise
-        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset))
+        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before))
 
     def _abandon(self, name: str, child: launcher.Child) -> None:
         """An attempt that could not be recorded (a full disk) must not train unwatched, nor leak its pidfd."""
@@ -451,6 +454,7 @@ class Daemon:
         plan = {
             "job": name, "attempt": attempt, "epochs": spec.epochs, "train": train,
             "resume": str(resume) if resume else None, "overrides": overrides,
+            "checkpoint_every_s": spec.checkpoint_every_s,
             "progress_file": str(self.home.job_progress(name)),
             "exit_record": str(self.home.job_exit_record(name)),
         }
@@ -495,6 +499,7 @@ class Daemon:
             self.terminate(name, Cause.STALLED, f"stalled: {verdict.reason}", health.stop_grace)
 
     def _note_progress(self, name: str, run: Running, progress: dict[str, Any]) -> None:
+        self._note_child_lines(name, run, progress)
         job = self.store.get_job(name)
         if progress.get("save_dir") and progress["save_dir"] != job.run_dir:
             self._take_run_dir(job, run, progress["save_dir"])
@@ -524,24 +529,39 @@ class Daemon:
         if str(inside) != job.run_dir:
             self.store.update_job(job.name, run_dir=str(inside))
 
+    def _note_child_lines(self, name: str, run: Running, progress: dict[str, Any]) -> None:
+        """The child's one-line notes (an epoch-level fallback, an inexact resume) go to the history once."""
+        notes = progress.get("notes") or []
+        seen = run.extra.get("notes_seen", 0)
+        for line in notes[seen:]:
+            self.event(name, "checkpoint", f"attempt {run.attempt_no}: {line}")
+        run.extra["notes_seen"] = len(notes)
+
     def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
-        """Copy a newly saved last.pt into the vault once it verifies."""
+        """Copy a newly saved last.pt or mid-epoch state into the vault once it verifies."""
         job = job or self.store.get_job(name)
         if not job.run_dir or self._snapshot_retry_at.get(name, 0) > time.monotonic():
             return
         try:
             spec = self.spec(name)  # the store is read as root, outside the switch
-            with self.as_owner(name):
-                info = self.vault(name, spec).snapshot(last_pt(Path(job.run_dir)))
-        except OSError as exc:  # a full disk: the run goes on; the copy is tried again later
-            self._snapshot_retry_at[name] = time.monotonic() + STEP_RETRY_S
-            self.log.error("could not keep a verified copy of last.pt", job=name, error=str(exc),
-                           retry_in_s=STEP_RETRY_S)
-            return
-        if info is not None:
-            self.store.update_job(name, epochs_done=info.epochs_done)
-            self.event(name, "snapshot", f"verified copy of epoch {info.epochs_done} kept",
-                       epoch=info.epochs_done)
+        except SpecError:
+            return  # keep_checkpoints unknown: the attempt's end fails the job with the reason
+        with self.as_owner(name):
+            vault = self.vault(name, spec)
+        for source in (last_pt(Path(job.run_dir)), midepoch_pt(Path(job.run_dir))):
+            try:
+                with self.as_owner(name):  # the run directory is the job user's: read it as them
+                    info = vault.snapshot(source)
+            except OSError as exc:  # a full disk: the run goes on; the copy is tried again later
+                self._snapshot_retry_at[name] = time.monotonic() + STEP_RETRY_S
+                self.log.error(f"could not keep a verified copy of {source.name}", job=name, error=str(exc),
+                               retry_in_s=STEP_RETRY_S)
+                return
+            if info is not None:
+                if info.epochs_done > (job.epochs_done or 0):
+                    self.store.update_job(name, epochs_done=info.epochs_done)
+                self.event(name, "snapshot", f"verified copy of {info.where()} kept", epoch=info.epochs_done,
+                           batch=info.position[1] or None)
 
     # -- stopping -------------------------------------------------------------
     def terminate(self, name: str, cause: Cause, reason: str, grace: float, actor: Optional[str] = None,
@@ -594,6 +614,14 @@ class Daemon:
         self._finish_attempt(name, run, exit_code, sig, outcome, progress)
         del self.ending[name]
         self.retry_at.pop(name, None)
+        self._launch_if_due(name)
+
+    def _launch_if_due(self, name: str) -> None:
+        """A restart without delay is launched now, not at the next housekeeping tick."""
+        job = self.store.get_job(name)
+        if (job is not None and job.state == S.BACKOFF.value and (job.next_start_at or 0) <= time.time()
+                and self._capacity_left()):
+            self._guarded(self.launch, name)
 
     def _classify(self, name, run: Running, exit_code, sig, progress):
         with self.as_owner(name):
@@ -620,10 +648,12 @@ class Daemon:
         with self.as_owner(name):
             best, finished = best_verified(run_dir, self.vault(name, spec))
         epochs_after = best.epochs_done if best else None
+        batch_after = best.position[1] if best else 0
         if finished:  # last.pt is stripped: the epochs it held are the ones last saved
             epochs_after = progress.get("saved_epochs_done") or spec.epochs
         end = AttemptEnd(
             cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
+            batch_before=run.batch_before, batch_after=batch_after,
             finished_checkpoint=finished, user_stop=run.user_stop,
             devices_unhealthy=self._devices_unhealthy(name, spec, run),
             batch=job.batch_override or _int(spec.train.get("batch")),

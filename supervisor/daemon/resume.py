@@ -1,10 +1,14 @@
 """Get a run directory ready for the next attempt: verify, restore, trim.
 
 Order matters and is the point of this module:
-1. the newest *verified* checkpoint is found (last.pt, or the vault's copy when
-   last.pt is truncated, bit-flipped or missing) and put at RUN/weights/last.pt;
-2. results.csv loses every row the checkpoint does not cover (backup kept);
+1. the newest *verified* state is found: RUN/weights/midepoch.pt (a mid-epoch state), last.pt
+   (a completed epoch), or the vault's copy of either when the file is truncated, bit-flipped,
+   missing or older; it is put back under its own name in RUN/weights/;
+2. results.csv loses every row the state does not cover (backup kept);
 3. the attempt gets that path explicitly as ``resume`` — never ``resume=True``.
+
+States are ordered by position (completed epochs, batches into the next epoch), so a mid-epoch
+state beats the last.pt of the epoch before it and loses to the last.pt of its own epoch.
 """
 
 from __future__ import annotations
@@ -14,42 +18,57 @@ from pathlib import Path
 from typing import Optional
 
 from supervisor import results_csv
-from supervisor.probes.checkpoint import CheckpointInfo, CkptKind, inspect_checkpoint
+from supervisor.probes.checkpoint import CheckpointInfo, CkptKind, inspect_checkpoint_cached
 from supervisor.probes.vault import CheckpointVault
+
+MIDEPOCH_NAME = "midepoch.pt"  # supervisor/child/midepoch.py writes it beside last.pt
 
 
 @dataclass
 class ResumePlan:
     resume_from: Optional[Path]     # None: fresh start
-    epochs_done: int                # epochs completed in the checkpoint resumed from
+    epochs_done: int                # epochs completed in the state resumed from
     finished: bool = False          # last.pt is stripped: Ultralytics finished the job
     notes: list[str] = field(default_factory=list)  # what was done, for the job's events
+    batch: int = 0                  # batches of the next epoch already in the state (mid-epoch)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.epochs_done, self.batch)
 
 
 def last_pt(run_dir: Path) -> Path:
     return Path(run_dir) / "weights" / "last.pt"
 
 
+def midepoch_pt(run_dir: Path) -> Path:
+    return Path(run_dir) / "weights" / MIDEPOCH_NAME
+
+
+def verified(path: Path, vault: CheckpointVault) -> CheckpointInfo:
+    """``path`` checked, unless the vault copied and verified it and it has not changed since."""
+    return vault.verified_source(path) or inspect_checkpoint_cached(path)
+
+
 def best_verified(run_dir: Optional[Path], vault: CheckpointVault) -> tuple[Optional[CheckpointInfo], bool]:
-    """(newest resumable checkpoint info, whether last.pt is a finished one) without changing files."""
-    info = inspect_checkpoint(last_pt(run_dir)) if run_dir else None
-    if info is not None and info.kind is CkptKind.FINISHED:
+    """(newest resumable state, whether last.pt is a finished one) without changing files."""
+    last = verified(last_pt(run_dir), vault) if run_dir else None
+    if last is not None and last.kind is CkptKind.FINISHED:
         return None, True
-    copy = vault.newest()
-    if info is not None and info.is_resumable and (copy is None or info.epoch >= copy.epoch):
-        return info, False
-    return copy, False
+    candidates = [vault.newest()]
+    if run_dir:
+        candidates += [last, verified(midepoch_pt(run_dir), vault)]
+    return _newest(candidates), False
 
 
 def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int) -> ResumePlan:
-    """Make ``run_dir`` resumable from its newest verified checkpoint, or say it must start fresh."""
+    """Make ``run_dir`` resumable from its newest verified state, or say it must start fresh."""
     if run_dir is None:
         return ResumePlan(None, 0, notes=["first start: no run directory yet"])
-    target = last_pt(run_dir)
-    info = inspect_checkpoint(target)
-    if info.kind is CkptKind.FINISHED:
-        return ResumePlan(None, 0, finished=True, notes=[f"{target} is a finished (stripped) checkpoint"])
-    plan = _use_or_restore(target, info, vault)
+    last = verified(last_pt(run_dir), vault)
+    if last.kind is CkptKind.FINISHED:
+        return ResumePlan(None, 0, finished=True, notes=[f"{last.path} is a finished (stripped) checkpoint"])
+    plan = _use_or_restore(run_dir, last, verified(midepoch_pt(run_dir), vault), vault)
     if plan.resume_from is not None:
         removed = results_csv.trim_after(
             Path(run_dir) / "results.csv", plan.epochs_done,
@@ -60,16 +79,35 @@ def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int
     return plan
 
 
-def _use_or_restore(target: Path, info: CheckpointInfo, vault: CheckpointVault) -> ResumePlan:
+def _newest(infos: list[Optional[CheckpointInfo]]) -> Optional[CheckpointInfo]:
+    """The resumable state furthest along; on a tie the first listed (the file in place)."""
+    best: Optional[CheckpointInfo] = None
+    for info in infos:
+        if info is not None and info.is_resumable and (best is None or info.position > best.position):
+            best = info
+    return best
+
+
+def _use_or_restore(run_dir: Path, last: CheckpointInfo, mid: CheckpointInfo,
+                    vault: CheckpointVault) -> ResumePlan:
+    on_disk = _newest([mid, last])
     copy = vault.newest()
-    if info.is_resumable and (copy is None or info.epoch >= copy.epoch):
-        return ResumePlan(target, info.epochs_done, notes=[f"verified {target.name}: epoch {info.epochs_done}"])
+    if on_disk is not None and (copy is None or on_disk.position >= copy.position):
+        return _plan(on_disk, [f"verified {on_disk.path.name}: {on_disk.where()}"])
     if copy is not None:
-        why = info.problem or f"older than the verified copy (epoch {info.epochs_done} < {copy.epochs_done})"
-        restored = vault.restore_to(target)
+        target = midepoch_pt(run_dir) if copy.midepoch else last_pt(run_dir)
+        bad = mid if copy.midepoch else last
+        why = bad.problem or (f"older than the verified copy ({bad.where()} < {copy.where()})"
+                              if bad.is_resumable else "not resumable")
+        restored = vault.restore_to(target, copy)
         if restored is not None:
-            return ResumePlan(target, restored.epochs_done, notes=[
-                f"{target.name} {info.kind.value}: {why}; restored verified copy of epoch {restored.epochs_done}"])
+            return _plan(restored, [f"{target.name} {bad.kind.value}: {why}; restored verified copy of "
+                                    f"{restored.where()}"])
     return ResumePlan(None, 0, notes=[
-        f"{target.name} {info.kind.value}: {info.problem or 'not resumable'}; no verified copy: starting fresh "
-        "in a new run directory (the old one is kept)"])
+        f"{last.path.name} {last.kind.value}: {last.problem or 'not resumable'}; no verified copy: "
+        "starting fresh in a new run directory (the old one is kept)"])
+
+
+def _plan(info: CheckpointInfo, notes: list[str]) -> ResumePlan:
+    done, batch = info.position
+    return ResumePlan(info.path, done, notes=notes, batch=batch)

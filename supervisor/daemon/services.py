@@ -17,7 +17,7 @@ from supervisor.control.watcher import DropWatcher
 from supervisor.daemon.config import DaemonConfig, load_config
 from supervisor.daemon.core import Daemon
 from supervisor.daemon.sdnotify import Notifier
-from supervisor.observe.goodput import epochs_trained
+from supervisor.observe.goodput import batches_trained, epochs_trained
 from supervisor.observe.logging import configure
 from supervisor.observe.metrics import MetricsService
 
@@ -85,10 +85,14 @@ class Services:
             progress = daemon.progress_files.read(daemon.home.job_progress(job.name))[0]  # cached: a stat
             if progress and isinstance(progress.get("attempt"), int):
                 trained = epochs_trained(progress)
-                noted = (progress["attempt"], trained)
-                if trained and self._epochs_noted.get(job.name) != noted:  # heartbeats mostly repeat it
+                batches = batches_trained(progress)
+                noted = (progress["attempt"], trained, batches)
+                if (trained or batches) and self._epochs_noted.get(job.name) != noted:  # heartbeats repeat it
                     self._epochs_noted[job.name] = noted
-                    daemon.store.note_epochs_reached(job.name, progress["attempt"], trained)
+                    if trained:
+                        daemon.store.note_epochs_reached(job.name, progress["attempt"], trained)
+                    if batches:
+                        daemon.store.note_batches_reached(job.name, progress["attempt"], *batches)
 
     def reload_if_requested(self, daemon: Daemon) -> None:
         """SIGHUP: re-read HOME/config.yaml; on any error keep the old config."""

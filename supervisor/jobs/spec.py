@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -70,14 +72,48 @@ class Health(_Strict):
         return v
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+_UNIT_S = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+DEFAULT_CHECKPOINT_EVERY = "10m"
+
+
+def parse_duration(value: Any) -> float:
+    """``90s``, ``10m``, ``1h``, a number of seconds, or ``0``/``off`` (0.0: disabled)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 10m, 90s, 1h, a number of seconds, or off")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip().lower() in ("off", "0"):
+        return 0.0
+    elif isinstance(value, str) and (m := _DURATION.match(value.lower())):
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration: use 10m, 90s, 1h, a number of seconds, or off")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r}: a duration must be a finite number of seconds >= 0")
+    return seconds
+
+
 class JobSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     train: dict[str, Any]
+    # Mid-epoch checkpoints: at the first batch end after this much time since the last save.
+    checkpoint_every: Union[str, float] = DEFAULT_CHECKPOINT_EVERY
     restart: RestartPolicy = RestartPolicy()
     health: Health = Health()
     on_oom: Literal["retry", "reduce_batch"] = "retry"
     min_batch: int = Field(2, ge=1, description="floor for on_oom: reduce_batch")
     keep_checkpoints: int = Field(2, ge=1, description="verified copies kept outside weights/")
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        parse_duration(value)
+        return value
+
+    @property
+    def checkpoint_every_s(self) -> float:
+        return parse_duration(self.checkpoint_every)
 
     @field_validator("train")
     @classmethod

@@ -44,6 +44,13 @@ It is non-zero when a resume starts from an older checkpoint than the run had
 reached: a kill after an epoch's training pass but before its save, a
 truncated ``last.pt`` replaced by an older verified copy.
 
+Batches trained twice (``batches_redone``): the same rule on positions counted in batches,
+``epoch * batches_per_epoch + batch``. An attempt starts at its state's position (a mid-epoch
+state starts inside an epoch) and reaches the furthest batch its progress file showed. This is
+what a mid-epoch resume saves: after a kill late in an hour-long epoch, ``epochs_redone`` is 0
+either way, but ``batches_redone`` is the batches since the last save instead of the whole epoch.
+Attempts whose epoch length is unknown (no progress seen) count by whole epochs only.
+
 ``restarts_by_cause`` counts, for every attempt that has a successor, the cause
 of its end (so it sums to ``attempts - 1``; a job waiting in backoff has not
 restarted yet).
@@ -77,6 +84,9 @@ class AttemptLike(Protocol):
     epochs_after: Optional[int]
     first_batch_at: Optional[float]
     epochs_reached: Optional[int]
+    batch_before: Optional[int]
+    batches_reached: Optional[int]
+    batches_per_epoch: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,7 @@ class AttemptGoodput:
     down_after_s: float      # from this attempt's death to the next first trained batch (or now)
     epochs_reached: int      # reached(k), see the module docstring
     epochs_redone: int       # redone(k)
+    batches_redone: int = 0  # the same in batches (mid-epoch positions)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,8 @@ class Interruption:
     gap_kind: str            # "down" after a death, "paused" after a user's stop/restart
     gap_s: float             # from its end to the next first trained batch (or now)
     epochs_redone: int       # redone by the next attempt
+    batches_redone: int = 0  # redone by the next attempt, in batches
+    resumed_batch: int = 0   # batches into ``resumed_epoch + 1`` the next attempt started at
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,7 @@ class Goodput:
     epochs_redone: int
     restarts_by_cause: dict[str, int]
     attempts: tuple[AttemptGoodput, ...] = ()
+    batches_redone: int = 0
     interruptions: tuple[Interruption, ...] = ()
     segments: tuple[Segment, ...] = field(default=(), repr=False)
 
@@ -148,7 +162,7 @@ class Goodput:
             "wall_s": _r(self.wall_s), "startup_s": _r(self.startup_s), "training_s": _r(self.training_s),
             "down_s": _r(self.down_s), "paused_s": _r(self.paused_s),
             "training_fraction": None if self.training_fraction is None else round(self.training_fraction, 4),
-            "epochs_redone": self.epochs_redone, "restarts": self.restarts,
+            "epochs_redone": self.epochs_redone, "batches_redone": self.batches_redone, "restarts": self.restarts,
             "restarts_by_cause": dict(self.restarts_by_cause),
         }
 
@@ -176,6 +190,7 @@ def goodput(job: JobLike, attempts: Sequence[AttemptLike], now: float) -> Goodpu
         wall_s=max(0.0, end - job.created_at), startup_s=totals[STARTUP], training_s=totals[TRAINING],
         down_s=totals[DOWN], paused_s=totals[PAUSED],
         epochs_redone=sum(a.epochs_redone for a in per_attempt), restarts_by_cause=dict(sorted(restarts.items())),
+        batches_redone=sum(a.batches_redone for a in per_attempt),
         attempts=tuple(per_attempt), interruptions=tuple(_interruptions(attempts, per_attempt, segments)),
         segments=tuple(segments),
     )
@@ -225,18 +240,43 @@ def reached(a: AttemptLike) -> int:
     return max(a.epochs_before, a.epochs_after or 0, a.epochs_reached or 0)
 
 
+def _batches_per_epoch(attempts: Sequence[AttemptLike]) -> Optional[int]:
+    """The epoch length in batches, from the newest attempt that saw one."""
+    for a in reversed(attempts):
+        if _get(a, "batches_per_epoch"):
+            return int(_get(a, "batches_per_epoch"))
+    return None
+
+
+def _get(a: AttemptLike, name: str) -> Any:
+    return getattr(a, name, None)  # records from before mid-epoch positions lack these
+
+
+def batch_positions(a: AttemptLike, per_epoch: int) -> tuple[int, int]:
+    """(where attempt ``a`` started, how far it got), in batches from the start of training."""
+    start = a.epochs_before * per_epoch + (_get(a, "batch_before") or 0)
+    return start, max(start, reached(a) * per_epoch, _get(a, "batches_reached") or 0)
+
+
 def _per_attempt(attempts: Sequence[AttemptLike], segments: Sequence[Segment]) -> list[AttemptGoodput]:
     out: list[AttemptGoodput] = []
-    prior = 0  # the most epochs any earlier attempt reached
+    per_epoch = _batches_per_epoch(attempts)
+    prior = 0        # the most epochs any earlier attempt reached
+    prior_batch = 0  # the same in batches
     for i, a in enumerate(attempts):
         got = reached(a)
         redone = max(0, min(got, prior) - a.epochs_before) if i > 0 else 0
         prior = max(prior, got)
+        batches_redone = redone * per_epoch if per_epoch else 0
+        if per_epoch:
+            start, end = batch_positions(a, per_epoch)
+            batches_redone = max(0, min(end, prior_batch) - start) if i > 0 else 0
+            prior_batch = max(prior_batch, end)
         out.append(AttemptGoodput(
             number=a.number, cause=a.cause,
             training_s=sum(s.seconds for s in segments if s.kind == TRAINING and s.attempt == a.number),
             down_after_s=sum(s.seconds for s in segments if s.kind == DOWN and s.attempt == a.number),
-            epochs_reached=got, epochs_redone=redone))
+            epochs_reached=got, epochs_redone=redone, batches_redone=batches_redone))
     return out
 
 
@@ -255,7 +295,9 @@ def _interruptions(attempts: Sequence[AttemptLike], per_attempt: Sequence[Attemp
             attempt=a.number, cause=a.cause or "unknown", at=a.ended_at, resumed_epoch=resumed_epoch,
             resumed=nxt is not None, gap_kind=kind,
             gap_s=sum(s.seconds for s in segments if s.kind == kind and s.attempt == a.number),
-            epochs_redone=per_attempt[i + 1].epochs_redone if nxt else 0))
+            epochs_redone=per_attempt[i + 1].epochs_redone if nxt else 0,
+            batches_redone=per_attempt[i + 1].batches_redone if nxt else 0,
+            resumed_batch=(_get(nxt, "batch_before") or 0) if nxt else 0))
     return out
 
 
@@ -268,6 +310,16 @@ def epochs_trained(progress: dict[str, Any]) -> int:
     epoch = _int(progress.get("epoch"))
     trained = epoch if progress.get("phase") in ("validating", "epoch_end", "finished") else max(0, epoch - 1)
     return max(trained, _int(progress.get("saved_epochs_done")))
+
+
+def batches_trained(progress: dict[str, Any]) -> Optional[tuple[int, int]]:
+    """(batches trained from the start of training, batches per epoch) from a progress file."""
+    epoch, batch, per_epoch = _int(progress.get("epoch")), _int(progress.get("batch")), _int(progress.get("batches"))
+    if not epoch or not per_epoch:
+        return None
+    if progress.get("phase") in ("validating", "epoch_end", "finished"):
+        batch = per_epoch
+    return (epoch - 1) * per_epoch + min(batch, per_epoch), per_epoch
 
 
 def _int(value: Any) -> int:

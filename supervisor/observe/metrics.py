@@ -76,6 +76,7 @@ class SupervisorCollector(Collector):
             "down": _gauge("job_down_seconds", "Seconds from each death to the next first trained batch"),
             "paused": _gauge("job_paused_seconds", "Seconds not training after a user's stop or restart"),
             "redone": _gauge("job_epochs_redone", "Whole epochs trained a second time after an interruption"),
+            "redone_batches": _gauge("job_batches_redone", "Batches trained a second time after an interruption"),
             "bps": _gauge("job_batches_per_second", "Training batches per second in the epoch under way"),
             "eta": _gauge("job_eta_seconds", "Estimated seconds left, from observed epoch times"),
         }
@@ -100,6 +101,7 @@ class SupervisorCollector(Collector):
             for key in ("wall", "startup", "training", "down", "paused"):
                 m[key].add_metric([name], gp[f"{key}_s"])
             m["redone"].add_metric([name], gp["epochs_redone"])
+            m["redone_batches"].add_metric([name], gp.get("batches_redone", 0))
             if view["batches_per_s"] is not None:
                 m["bps"].add_metric([name], view["batches_per_s"])
             if view["eta_s"] is not None:

@@ -31,8 +31,12 @@ _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
 
 
+# The child's mid-epoch record (supervisor/child/midepoch.py writes it; kept in sync by a unit test).
+MIDEPOCH_KEY = "yolo_supervisor_midepoch"
+
+
 class CkptKind(str, Enum):
-    RESUMABLE = "resumable"  # epoch >= 0 and optimizer state present
+    RESUMABLE = "resumable"  # epoch >= 0 and optimizer state present (or a mid-epoch record)
     FINISHED = "finished"    # stripped by Ultralytics' final_eval: epoch -1 / no optimizer
     CORRUPT = "corrupt"      # unreadable, truncated, CRC mismatch, or not a checkpoint dict
     MISSING = "missing"      # no such file
@@ -47,10 +51,24 @@ class CheckpointInfo:
     train_args: Optional[dict]       # only plain JSON-able values
     size: int
     problem: Optional[str] = None    # what is wrong, for corrupt/missing
+    midepoch: Optional[dict] = None  # a mid-epoch state: {"epoch" (0-based, interrupted), "next_batch", ...}
 
     @property
     def is_resumable(self) -> bool:
         return self.kind is CkptKind.RESUMABLE
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(completed epochs, batches done in the next epoch): what a resume from here skips."""
+        done = self.epochs_done or 0
+        return (done, int(self.midepoch["next_batch"])) if self.midepoch else (done, 0)
+
+    def where(self) -> str:
+        """"epoch 3" for an epoch-level state, "epoch 4 batch 120/240" for a mid-epoch one (1-based)."""
+        if self.midepoch:
+            m = self.midepoch
+            return f"epoch {m['epoch'] + 1} batch {m['next_batch']}/{m.get('batches', '?')}"
+        return f"epoch {self.epochs_done}"
 
     @property
     def epochs_done(self) -> Optional[int]:
@@ -86,6 +104,30 @@ def inspect_checkpoint(path: Union[str, Path]) -> CheckpointInfo:
         return _corrupt(path, size, f"cannot read: {e.strerror or e}")
 
 
+_VERIFIED: "dict[Path, tuple[tuple[int, ...], CheckpointInfo]]" = {}
+_VERIFIED_MAX = 128
+
+
+def inspect_checkpoint_cached(path: Union[str, Path]) -> CheckpointInfo:
+    """``inspect_checkpoint``, but a file already verified and unchanged since (same inode, size,
+    mtime and ctime) is not read again: a restart does not re-verify a 200 MB vault copy."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        _VERIFIED.pop(path, None)
+        return inspect_checkpoint(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _VERIFIED.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    info = inspect_checkpoint(path)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.pop(next(iter(_VERIFIED)))
+    _VERIFIED[path] = (key, info)
+    return info
+
+
 def _corrupt(path: Path, size: int, problem: str) -> CheckpointInfo:
     return CheckpointInfo(path, CkptKind.CORRUPT, None, False, None, size, problem)
 
@@ -100,13 +142,35 @@ def _classify(path: Path, size: int, top: Any) -> CheckpointInfo:
     has_opt = top.get("optimizer") is not None
     args = _jsonable(top.get("train_args"))
     args = args if isinstance(args, dict) else None
-    if epoch == -1 or not has_opt:
+    midepoch = _midepoch_record(top.get(MIDEPOCH_KEY), epoch)
+    if isinstance(midepoch, str):
+        return _corrupt(path, size, midepoch)
+    if midepoch is not None and has_opt:
+        kind = CkptKind.RESUMABLE  # epoch -1 here means "inside the first epoch", not "stripped"
+    elif epoch == -1 or not has_opt:
         kind = CkptKind.FINISHED   # strip_optimizer sets epoch=-1 and optimizer=None together
     elif epoch >= 0:
         kind = CkptKind.RESUMABLE
     else:
         return _corrupt(path, size, f"impossible epoch {epoch}")
-    return CheckpointInfo(path, kind, epoch, has_opt, args, size, None)
+    return CheckpointInfo(path, kind, epoch, has_opt, args, size, None, midepoch)
+
+
+def _midepoch_record(raw: Any, epoch: int) -> Union[dict, str, None]:
+    """The plain mid-epoch record, None when there is none, or the sentence saying why it is unusable."""
+    if raw is None:
+        return None
+    record = _jsonable(raw)
+    if not isinstance(record, dict):
+        return "mid-epoch record is not a mapping"
+    ints = {k: record.get(k) for k in ("epoch", "next_batch", "batches", "pass_key", "batch_size")}
+    bad = [k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        return f"mid-epoch record: bad or missing {', '.join(bad)}"
+    if record["epoch"] != epoch + 1 or not 0 < record["next_batch"] < record["batches"]:
+        return (f"mid-epoch record inconsistent: epoch {record['epoch']} batch {record['next_batch']}"
+                f"/{record['batches']} in a checkpoint of epoch {epoch}")
+    return record
 
 
 # --------------------------------------------------------------------------- zip + CRC
@@ -292,4 +356,5 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 _DROP = object()
 
 
-__all__ = ["CkptKind", "CheckpointInfo", "inspect_checkpoint", "CHUNK"]
+__all__ = ["CkptKind", "CheckpointInfo", "inspect_checkpoint", "inspect_checkpoint_cached", "CHUNK",
+           "MIDEPOCH_KEY"]

@@ -183,5 +183,5 @@ def test_status_and_history_show_speed_eta_and_goodput():
     text = render_history({"job": row | {"state_reason": "r"}, "attempts": attempts, "events": [],
                            "goodput": g.to_dict()})
     assert text.splitlines()[1] == ("goodput: wall 3m40s = training 3m10s (86%) + startup 0m10s + down 0m20s + "
-                                    "paused 0m00s; epochs redone 0; restarts 1 (killed)")
+                                    "paused 0m00s; epochs redone 0 (batches 0); restarts 1 (killed)")
     assert "1m30s" in text.splitlines()[4] and "0m20s" in text.splitlines()[4]

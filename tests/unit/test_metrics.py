@@ -28,6 +28,7 @@ NAMES = {  # every family a scrape must have, with its type
     "yolo_supervisor_job_startup_seconds": "gauge", "yolo_supervisor_job_training_seconds": "gauge",
     "yolo_supervisor_job_down_seconds": "gauge", "yolo_supervisor_job_paused_seconds": "gauge",
     "yolo_supervisor_job_epochs_redone": "gauge", "yolo_supervisor_job_batches_per_second": "gauge",
+    "yolo_supervisor_job_batches_redone": "gauge",
     "yolo_supervisor_job_eta_seconds": "gauge", "yolo_supervisor_gpu_healthy": "gauge",
 }
 

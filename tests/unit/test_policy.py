@@ -58,7 +58,9 @@ def test_decision_table(cause, budget, kw, action, after):
 
 def test_backoff_resets_after_progress_and_grows_without():
     progressed = decide(spec(), Budget(1, 0, 3), end(Cause.KILLED, before=3, after=5))
-    assert progressed.delay_s == 2  # level reset to 0
+    assert progressed.delay_s == 0 and progressed.budget.backoff_level == 1  # at once; level reset to 0
+    again = decide(spec(), progressed.budget, end(Cause.KILLED, before=5, after=5))
+    assert again.delay_s == 2 * 3  # the next attempt made no progress: backoff from level 1 (factor 3)
     stuck = decide(spec(restart={"max_no_progress": 5, "backoff": {"initial": 2, "max": 20, "factor": 3}}),
                    Budget(1, 1, 2), end(Cause.KILLED, before=3, after=3))
     assert stuck.delay_s == 18

@@ -52,3 +52,23 @@ def test_remove_job_deletes_its_rows_together(store):
     store.add_event("j", "note", "x")
     store.remove_job("j")
     assert store.get_job("j") is None and store.attempts("j") == [] and store.events("j") == []
+
+
+def test_two_processes_adding_the_new_columns_at_once_both_open_the_database(tmp_path):
+    """A CLI and the daemon open an old database at the same moment: neither fails on the migration."""
+    import subprocess
+    import sys
+
+    from supervisor.store import ADDED_COLUMNS, SCHEMA
+
+    db = tmp_path / "state.db"
+    old = sqlite3.connect(db)
+    old.executescript(SCHEMA)  # the base schema: the later columns are missing
+    have = {row[1] for row in old.execute("PRAGMA table_info(attempts)")}
+    assert {c for t, c, _ in ADDED_COLUMNS if t == "attempts"} - have
+    old.close()
+    code = ("import sys; from supervisor.store import Store\n"
+            "for _ in range(20): Store(sys.argv[1]).close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(db)], stderr=subprocess.PIPE) for _ in range(4)]
+    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors

@@ -1,0 +1,532 @@
+"""Mid-epoch checkpoints for Ultralytics' trainer: save at a batch boundary, resume at the next batch.
+
+Ultralytics saves once per epoch and resumes at the start of the epoch after the one in last.pt.
+On an epoch of an hour, a kill loses up to an hour. This module, used only by the training child,
+lets the child save every ``checkpoint_every`` seconds (and on SIGTERM) and resume exactly where the
+save was taken. What "exactly" needs, and how each piece is restored (see ../shared/ULTRALYTICS.md):
+
+- **Which images remain.** Ultralytics' single-GPU loader shuffles from one generator seeded once,
+  so "the rest of epoch k" cannot be named after a restart. ``PassOrder`` replaces its sampler: each
+  pass over the data has a key, and the key alone fixes the permutation (like
+  ``DistributedSampler.set_epoch``). A resumed pass drops the first ``k`` batches *in the sampler*,
+  so skipped images are never loaded, and ``ResumableLoader`` yields exactly the remaining batches.
+- **The batch index.** ``i`` comes from ``enumerate`` inside ``BaseTrainer._do_train`` and drives
+  the warmup (``ni = i + nb * epoch``) and the running loss mean: the trainer module's ``enumerate``
+  is shadowed so the resumed epoch counts from ``k``.
+- **The accumulation step.** ``last_opt_step`` is a local of ``_do_train``: the resumed run gets
+  the saved value written back into that frame before its first batch. Timed saves wait for the
+  batch right after an optimizer step (gradients are zero: nothing else to keep) for at most
+  ``MAX_WAIT_FOR_STEP`` batches; a SIGTERM saves at the next batch end, with the gradients
+  accumulated since the last step (``GRADS_KEY``), which the resume puts back.
+- **Model, EMA, optimizer, scaler, best fitness, stopper**: Ultralytics' own checkpoint dict (taken
+  from its ``save_model`` so the format stays its own), plus the raw model weights (its resume
+  loads the EMA into the model) and a plain record (``RECORD_KEY``) the daemon reads without torch.
+- **Atomic writes.** Every checkpoint file the child writes (this one, and Ultralytics' own last.pt,
+  best.pt, epochN.pt and the final stripped files) goes to a temp file in the same directory,
+  is fsynced and renamed over the old one.
+
+All of this depends on trainer internals, so ``support_problem`` checks the installed version and
+the shape of ``_do_train``; on anything else the child falls back to epoch-level checkpoints and says
+so once. Multi-GPU (DDP) jobs always use epoch-level checkpoints: the ranks would all have to stop
+at the same batch, which is not built.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path, PosixPath
+from typing import Any, Callable, Optional
+
+RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything the resume restores
+MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
+GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
+MAX_WAIT_FOR_STEP = 16                    # batches a timed save waits for an optimizer step
+RECORD_FORMAT = 1
+MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
+TESTED_VERSIONS = ("8.4.",)               # prefixes of Ultralytics versions this was tested with
+_DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
+
+
+def support_problem(device: str = "cpu") -> Optional[str]:
+    """None when mid-epoch checkpoints work here; otherwise the one line that says why not."""
+    if len([d for d in str(device).split(",") if d.strip().isdigit()]) > 1:
+        return "multi-GPU (DDP) jobs use epoch-level checkpoints: mid-epoch saves are single-process only"
+    try:
+        import ultralytics
+        from ultralytics.engine import trainer as trainer_module
+    except ImportError as exc:  # pragma: no cover - the child cannot train without it anyway
+        return f"ultralytics not importable: {exc}"
+    version = getattr(ultralytics, "__version__", "?")
+    if os.environ.get("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS"):  # TEST ONLY: simulate another version
+        version = os.environ["YOLO_SUPERVISOR_PRETEND_ULTRALYTICS"]
+    if not version.startswith(TESTED_VERSIONS):
+        return (f"ultralytics {version} is not a version mid-epoch checkpoints were tested with "
+                f"({', '.join(v + 'x' for v in TESTED_VERSIONS)}): epoch-level checkpoints only")
+    code = getattr(getattr(trainer_module.BaseTrainer, "_do_train", None), "__code__", None)
+    names = set(code.co_varnames) | set(code.co_cellvars) if code is not None else set()
+    if code is None or not _DO_TRAIN_LOCALS <= names or "enumerate" not in code.co_names:
+        return f"ultralytics {version}: BaseTrainer._do_train has an unexpected shape: epoch-level checkpoints only"
+    return None
+
+
+# --------------------------------------------------------------------------- the sample order
+
+
+@dataclass
+class Pass:
+    """One pass over the training set: ``key`` names its permutation, ``skip`` batches are left out."""
+
+    key: int
+    skip: int = 0
+
+
+class PassOrder:
+    """A sampler whose order is a pure function of (seed, pass key).
+
+    Passes are counted here, not read from the trainer's epoch: with ``workers > 0`` the loader draws
+    the next pass before the current epoch ends. Started passes queue up until the loader says which
+    one an epoch consumes (``take_started``).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, batch_size: int, resume: Optional[Pass] = None,
+                 first_key: int = 0):
+        self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
+        self.resume = resume                 # the pass to start with, until an epoch consumes it
+        self._resume_drawn = False           # whether the current iterator already drew it
+        self.next_key = resume.key if resume else first_key
+        self.started: deque[Pass] = deque()
+
+    def __len__(self) -> int:
+        return self.n  # the full pass: Ultralytics reads nb = len(loader) once
+
+    def order(self, key: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        import torch
+
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + key) % (1 << 63))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        if self.resume is not None and not self._resume_drawn:
+            p, self._resume_drawn = self.resume, True
+        else:
+            p = Pass(self.next_key)
+        self.next_key = p.key + 1
+        self.started.append(p)
+        return iter(self.order(p.key)[p.skip * self.batch_size:])
+
+    def take_started(self) -> Pass:
+        p = self.started.popleft()
+        if p is self.resume:
+            self.resume = None
+        return p
+
+    def drop_started(self) -> None:
+        """The loader's iterator was dropped: passes drawn ahead are gone (an unconsumed resume stays)."""
+        self.started.clear()
+        self._resume_drawn = False
+
+
+def pass_batches(n: int, batch_size: int, skip: int, drop_last: bool) -> int:
+    left = max(0, n - skip * batch_size)
+    return left // batch_size if drop_last else math.ceil(left / batch_size)
+
+
+def _resumable_loader_class():
+    from ultralytics.data.build import InfiniteDataLoader
+
+    class ResumableLoader(InfiniteDataLoader):
+        """Ultralytics' endless loader over a ``PassOrder``: one epoch consumes exactly one pass."""
+
+        current: Optional[Pass] = None
+
+        def __iter__(self):
+            if self.iterator is None:
+                self.iterator = self._get_iterator()
+            order: PassOrder = self.sampler
+            first = next(self.iterator)           # draws the pass this epoch consumes (workers=0)
+            self.current = order.take_started()
+            yield first
+            for _ in range(pass_batches(order.n, order.batch_size, self.current.skip, self.drop_last) - 1):
+                yield next(self.iterator)
+
+        def reset(self):
+            super().reset()
+            self.sampler.drop_started()
+
+    return ResumableLoader
+
+
+def rebuild_with_order(loader, order: PassOrder):
+    """The same loader (dataset, workers, collate, seeds) over ``order``; ``loader`` never started."""
+    cls = _resumable_loader_class()
+    extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}
+    return cls(dataset=loader.dataset, batch_size=loader.batch_size, shuffle=False,
+               num_workers=loader.num_workers, sampler=order, pin_memory=loader.pin_memory,
+               collate_fn=loader.collate_fn, worker_init_fn=loader.worker_init_fn,
+               generator=loader.generator, drop_last=loader.drop_last, **extra)
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: a kill leaves the old file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _drop_partial_files(directory: Path) -> None:
+    """Temp files of saves that a kill interrupted (one attempt runs at a time: they are all dead)."""
+    for leftover in directory.glob(".*.partial"):
+        leftover.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicPath(PosixPath):
+    """A path whose ``write_bytes`` is atomic; Ultralytics writes last.pt/best.pt/epochN.pt with it."""
+
+    def write_bytes(self, data) -> int:
+        atomic_write_bytes(Path(str(self)), bytes(data))
+        return len(data)
+
+
+def _atomic(path) -> AtomicPath:
+    return AtomicPath(str(path))
+
+
+def make_strip_atomic(trainer_module) -> None:
+    """``final_eval`` strips last.pt/best.pt in place with torch.save: write to a temp file and rename."""
+    original = trainer_module.strip_optimizer
+    if getattr(original, "_yolo_supervisor_atomic", False):
+        return
+
+    def strip_optimizer(f="best.pt", s="", *args, **kwargs):
+        target = Path(s or f)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.close(fd)
+        try:
+            result = original(f, str(tmp), *args, **kwargs)
+            if Path(tmp).stat().st_size == 0:  # nothing was written (not a checkpoint): leave f as it is
+                Path(tmp).unlink()
+                return result
+            with open(tmp, "rb") as fh:
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            return result
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    strip_optimizer._yolo_supervisor_atomic = True
+    trainer_module.strip_optimizer = strip_optimizer
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def _train_frame(trainer):
+    """The running ``_do_train`` frame of ``trainer`` (callbacks run inside it)."""
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "_do_train" and f.f_locals.get("self") is trainer:
+            return f
+        f = f.f_back
+    raise RuntimeError("not inside BaseTrainer._do_train")
+
+
+def _set_frame_local(frame, name: str, value: Any) -> None:
+    """Write a local of a running frame (3.13+: f_locals writes through; before: LocalsToFast)."""
+    if sys.version_info >= (3, 13):
+        frame.f_locals[name] = value
+        return
+    import ctypes
+
+    frame.f_locals[name] = value
+    ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+@dataclass
+class Position:
+    """Where a saved state resumes: the 0-based epoch and the next batch index within it."""
+
+    epoch: int
+    next_batch: int
+
+
+class MidEpoch:
+    """Installed on one trainer: saves on request or on a timer, resumes from a record."""
+
+    def __init__(self, interval_s: float, record: Optional[dict] = None,
+                 on_saved: Optional[Callable[[dict, float], None]] = None,
+                 note: Callable[[str], None] = print):
+        self.interval_s = interval_s            # 0: no timed saves (a SIGTERM still saves mid-epoch)
+        self.record = record                    # the mid-epoch record resumed from, if any
+        self.on_saved = on_saved
+        self.note = note
+        self.last_save = time.monotonic()
+        self.stepped = False                    # the optimizer stepped in the current batch
+        self.waited = 0                         # batches a due timed save has waited for a step
+        self.trainer = None
+        self.loader = None
+        self.restore_pending = record is not None
+        self.pending_grads = None               # gradients to put back before the first resumed batch
+        self.seed = int(record["seed"]) if record else None
+        self.resume_skip = 0                    # batches of the first epoch left out (0: epoch-level)
+
+    # -- installation ---------------------------------------------------------
+    def install(self, trainer) -> None:
+        """Called from on_pretrain_routine_start, before the trainer builds anything."""
+        from ultralytics.engine import trainer as trainer_module
+
+        self.trainer = trainer
+        _drop_partial_files(Path(str(trainer.wdir)))
+        trainer.wdir = _atomic(trainer.wdir)
+        trainer.last, trainer.best = trainer.wdir / "last.pt", trainer.wdir / "best.pt"
+        make_strip_atomic(trainer_module)
+        _shadow_enumerate(trainer_module, self)
+        self._wrap(trainer, "get_dataloader", self._get_dataloader)
+        self._wrap(trainer, "resume_training", self._resume_training)
+        self._wrap(trainer, "optimizer_step", self._optimizer_step)
+
+    @staticmethod
+    def _wrap(trainer, name: str, replacement) -> None:
+        original = getattr(trainer, name)
+        setattr(trainer, name, lambda *a, **kw: replacement(original, *a, **kw))
+
+    def _get_dataloader(self, original, dataset_path, batch_size=16, rank=0, mode="train"):
+        loader = original(dataset_path, batch_size=batch_size, rank=rank, mode=mode)
+        if mode != "train" or rank not in (-1, 0) or getattr(loader, "iterator", 0) is not None:
+            return loader  # DDP keeps its DistributedSampler; a started loader is not ours to rebuild
+        shuffle = type(loader.sampler).__name__ == "RandomSampler"
+        seed = self.seed if self.seed is not None else int(getattr(self.trainer.args, "seed", 0) or 0)
+        self.seed = seed
+        resume = self._resume_pass(len(loader.dataset), loader.batch_size, shuffle)
+        first_key = self.trainer.start_epoch if resume is None else 0
+        order = PassOrder(len(loader.dataset), seed, shuffle, loader.batch_size, resume, first_key)
+        self.loader = rebuild_with_order(loader, order)
+        return self.loader
+
+    def _resume_pass(self, n: int, batch_size: int, shuffle: bool) -> Optional[Pass]:
+        """The pass to start with when resuming mid-epoch, or None (and why) when it cannot be exact."""
+        rec, self.resume_skip = self.record, 0
+        if rec is None or not self.restore_pending:
+            return None
+        changed = [f"{k} {rec.get(k)} -> {v}" for k, v in
+                   (("dataset_len", n), ("batch_size", batch_size), ("shuffle", shuffle)) if rec.get(k) != v]
+        if changed:
+            self.note(f"mid-epoch resume not exact ({', '.join(changed)}): epoch {rec['epoch'] + 1} "
+                      "is trained again from its start")
+            self.restore_pending = False
+            return Pass(int(rec["pass_key"]) + 1)
+        self.resume_skip = int(rec["next_batch"])
+        return Pass(int(rec["pass_key"]), self.resume_skip)
+
+    def _resume_training(self, original, ckpt):
+        rec = (ckpt or {}).get(RECORD_KEY) if isinstance(ckpt, dict) else None
+        t = self.trainer
+        if rec is None or not t.resume:
+            return original(ckpt)
+        # Ultralytics' own resume asserts the epoch is complete; this is its body for epoch rec["epoch"].
+        t._load_checkpoint_state(ckpt)
+        if ckpt.get(MODEL_KEY) is not None:
+            _unwrap(t.model).load_state_dict(ckpt[MODEL_KEY])
+        self.pending_grads = ckpt.get(GRADS_KEY) if self.resume_skip else None
+        t.start_epoch = int(rec["epoch"])
+        self.note(f"resuming mid-epoch: epoch {t.start_epoch + 1} at batch {self.resume_skip + 1}"
+                  f" of {rec['batches']}" if self.resume_skip else
+                  f"resuming at the start of epoch {t.start_epoch + 1}")
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        model = unwrap_model(t.model)
+        if getattr(getattr(model, "student_model", model).model[-1], "one2one_cv2", None) is not None:
+            model.criterion = model.init_criterion()
+            model.criterion.updates = t.start_epoch - 1
+            model.criterion.update()
+
+    def _optimizer_step(self, original, *args, **kwargs):
+        result = original(*args, **kwargs)
+        self.stepped = True
+        return result
+
+    # -- per batch -------------------------------------------------------------
+    def enumerate_start(self, iterable) -> int:
+        """Where ``i`` starts for this epoch: the saved batch in the resumed epoch, else 0."""
+        if iterable is self.loader and self.resume_skip and self.trainer.epoch == self.trainer.start_epoch:
+            return self.resume_skip
+        return 0
+
+    def on_batch_start(self, trainer) -> None:
+        self.stepped = False
+        if self.restore_pending and self.resume_skip and trainer.epoch == trainer.start_epoch:
+            self._restore_loop_state(trainer)
+        self.restore_pending = False
+
+    def _restore_loop_state(self, trainer) -> None:
+        import torch
+
+        rec = self.record
+        _set_frame_local(_train_frame(trainer), "last_opt_step", int(rec["last_opt_step"]))
+        grads = self.pending_grads
+        if grads is not None:  # after _do_train's zero_grad(): the accumulated part of the step comes back
+            for param, grad in zip(_unwrap(trainer.model).parameters(), grads):
+                param.grad = None if grad is None else grad.to(param.device)
+        self.pending_grads = None
+        if rec.get("tloss"):
+            trainer.tloss = {k: torch.tensor(v, device=trainer.device) for k, v in rec["tloss"].items()}
+
+    def due(self, preempt: bool) -> bool:
+        """Save now? A SIGTERM: yes. A timer: at the next optimizer step, or after waiting for one."""
+        if preempt:
+            return True
+        if self.interval_s <= 0 or time.monotonic() - self.last_save < self.interval_s:
+            return False
+        self.waited += 1
+        return self.stepped or self.waited > MAX_WAIT_FOR_STEP
+
+    def epoch_saved(self) -> None:
+        self.last_save = time.monotonic()  # epoch-end saves count as saves
+        self.waited = 0
+
+    def save(self, trainer) -> Optional[dict]:
+        """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch."""
+        frame = _train_frame(trainer)
+        loc = frame.f_locals
+        i, nb, epoch, last_opt_step = int(loc["i"]), int(loc["nb"]), int(loc["epoch"]), int(loc["last_opt_step"])
+        if i + 1 >= nb or self.loader is None or self.loader.current is None:
+            return None  # the epoch-end save is moments away and is the real one
+        started = time.monotonic()
+        order: PassOrder = self.loader.sampler
+        record = {
+            "format": RECORD_FORMAT, "epoch": epoch, "next_batch": i + 1, "batches": nb,
+            "pass_key": self.loader.current.key, "seed": self.seed, "shuffle": order.shuffle,
+            "dataset_len": order.n, "batch_size": order.batch_size,
+            "last_opt_step": last_opt_step, "accumulate": int(trainer.accumulate),
+            "grads_pending": last_opt_step != i + nb * epoch,
+            "tloss": _floats(trainer.tloss), "saved_at": time.time(),
+            "ultralytics": _ultralytics_version(),
+        }
+        model = _unwrap(trainer.model)
+        grads = [p.grad for p in model.parameters()] if record["grads_pending"] else None
+        data = _checkpoint_bytes(trainer, epoch, {RECORD_KEY: record, MODEL_KEY: model.state_dict(),
+                                                   GRADS_KEY: grads})
+        atomic_write_bytes(Path(str(trainer.wdir)) / MIDEPOCH_NAME, data)
+        self.epoch_saved()
+        seconds = self.last_save - started
+        if self.on_saved:
+            self.on_saved({**record, "size": len(data)}, seconds)
+        return record
+
+
+def _shadow_enumerate(trainer_module, controller: MidEpoch) -> None:
+    """``_do_train`` looks ``enumerate`` up in its module first: count the resumed epoch from its batch."""
+    def enumerate(iterable, start=0):  # noqa: A001 - deliberately shadows the builtin in one module
+        return builtins.enumerate(iterable, start or controller.enumerate_start(iterable))
+
+    trainer_module.enumerate = enumerate
+
+
+def _checkpoint_bytes(trainer, epoch: int, extra: dict) -> bytes:
+    """Ultralytics' own checkpoint for ``epoch - 1`` completed epochs plus ``extra``, as bytes.
+
+    ``save_model`` builds the dict and writes last.pt/best.pt: here it writes into memory instead
+    (last.pt keeps meaning "a completed epoch"), and ``torch.save`` adds our keys to its dict.
+    """
+    import torch
+
+    captured: dict[str, bytes] = {}
+    real_save = torch.save
+
+    def save_with_extra(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "train_args" in obj:
+            obj = {**obj, **extra}
+        return real_save(obj, f, *args, **kwargs)
+
+    saved = (trainer.epoch, trainer.last, trainer.best, trainer.save_period, trainer.wdir)
+    trainer.epoch = epoch - 1
+    trainer.last, trainer.best = _Capture(captured, "last"), _Capture({}, "best")
+    trainer.save_period = 0
+    trainer.wdir = _NoMkdir(str(trainer.wdir))
+    torch.save = save_with_extra
+    try:
+        trainer.save_model()
+    finally:
+        torch.save = real_save
+        trainer.epoch, trainer.last, trainer.best, trainer.save_period, trainer.wdir = saved
+    return captured["last"]
+
+
+class _Capture:
+    """Stands in for last.pt/best.pt during a mid-epoch save: keeps the bytes, writes nothing."""
+
+    def __init__(self, into: dict, name: str):
+        self.into, self.name = into, name
+
+    def write_bytes(self, data) -> int:
+        self.into[self.name] = bytes(data)
+        return len(data)
+
+    def exists(self) -> bool:
+        return False
+
+
+class _NoMkdir(PosixPath):
+    def mkdir(self, *args, **kwargs) -> None:
+        pass
+
+
+def _unwrap(model):
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    return unwrap_model(model)
+
+
+def _floats(tloss) -> Optional[dict[str, float]]:
+    if tloss is None:
+        return None
+    if isinstance(tloss, dict):
+        return {str(k): float(v) for k, v in tloss.items()}
+    return None
+
+
+def _ultralytics_version() -> str:
+    import ultralytics
+
+    return getattr(ultralytics, "__version__", "?")

@@ -1,0 +1,65 @@
+"""TEST ONLY: records every trained batch of a training child, from inside the process.
+
+Put this directory on PYTHONPATH and set TRACE_BATCHES to a file: each batch Ultralytics trains in
+``python -m supervisor.child.train`` appends one JSON line (pid, 0-based epoch, batch index, the
+image files, lr, running loss mean, last_opt_step). Tests count from it which images were trained,
+which twice and which never: what a mid-epoch resume must get right.
+"""
+
+import json
+import os
+import sys
+
+_OUT = os.environ.get("TRACE_BATCHES")
+
+
+def _install(callbacks):
+    def on_train_batch_end(trainer):
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_name != "_do_train":
+            f = f.f_back
+        loc = f.f_locals
+        rec = {"pid": os.getpid(), "epoch": int(loc["epoch"]), "i": int(loc["i"]),
+               "files": [os.path.basename(p) for p in loc["batch"]["im_file"]],
+               "lr": [g["lr"] for g in trainer.optimizer.param_groups][:1],
+               "tloss": {k: float(v) for k, v in (trainer.tloss or {}).items()},
+               "last_opt_step": int(loc["last_opt_step"])}
+        fd = os.open(_OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, (json.dumps(rec) + "\n").encode())
+        finally:
+            os.close(fd)
+
+    callbacks["on_train_batch_end"].append(on_train_batch_end)
+
+
+def _is_training_child() -> bool:
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return b"supervisor.child.train" in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+if _OUT and _is_training_child():
+    import importlib.abc
+    import importlib.machinery
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        """Adds the callback to Ultralytics' default callbacks as their module is first imported."""
+
+        def find_spec(self, name, path, target=None):
+            if name != "ultralytics.utils.callbacks.base":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            original = spec.loader.exec_module
+
+            def exec_module(module):
+                original(module)
+                _install(module.default_callbacks)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Finder())

@@ -1,0 +1,196 @@
+"""End to end: mid-epoch checkpoints with a real daemon and real Ultralytics training on CPU.
+
+Epochs here are long enough to be interrupted inside (30 batches of 8 generated 64 px images), and
+``checkpoint_every`` is about a quarter of an epoch. Which images each attempt trained comes from
+inside the training process (tests/e2e/batch_trace), never from the daemon's own account.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from supervisor import results_csv
+from supervisor.child.progress import read_json
+from supervisor.demo import make_dataset
+from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
+from tests.conftest import cpu_job, ctl, offline_env, wait_for, wait_socket
+
+TRACE_DIR = Path(__file__).parent / "batch_trace"
+IMAGES, BATCH = 240, 8
+BATCHES = IMAGES // BATCH  # per epoch (the generated set keeps all 240 for training)
+
+
+@pytest.fixture(scope="module")
+def long_dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("long"), images=IMAGES, size=64)
+
+
+@pytest.fixture
+def traced(daemon, tmp_path, monkeypatch):
+    """The daemon fixture, its training children recording every batch they train."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TRACE_DIR), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("TRACE_BATCHES", str(trace))
+    daemon.trace = trace
+    return daemon
+
+
+def batches(trace: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def long_job(name: str, data: Path, epochs: int = 3, every: str = "1s", **extra) -> dict:
+    spec = cpu_job(name, data, epochs=epochs, checkpoint_every=every, **extra)
+    spec["train"].update(batch=BATCH, val=False)
+    return spec
+
+
+def progress(daemon, name) -> dict:
+    return read_json(daemon.home / "jobs" / name / "progress.json") or {}
+
+
+def wait_batch(daemon, epoch: int, batch: int, pid=None, timeout: float = 300) -> dict:
+    """Until the child (0-based ``epoch``) has trained batch index ``batch`` or later."""
+    def reached():
+        for b in reversed(batches(daemon.trace)):
+            if (pid is None or b["pid"] == pid) and (b["epoch"], b["i"]) >= (epoch, batch):
+                return b
+        daemon.assert_alive()
+        return None
+    return wait_for(reached, timeout, interval=0.01, what=f"training at epoch {epoch + 1} batch {batch + 1}")
+
+
+def wait_mid_save(daemon, name: str, epoch: int, timeout: float = 120) -> dict:
+    """Until the child reports a mid-epoch save inside ``epoch`` (1-based)."""
+    return wait_for(lambda: ((m := progress(daemon, name).get("last_midepoch")) and m["epoch"] == epoch and m),
+                    timeout, interval=0.02, what=f"a mid-epoch save in epoch {epoch}")
+
+
+def per_epoch_counts(trace: Path, epoch: int) -> Counter:
+    return Counter(f for b in batches(trace) if b["epoch"] == epoch for f in b["files"])
+
+
+def assert_every_epoch_once(job, epochs: int) -> None:
+    assert results_csv.read_epochs(Path(job.run_dir) / "results.csv") == list(range(1, epochs + 1))
+
+
+def test_a_sigkill_late_in_an_epoch_resumes_at_the_saved_batch_and_trains_every_image(traced, long_dataset):
+    d = traced
+    d.start()
+    d.drop(long_job("late-kill", long_dataset))
+    first_pid = wait_batch(d, 1, 0)["pid"]
+    wait_mid_save(d, "late-kill", epoch=2)
+    killed_at = wait_batch(d, 1, int(BATCHES * 0.7), pid=first_pid)
+    saved = progress(d, "late-kill")["last_midepoch"]
+    os.kill(first_pid, signal.SIGKILL)
+
+    job = d.wait_state("late-kill", "completed")
+    first, second = d.attempts("late-kill")[:2]
+    assert first.cause == "killed"
+    assert second.resumed_from.endswith("weights/midepoch.pt")
+    assert (second.epochs_before, second.batch_before) == (1, saved["next_batch"])
+    done_before_kill = max(b["i"] for b in batches(d.trace) if b["pid"] == first_pid and b["epoch"] == 1) + 1
+    resumed = [b for b in batches(d.trace) if b["pid"] != first_pid and b["epoch"] == 1]
+    assert resumed[0]["i"] == saved["next_batch"]            # the next batch of the interrupted epoch
+    counts = per_epoch_counts(d.trace, 1)
+    assert len(counts) == IMAGES                              # every image of that epoch trained
+    twice = sum(c - 1 for c in counts.values())
+    assert twice == (done_before_kill - saved["next_batch"]) * BATCH  # only what came after the save
+    assert done_before_kill - saved["next_batch"] < BATCHES // 2    # far less than the epoch so far
+    assert killed_at["i"] >= int(BATCHES * 0.7)
+    assert_every_epoch_once(job, 3)
+    assert not list((Path(job.run_dir) / "weights").glob(".*.partial"))
+
+
+def test_a_sigterm_redoes_at_most_one_batch_and_skips_no_image(traced, long_dataset):
+    d = traced
+    d.start()
+    d.drop(long_job("term", long_dataset, every="off"))
+    first_pid = wait_batch(d, 1, BATCHES // 2)["pid"]
+    os.kill(first_pid, signal.SIGTERM)
+
+    job = d.wait_state("term", "completed")
+    first, second = d.attempts("term")[:2]
+    assert first.cause == "preempted" and first.exit_code == 75 and "mid-epoch save" in first.detail
+    assert job.crash_restarts == 0
+    assert second.resumed_from.endswith("weights/midepoch.pt") and second.batch_before >= BATCHES // 2
+    counts = per_epoch_counts(d.trace, 1)
+    assert len(counts) == IMAGES
+    assert sum(c - 1 for c in counts.values()) <= BATCH       # at most one batch trained twice
+    assert_every_epoch_once(job, 3)
+
+
+def test_a_kill_during_a_mid_epoch_save_falls_back_to_the_previous_good_state(traced, long_dataset):
+    d = traced
+    d.start()
+    d.drop(long_job("kill-in-save", long_dataset, every="0.5s"))
+    first_pid = wait_batch(d, 0, 0)["pid"]
+    wait_mid_save(d, "kill-in-save", epoch=2)
+    weights = Path(d.job("kill-in-save").run_dir) / "weights"
+    before = inspect_checkpoint(weights / "midepoch.pt")
+    assert before.kind is CkptKind.RESUMABLE
+    partial = wait_for(lambda: next(iter(weights.glob(".midepoch.pt.*.partial")), None), 120, interval=0.002,
+                       what="a mid-epoch save under way")
+    os.kill(first_pid, signal.SIGKILL)
+    # the save did not finish: the previous state is still whole (it may have advanced once before the kill)
+    after = inspect_checkpoint(weights / "midepoch.pt")
+    assert after.kind is CkptKind.RESUMABLE and after.position >= before.position
+
+    job = d.wait_state("kill-in-save", "completed")
+    second = d.attempts("kill-in-save")[1]
+    assert (second.epochs_before, second.batch_before) == after.position
+    assert not partial.exists()                               # the next attempt cleared the dead save
+    for epoch in range(3):
+        assert len(per_epoch_counts(d.trace, epoch)) == IMAGES
+    assert_every_epoch_once(job, 3)
+
+
+def test_a_run_left_by_the_daemon_still_resumes_by_hand(traced, long_dataset, tmp_path):
+    d = traced
+    d.start()
+    wait_socket(d)
+    d.drop(long_job("by-hand", long_dataset))
+    wait_mid_save(d, "by-hand", epoch=2)
+    assert ctl(d.home, "stop", "by-hand").returncode == 0
+    job = d.wait_state("by-hand", "stopped")
+    d.stop()
+    last = Path(job.run_dir) / "weights" / "last.pt"
+    assert inspect_checkpoint(last).epochs_done == 1          # last.pt still means "a completed epoch"
+
+    done = subprocess.run([str(Path(sys.executable).with_name("yolo")), "train", "resume", f"model={last}"],
+                          env=offline_env(tmp_path / "cfg"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert inspect_checkpoint(last).kind is CkptKind.FINISHED
+    assert_every_epoch_once(job, 3)
+
+
+def test_an_untested_ultralytics_falls_back_to_epoch_level_and_says_so(traced, long_dataset, monkeypatch):
+    monkeypatch.setenv("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS", "8.5.0")
+    d = traced
+    d.start()
+    d.drop(long_job("old", long_dataset, epochs=2))
+    first_pid = wait_batch(d, 1, BATCHES // 2)["pid"]
+    os.kill(first_pid, signal.SIGTERM)
+
+    job = d.wait_state("old", "completed")
+    notes = [e.reason for e in d.events("old") if e.kind == "checkpoint"]
+    assert any("ultralytics 8.5.0 is not a version" in n and "epoch-level" in n for n in notes), notes
+    weights = Path(job.run_dir) / "weights"
+    assert not (weights / "midepoch.pt").exists()
+    second = d.attempts("old")[1]
+    assert second.resumed_from.endswith("last.pt") and not second.batch_before
+    counts = per_epoch_counts(d.trace, 1)
+    assert len(counts) == IMAGES                              # the interrupted epoch was trained again, whole
+    assert_every_epoch_once(job, 2)
