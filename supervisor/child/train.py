@@ -158,9 +158,7 @@ def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch) -> Optional[dict]:
     except Exception as exc:  # noqa: BLE001 - a full disk must not end a training that can go on
         rep.note(f"mid-epoch save failed: {exc!r}")
         if rep.preempt_requested:
-            rep.beat(force=True, phase="preempted")
-            rep.exit_record(1, exception=type(exc).__name__, message=f"save on SIGTERM failed: {exc}"[:2000])
-            os._exit(1)
+            _exit_save_failed(rep, exc)
         mid.epoch_saved()  # try again after another interval, not on every batch
         return None
 
@@ -200,9 +198,19 @@ def _save_resumable_and_exit(trainer, rep: Reporter) -> None:
         if trainer.epoch >= 0:  # nothing completed yet in epoch 1: nothing worth saving
             trainer.save_model()
             rep.state["saved_epochs_done"] = trainer.epoch + 1
+    except Exception as exc:  # noqa: BLE001 - raised out of the callback, _never_raises would swallow it
+        _exit_save_failed(rep, exc)
     finally:
         trainer.epoch += 1
     _exit_preempted(rep, "mid-epoch save")
+
+
+def _exit_save_failed(rep: Reporter, exc: BaseException) -> None:
+    """SIGTERM asked for a save and it failed: end the attempt (exit 1) saying so, never train on."""
+    rep.beat(force=True, phase="preempted")
+    rep.exit_record(1, exception=type(exc).__name__, message=f"save on SIGTERM failed: {exc}"[:2000])
+    print(f"yolo-supervisor: SIGTERM received; the save failed ({exc!r}); exiting 1", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _exit_preempted(rep: Reporter, how: str) -> None:
