@@ -132,6 +132,27 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
 
+    def moves_outside_the_table(self) -> list[str]:
+        """Every state change this daemon recorded or attempted that jobs/states.py does not list.
+
+        The table must be the truth: the e2e and chaos tests check it after every daemon run.
+        """
+        from supervisor.jobs.states import JobState, can_transition
+
+        bad = []
+        if (self.home / "state.db").exists():
+            s = self.store()
+            try:
+                for job in s.list_jobs():
+                    bad += [f"{job.name}: {e.from_state}->{e.to_state} ({e.reason})" for e in s.events(job.name)
+                            if e.kind == "state" and e.from_state and e.to_state
+                            and not can_transition(JobState(e.from_state), JobState(e.to_state))]
+            finally:
+                s.close()
+        if self.log.exists():
+            bad += [ln for ln in self.log.read_text(errors="replace").splitlines() if "no transition from" in ln]
+        return bad
+
     def stop(self, sig=15):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -156,6 +177,7 @@ def daemon(tmp_path):
     d.stop()
     for job in (d.home / "jobs").glob("*") if (d.home / "jobs").exists() else []:
         kill_job_processes(job.name)
+    assert not d.moves_outside_the_table(), d.moves_outside_the_table()
 
 
 def cpu_job(name: str, data: Path, epochs: int = 4, **extra) -> dict:

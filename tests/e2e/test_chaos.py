@@ -342,6 +342,7 @@ def chaos_daemon(tmp_path):
     yield d
     d.stop(signal.SIGKILL)
     kill_job_processes(JOB)
+    assert not d.moves_outside_the_table(), d.moves_outside_the_table()
 
 
 def test_chaos_kills_never_lose_an_epoch_a_row_or_exclusivity(chaos_daemon, dataset):

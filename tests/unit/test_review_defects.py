@@ -167,3 +167,16 @@ def test_unit_tests_do_not_need_pillow():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr
+
+
+def test_the_check_of_recorded_moves_sees_one_outside_the_table(tmp_path):
+    from tests.conftest import DaemonProcess
+
+    d = DaemonProcess(tmp_path / "home")
+    d.home.mkdir(parents=True)
+    store = d.store()
+    store.add_job("j", SPEC, "completed")
+    store.add_event("j", "state", "a bug", from_state="completed", to_state="running")
+    store.add_event("j", "state", "fine", from_state="queued", to_state="starting")
+    store.close()
+    assert d.moves_outside_the_table() == ["j: completed->running (a bug)"]
