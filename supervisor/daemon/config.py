@@ -39,6 +39,8 @@ class DaemonConfig(BaseModel):
                                                             "127.0.0.1); off when unset")
     metrics_textfile_dir: Optional[str] = Field(None, description="node_exporter textfile directory; off when unset")
     log_level: str = "info"
+    preflight_recheck_s: float = Field(30.0, gt=0, description="how often a job held for a missing path "
+                                                               "is checked again")
 
     @field_validator("metrics_address", mode="before")
     @classmethod
