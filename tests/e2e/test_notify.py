@@ -254,6 +254,36 @@ def test_a_crash_loop_with_restarted_on_is_rate_limited(local, receiver):
     assert "3 restarted/stalled notification(s) for this job held back" in messages[-1]["message"]
 
 
+# -- stalled -------------------------------------------------------------------------------------------
+HANG_FIRST = """
+import time
+reporter.state["first_batch_at"] = time.time()
+reporter.beat(force=True, phase="training", epoch=1, batch=3, batches=10)
+while plan["attempt"] == 1:
+    time.sleep(1)  # hung: no heartbeat
+while True:
+    reporter.beat(phase="training", epoch=1, batch=1, batches=10)
+    time.sleep(0.05)
+"""
+
+
+def test_a_hung_attempt_notifies_stalled_when_asked_and_not_restarted(local, receiver):
+    config = DaemonConfig(notify=NotifySettings(urls=[receiver.url()], on=["stalled", "failed"]))
+    d = local(HANG_FIRST, config=config)
+    spec = yaml.safe_load(gpu_job("hung"))
+    spec["train"]["device"] = "cpu"
+    spec["health"] = {"stall_timeout": 1.5, "stop_grace": 1}
+    d.submit(yaml.safe_dump(spec), source="test")
+    pump(d, lambda: len(d.store.attempts("hung")) == 2, what="the restart after the stall")
+    [stalled] = receiver.wait(lambda m: m, what="the stall notification")
+    assert stalled["title"].endswith("hung: stalled"), stalled["title"]
+    assert "attempt 1 ended: stalled: no progress for" in stalled["message"], stalled["message"]
+    assert "batch 3/10" in stalled["message"] or "epoch 1" in stalled["message"]
+    d.notifications.test(None)[0][1].result(timeout=30)  # same queue: anything before it has arrived
+    titles = [m["title"] for m in receiver.received()]
+    assert len(titles) == 2 and titles[1].endswith("test notification"), "stalled only: no restarted"
+
+
 # -- events -f -----------------------------------------------------------------------------------------
 def test_events_follow_shows_a_kill_and_the_resume_as_they_happen(daemon, dataset):
     daemon.start()

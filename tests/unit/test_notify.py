@@ -270,3 +270,21 @@ def test_a_silent_target_times_out_and_a_full_queue_drops_without_waiting():
         assert dropped.result.result(timeout=1)[1].startswith("not sent: this target's queue is full")
     finally:
         silent.close()
+
+
+def test_events_is_read_only_and_notify_test_is_not():
+    from supervisor.control.handlers import HANDLERS
+
+    assert not HANDLERS["events"].mutates and HANDLERS["notify-test"].mutates
+
+
+def test_the_daemon_imports_apprise_only_when_it_sends_and_apprise_pulls_no_torch():
+    code = ("import sys\n"
+            "import supervisor.daemon.main, supervisor.daemon.core, supervisor.control.handlers\n"
+            "print('apprise' in sys.modules)\n"
+            "from supervisor.observe.notify import url_problem; url_problem('json://localhost/x')\n"
+            "print('apprise' in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'ultralytics', 'torchvision')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])))
+    assert out.stdout.split("\n")[:2] == ["False", "True []"], out.stdout
