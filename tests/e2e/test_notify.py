@@ -102,6 +102,19 @@ def test_a_job_file_with_a_bad_notification_url_is_refused_without_echoing_it(fa
     assert SECRET not in result.stderr + fake_daemon.log.read_text()
 
 
+def test_notification_settings_apply_on_reload(fake_daemon, receiver):
+    fake_daemon.start()
+    home = wait_socket(fake_daemon).parent
+    result = ctl(home, "notify-test")
+    assert result.returncode == 5 and "no notification targets: set notify.urls in config.yaml" in result.stderr
+    config = write_config(home, notify={"urls": [receiver.url()]})
+    fake_daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded" in fake_daemon.log.read_text(), 30, what="the reload")
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert ok(ctl(home, "notify-test")).endswith("): ok\n")
+    assert receiver.wait(lambda m: m, what="the test message")[0]["type"] == "info"
+
+
 # -- held, with the reason (fake NVML) -----------------------------------------------------------
 RUN_FOREVER = """
 import time
