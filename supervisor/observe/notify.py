@@ -146,12 +146,14 @@ def fingerprint(url: str) -> str:
 
 
 def targets_for(settings: "NotifySettings", job_notify: Optional[JobNotify]) -> tuple[list[Target], tuple[str, ...]]:
-    """The targets and the events of one job: config.yaml's URLs plus the job's; the job's ``on``
-    replaces config.yaml's."""
+    """The targets and the events of one job: config.yaml's URLs plus the job's (a URL in both is
+    one target); the job's ``on`` replaces config.yaml's."""
     targets = [Target(u, target_label("config.yaml", i, u)) for i, u in enumerate(settings.urls)]
     on: tuple[str, ...] = tuple(settings.on)
     if job_notify is not None:
-        targets += [Target(u, target_label("job file", i, u)) for i, u in enumerate(job_notify.urls)]
+        known = set(settings.urls)
+        targets += [Target(u, target_label("job file", i, u)) for i, u in enumerate(job_notify.urls)
+                    if u not in known]
         if job_notify.on is not None:
             on = tuple(job_notify.on)
     return targets, on
@@ -232,7 +234,7 @@ def build_notice(event: str, reason: str, job: "JobRecord", epochs: int, attempt
     return Notice(job.name, event, f"[{host}] {job.name}: {event}", "\n".join(lines))
 
 
-def test_notice(host: str, job: Optional[str]) -> Notice:
+def trial_notice(host: str, job: Optional[str]) -> Notice:
     what = f" for job {job}" if job else ""
     return Notice(job or "", "test", f"[{host}] yolo-supervisor test notification",
                   f"yolo-supervisor on {host}: test notification{what}. Notifications reach this target.")
@@ -297,7 +299,7 @@ class Notifications:
         """Queue a test message to every target of the daemon (and of job ``name``); one try each."""
         job_notify = self.daemon.spec(name).notify if name else None
         targets, _ = targets_for(self.settings, job_notify)
-        notice = test_notice(self.host, name)
+        notice = trial_notice(self.host, name)
         results = []
         for target in targets:
             item = Outgoing(notice, tries=1, result=Future())

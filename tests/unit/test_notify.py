@@ -103,6 +103,8 @@ def test_targets_are_the_daemons_plus_the_jobs_and_the_jobs_on_wins():
     assert [t.url for t in targets] == [daemon_url, job_url] and on == ("restarted",)
     assert targets[1].label == f"job file notify.urls[0] (ntfy://…, #{fingerprint(job_url)})"
     assert not any("secret" in t.label for t in targets)
+    targets, _ = targets_for(settings, JobNotify(urls=(daemon_url, job_url)))
+    assert [t.url for t in targets] == [daemon_url, job_url], "a URL in both is one target"
 
 
 @pytest.mark.parametrize("url, hidden, kept", [
