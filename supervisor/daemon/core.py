@@ -29,6 +29,7 @@ from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose
 from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
+from supervisor.observe.notify import Notifications
 from supervisor.paths import Home
 from supervisor.policy import Action, AttemptEnd, Budget, decide
 from supervisor.probes.progress import ProgressFiles, stall_verdict
@@ -89,6 +90,7 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
+        self.notifications = Notifications(self)  # listens on the store; sends off the loop
 
     # -- the one choke point for state changes ----------------------------
     def transition(self, name: str, new: JobState, reason: str, actor: Optional[str] = None,
@@ -182,6 +184,7 @@ class Daemon:
         for run in self.running.values():
             run.child.close()
         self.running.clear()
+        self.notifications.close()
         self.log.info("daemon stopped", note="training processes left running")
         self.store.close()
 
