@@ -188,7 +188,7 @@ else
 fi
 pip_args=(-q)
 [ -z "$CONSTRAINTS" ] || pip_args+=(-c "$CONSTRAINTS")
-run "$PREFIX/bin/python" -m pip install -q --upgrade pip
+run "$PREFIX/bin/python" -m pip install -q --upgrade pip || echo "   (pip not upgraded; going on with the venv's own)"
 # A local directory is always rebuilt and reinstalled; dependencies only when needed.
 run "$PREFIX/bin/python" -m pip install "${pip_args[@]}" "$SRC"
 DOC_DIR="$PREFIX/share/doc/yolo-supervisor"

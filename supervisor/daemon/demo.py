@@ -74,7 +74,7 @@ class _KillOnce:
         ended = next((a for a in daemon.store.attempts("demo") if a.number == number and a.ended_at), None)
         if ended is None or ended.epochs_after is None:
             return
-        print(f"\n>>> demo: the killed attempt (pid {pid}) ended {ended.cause}; its verified checkpoint held "
+        print(f"\n>>> demo: the killed attempt (pid {pid}) ended ({ended.cause}); its verified checkpoint held "
               f"epoch {ended.epochs_after}: the next attempt resumes at epoch {ended.epochs_after + 1} <<<\n",
               flush=True)
         self.reported = True
