@@ -192,8 +192,14 @@ run "$PREFIX/bin/python" -m pip install -q --upgrade pip || echo "   (pip not up
 # A local directory is always rebuilt and reinstalled; dependencies only when needed.
 run "$PREFIX/bin/python" -m pip install "${pip_args[@]}" "$SRC"
 DOC_DIR="$PREFIX/share/doc/yolo-supervisor"
-run install -d -m 0755 "$DOC_DIR"
-run install -m 0644 "$SRC/README.md" "$SRC"/docs/*.md "$DOC_DIR/"
+# The README's relative links (docs/..., docs/img/...) keep working from there.
+run install -d -m 0755 "$DOC_DIR" "$DOC_DIR/docs"
+run install -m 0644 "$SRC/README.md" "$DOC_DIR/"
+run install -m 0644 "$SRC"/docs/*.md "$DOC_DIR/docs/"
+if [ -d "$SRC/docs/img" ]; then
+  run install -d -m 0755 "$DOC_DIR/docs/img"
+  run install -m 0644 "$SRC"/docs/img/* "$DOC_DIR/docs/img/"
+fi
 
 echo "== state directory: $STATE_HOME"
 run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_HOME"

@@ -68,15 +68,19 @@ class _KillOnce:
         self.done = True
 
     def _report_checkpoint(self, daemon: Daemon) -> None:
+        """Once the killed attempt has ended and the next one started: what was really saved and
+        where training picks up (an epoch, or a batch inside one after a mid-epoch save)."""
         if self.reported or self.killed is None:
             return
         number, pid = self.killed
-        ended = next((a for a in daemon.store.attempts("demo") if a.number == number and a.ended_at), None)
-        if ended is None or ended.epochs_after is None:
+        attempts = {a.number: a for a in daemon.store.attempts("demo")}
+        ended, nxt = attempts.get(number), attempts.get(number + 1)
+        if ended is None or ended.ended_at is None or ended.epochs_after is None or nxt is None:
             return
+        batch = getattr(nxt, "batch_before", None) or 0
+        where = f"epoch {nxt.epochs_before + 1}" + (f", batch {batch + 1}" if batch else "")
         print(f"\n>>> demo: the killed attempt (pid {pid}) ended ({ended.cause}); its verified checkpoint held "
-              f"epoch {ended.epochs_after}: the next attempt resumes at epoch {ended.epochs_after + 1} <<<\n",
-              flush=True)
+              f"epoch {ended.epochs_after}; attempt {nxt.number} resumes at {where} <<<\n", flush=True)
         self.reported = True
 
 
