@@ -694,12 +694,13 @@ def checkpoint_every_for(epoch_s: float, fraction: float = 0.1) -> tuple[Optiona
         return None, ("not set: this build's job spec has no `checkpoint_every` key, so yolo-supervisor "
                       "ran with epoch-level checkpoints only")
     wanted = round(epoch_s * fraction, 1)
-    base = {"name": "probe", "train": {"model": "yolov8n.yaml", "data": "/dev/null"}}
+    base = {"name": "probe", "train": {"model": "yolov8n.yaml", "data": "/dev/null", "epochs": 1}}
     for value in (wanted, max(1, int(round(wanted)))):
         try:
             parse_spec({**base, "checkpoint_every": value})
-        except SpecError:
-            continue
+        except SpecError as err:
+            if "checkpoint_every" in str(err):
+                continue
         return value, (f"`checkpoint_every: {value}` (seconds) = {value / epoch_s:.2f} of the baseline's "
                        f"median epoch training time ({epoch_s:.1f} s); aimed at {fraction:.2f}")
     return None, f"not set: the job spec refused checkpoint_every={wanted} and {max(1, int(round(wanted)))}"

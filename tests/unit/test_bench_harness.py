@@ -103,3 +103,13 @@ def test_invalid_rows_are_not_results_in_the_report():
     table = br.scenario_table([out], 40.0)
     assert "**INVALID**" in table and "1.25" not in table
     assert "not counted, INVALID" in br.summary([out]) and "after 0 of 0 interruptions" in br.summary([out])
+
+
+def test_checkpoint_every_is_a_tenth_of_the_epoch_where_the_spec_has_it():
+    from supervisor.jobs.spec import JobSpec
+
+    value, note = br.checkpoint_every_for(26.0)
+    if "checkpoint_every" in JobSpec.model_fields:
+        assert value == 2.6 and "0.10 of the baseline" in note
+    else:
+        assert value is None and "no `checkpoint_every` key" in note
