@@ -206,6 +206,7 @@ class Outcome:
     invalid: Optional[str] = None     # why the row is not a result (a planned interruption did not land)
     landings: list[dict] = field(default_factory=list)
     batches: dict = field(default_factory=dict)  # batch accounting, see batch_accounting()
+    saves: dict = field(default_factory=dict)    # yolo-supervisor's mid-epoch saves, as its child reports them
 
 
 # -- the systems ----------------------------------------------------------------------------------
@@ -249,6 +250,12 @@ class System:
     def stop(self) -> None:
         pids = [m.pid for m in read_markers(self.markers) if m.kind == "start"]
         kill_tree(self.proc.pid if self.proc else None, extra=pids)
+
+    def sample(self) -> None:
+        """Called while the run is watched: what the system itself reports (nothing, here)."""
+
+    def saves(self) -> dict:
+        return {}
 
     DESCRIPTION = "?"
 
@@ -423,6 +430,36 @@ class YoloSupervisor(System):
         finally:
             store.close()
 
+    SAMPLE_S = 0.1
+    _sampled_at = 0.0
+
+    def sample(self) -> None:
+        """Collect the mid-epoch saves the training child reports in its progress file
+        (``last_midepoch``: seconds and bytes of the last save; issue 9), at most every 0.1 s."""
+        now = time.monotonic()
+        if now - self._sampled_at < self.SAMPLE_S:
+            return
+        self._sampled_at = now
+        try:
+            progress = json.loads((self.home / "jobs" / self.JOB / "progress.json").read_text())
+        except (OSError, ValueError):
+            return
+        last = progress.get("last_midepoch") if isinstance(progress, dict) else None
+        if isinstance(last, dict) and last.get("at") is not None:
+            if not hasattr(self, "_saves"):
+                self._saves = {}
+            self._saves[(progress.get("pid"), last["at"])] = last
+
+    def saves(self) -> dict:
+        found = list(getattr(self, "_saves", {}).values())
+        seconds = [float(x["seconds"]) for x in found if x.get("seconds") is not None]
+        sizes = [int(x["size"]) for x in found if x.get("size") is not None]
+        if not found:
+            return {}
+        return {"count": len(found), "median_s": round(statistics.median(seconds), 3) if seconds else None,
+                "max_s": round(max(seconds), 3) if seconds else None, "total_s": round(sum(seconds), 2),
+                "size_bytes": int(statistics.median(sizes)) if sizes else None}
+
     def stop(self) -> None:
         super().stop()
         from supervisor.process.launcher import kill_job_now
@@ -452,6 +489,7 @@ class Runner:
         return time.time() - self.sys.started_at > self.cap_s
 
     def check_done(self) -> bool:
+        self.sys.sample()
         if self.done is None:
             self.done = self.sys.finished()
         return self.done is not None or self.deadline_passed()
@@ -597,6 +635,7 @@ class Runner:
             notes=self.notes + self.error_lines(), invalid=self.validity(bool(completed)),
             landings=[dataclasses.asdict(x) for x in self.landings],
             batches=batch_accounting(ms, self.landings, dataset_images(self.sys.data)),
+            saves=self.sys.saves(),
         )
 
     def hung_status(self, starts: int) -> str:
@@ -737,6 +776,8 @@ def run_one(system_name: str, scenario: str, work: Path, data: Path, missing: Pa
           + (f"; INVALID: {out.invalid}" if out.invalid else ""), flush=True)
     for landing in runner.landings:
         print(f"      {landing.where()}", flush=True)
+    if out.saves:
+        print(f"      mid-epoch saves: {out.saves}", flush=True)
     if out.batches.get("per_interruption"):
         for row in out.batches["per_interruption"]:
             print(f"      epoch {row['epoch']}: {row['batches_twice']} batches trained twice, "
@@ -837,6 +878,27 @@ def long_table(outcomes: list[Outcome], base: Optional[float]) -> str:
             rows.append((head if k == 0 else "| | | | | ") + f"| {row['interruption']} | {at} | {row['batches_twice']} | "
                         f"{never} | {twice_img} | {fmt_latency(o, k)} |")
     return "\n".join(rows)
+
+
+def saves_lines(outcomes: list[Outcome], default_s: float = 600.0) -> str:
+    """What yolo-supervisor's mid-epoch saves cost, as its training child reported each one."""
+    lines = []
+    for o in outcomes:
+        sv = o.saves
+        if not sv or o.invalid:
+            continue
+        train_s = o.wall_s or o.elapsed_s
+        size = f"{sv['size_bytes'] / 2**20:.1f} MiB" if sv.get("size_bytes") else "size not reported"
+        line = (f"- {o.system}, {'baseline' if o.scenario == 'long_baseline' else 'interrupted run'}: "
+                f"{sv['count']} mid-epoch saves, {sv['median_s']} s each (median; max {sv['max_s']} s), {size}; "
+                f"{sv['total_s']} s in all, {sv['total_s'] / train_s:.1%} of the run's {train_s:.0f} s")
+        if sv.get("median_s"):
+            line += f"; at the default interval (10m) one save would be {sv['median_s'] / default_s:.3%} of training time"
+        lines.append(line)
+    if not lines:
+        return ""
+    return "\nMid-epoch saves (from the `last_midepoch` record in the child's progress file, sampled every " \
+           "0.1 s, so a save may be missed when two follow within that):\n\n" + "\n".join(lines) + "\n"
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -984,7 +1046,7 @@ median, {f'{base:.1f} s' if base else 'not measured'}; cap {cap_s:.0f} s), then 
 - **death → next first batch**: as above, for each of the two signals.
 
 {long_table(long_, base)}
-"""
+{saves_lines(long_)}"""
     if outcomes:
         text += f"""
 Notes per run:
