@@ -355,7 +355,10 @@ environment={env}
 
 class YoloSupervisor(System):
     name = "yolo-supervisor"
-    JOB = "bench"
+    # Unique per benchmark process: the daemon finds a job's processes machine-wide by the job's
+    # name (its environment marker) and kills strays before each launch, so two benchmarks (or a
+    # benchmark and a test) with the same job name on one machine would kill each other's training.
+    JOB = f"bench-{os.getpid()}"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -242,6 +242,8 @@ def mode(path: Path) -> int:
 
 def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
     root, users = sandbox
+    # Unique: daemons find a job's processes machine-wide by its name (other tests may run at once).
+    name = f"installed-{users['service'][-6:]}"
     svc, op, outsider = users["service"], users["operator"], users["outsider"]
     prefix, home, unit_dir, bin_dir = root / "opt", root / "state", root / "unit", root / "bin"
     args = [str(INSTALL), "--prefix", str(prefix), "--home", str(home), "--no-start", "--operator", op,
@@ -308,23 +310,23 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
         assert daemon_proc.uids().real == svc_pw.pw_uid and daemon_proc.gids().real == grp.getgrnam(svc).gr_gid
 
         # -- an operator drops a job file and drives it with the installed CLI ----------------------
-        job = {"name": "installed", "train": {
+        job = {"name": name, "train": {
             "model": "yolov8n.yaml", "data": str(data), "epochs": 300, "imgsz": 64, "batch": 8, "workers": 0,
             "device": "cpu", "plots": False, "amp": False, "val": False},
             "restart": {"backoff": {"initial": 0.5, "max": 2, "factor": 2}}}
         inbox = home / "inbox"
-        dropped = as_user(op, "sh", "-c", f'cat > {inbox}/.installed.tmp && mv {inbox}/.installed.tmp {inbox}/installed.yaml',
+        dropped = as_user(op, "sh", "-c", f'cat > {inbox}/.{name}.tmp && mv {inbox}/.{name}.tmp {inbox}/{name}.yaml',
                           input=yaml.safe_dump(job))
         assert dropped.returncode == 0, dropped.stderr
         st = wait_for(lambda: (lambda s: s if s["state"] == "running" and (s.get("epochs_done") or 0) >= 1 else None)(
-            job_status(op, ctl_bin, home, "installed")), 300, interval=1, what="the job running, one epoch saved")
+            job_status(op, ctl_bin, home, name)), 300, interval=1, what="the job running, one epoch saved")
         train_pid = st["pid"]
         assert psutil.Process(train_pid).uids().real == svc_pw.pw_uid  # a service daemon runs jobs as itself
         plain = ctl(op, ctl_bin, home, "status")
-        assert plain.returncode == 0 and "installed" in plain.stdout and "running" in plain.stdout, plain
+        assert plain.returncode == 0 and name in plain.stdout and "running" in plain.stdout, plain
 
         # -- a user outside the group --------------------------------------------------------------
-        for command in (["status"], ["stop", "installed"]):
+        for command in (["status"], ["stop", name]):
             refused = ctl(outsider, ctl_bin, home, *command)
             assert refused.returncode == 6, (command, refused.returncode, refused.stderr)
         # ... even with connect permission granted (a wider mode, as the README describes for
@@ -333,10 +335,10 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
         os.chmod(sock, 0o666)
         try:
             assert ctl(outsider, ctl_bin, home, "status").returncode == 0
-            for command in (["stop", "installed"], ["restart", "installed"], ["remove", "installed"]):
+            for command in (["stop", name], ["restart", name], ["remove", name]):
                 refused = ctl(outsider, ctl_bin, home, *command)
                 assert refused.returncode == 6 and "permission" in refused.stderr.lower(), (command, refused)
-            assert job_status(op, ctl_bin, home, "installed")["pid"] == train_pid
+            assert job_status(op, ctl_bin, home, name)["pid"] == train_pid
         finally:
             os.chmod(home, 0o750)
             os.chmod(sock, 0o660)
@@ -345,7 +347,7 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
         with open(home / "config.yaml", "a") as f:
             f.write("\n# an admin's edit, kept by upgrades\n")
         config_before = (home / "config.yaml").read_text()
-        attempts_before = job_status(op, ctl_bin, home, "installed")["attempts"]
+        attempts_before = job_status(op, ctl_bin, home, name)["attempts"]
         t0 = time.monotonic()
         second = subprocess.run(args, capture_output=True, text=True, timeout=1200)
         upgrade_s = time.monotonic() - t0
@@ -360,24 +362,24 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
         pid = service.start()
         notify.wait("READY", "1", pid, service.timeout_start)
         notify.wait("WATCHDOG", "1", pid, 30)
-        st = job_status(op, ctl_bin, home, "installed")
+        st = job_status(op, ctl_bin, home, name)
         assert st["state"] == "running" and st["pid"] == train_pid, st  # re-adopted, not restarted
         assert st["attempts"] == attempts_before, st
         epochs = st["epochs_done"]
-        wait_for(lambda: job_status(op, ctl_bin, home, "installed")["epochs_done"] > epochs, 300, interval=1,
+        wait_for(lambda: job_status(op, ctl_bin, home, name)["epochs_done"] > epochs, 300, interval=1,
                  what="training progressing under the new daemon")
 
         # -- stop and start as the operator: a resumable save, then a real resume ------------------
-        stopped = ctl(op, ctl_bin, home, "stop", "--wait", "installed", timeout=300)
+        stopped = ctl(op, ctl_bin, home, "stop", "--wait", name, timeout=300)
         assert stopped.returncode == 0, stopped.stderr
-        wait_for(lambda: job_status(op, ctl_bin, home, "installed")["state"] == "stopped", 120, interval=0.5,
+        wait_for(lambda: job_status(op, ctl_bin, home, name)["state"] == "stopped", 120, interval=0.5,
                  what="the job stopped")
         wait_for(lambda: not psutil.pid_exists(train_pid), 60, what="the training process gone")
-        started = ctl(op, ctl_bin, home, "start", "installed")
+        started = ctl(op, ctl_bin, home, "start", name)
         assert started.returncode == 0, started.stderr
         st = wait_for(lambda: (lambda s: s if s["state"] == "running" and s["pid"] != train_pid else None)(
-            job_status(op, ctl_bin, home, "installed")), 300, interval=1, what="the job running again")
-        history = ctl(op, ctl_bin, home, "history", "--json", "installed")
+            job_status(op, ctl_bin, home, name)), 300, interval=1, what="the job running again")
+        history = ctl(op, ctl_bin, home, "history", "--json", name)
         assert history.returncode == 0, history.stderr
         attempts = json.loads(history.stdout)["attempts"]
         assert attempts[-1].get("resumed_from"), attempts[-1]  # resumed, not started fresh
@@ -385,7 +387,7 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
         assert "preempted" in causes or "stopped" in causes, causes
         events = json.dumps(json.loads(history.stdout)["events"])
         assert f"({op})" in events, events[-2000:]  # who did what is recorded by name
-        assert ctl(op, ctl_bin, home, "stop", "--wait", "installed", timeout=300).returncode == 0
+        assert ctl(op, ctl_bin, home, "stop", "--wait", name, timeout=300).returncode == 0
     except BaseException:
         print("daemon log:\n" + service.tail())
         raise
