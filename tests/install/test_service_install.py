@@ -369,6 +369,16 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
         wait_for(lambda: job_status(op, ctl_bin, home, name)["epochs_done"] > epochs, 300, interval=1,
                  what="training progressing under the new daemon")
 
+        # -- systemctl reload: the unit's ExecReload, as its user, with $MAINPID -----------------------
+        notify.messages.clear()
+        reload_cmd = [a.replace("$MAINPID", str(pid)) for a in shlex.split(service_unit["ExecReload"][-1])]
+        reloaded = as_user(svc, *reload_cmd)
+        assert reloaded.returncode == 0, reloaded.stderr
+        notify.wait("RELOADING", "1", pid, 30)
+        notify.wait("READY", "1", pid, 30)
+        wait_for(lambda: "config reloaded" in service.tail(), 30, what="the daemon's 'config reloaded' line")
+        assert job_status(op, ctl_bin, home, name)["pid"] == train_pid
+
         # -- stop and start as the operator: a resumable save, then a real resume ------------------
         stopped = ctl(op, ctl_bin, home, "stop", "--wait", name, timeout=300)
         assert stopped.returncode == 0, stopped.stderr
