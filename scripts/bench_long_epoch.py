@@ -185,6 +185,9 @@ def make(system_name: str, work: Path, data: Path, s: Settings, hook: Path, svd_
     cls = {"loop": Loop, "supervisord": Supervisord, "yolo-supervisor": LongSupervisor}[system_name]
     kwargs = {"bin_dir": svd_bin} if cls is Supervisord else {}
     system = cls(work, data, s, hook, **kwargs)
+    # This checkout's package, not whatever an editable install points at: a benchmark run from a
+    # snapshot (git worktree) measures that snapshot.
+    system.env["PYTHONPATH"] = os.pathsep.join([str(hook), str(Path(__file__).resolve().parents[1])])
     if cls is not LongSupervisor:
         orig = system.train_args
         system.train_args = lambda: [*orig(), "val=False"]
