@@ -30,11 +30,16 @@ MARKERS_ENV = "BENCH_MARKERS"
 
 # Written as sitecustomize.py into a directory put on PYTHONPATH of the training commands
 # (the loop's yolo, supervisord's yolo, yolo-supervisor's child). It appends one line per
-# fact, "KIND PID UNIX_TIME [ARG]", to $BENCH_MARKERS: `start` when a training process
+# fact, "KIND PID UNIX_TIME [ARG...]", to $BENCH_MARKERS: `start` when a training process
 # starts, `epoch N` when epoch N (1-based) starts, `batch1 N` after the first trained batch
-# of the process, `saved N` after each checkpoint save. The callbacks are added to
-# Ultralytics' default callbacks when that module is first imported, so the command a user
-# runs is unchanged, and every system is timed by the same code at the same point.
+# of the process, `saved N` after each checkpoint save, and after every trained batch
+# `b EPOCH I NB FILES`: the batch index I (0-based, as the trainer's loop counts it) of NB in
+# epoch EPOCH and the images of the batch (file stems, comma-separated: batch["im_file"]).
+# The callbacks are added to Ultralytics' default callbacks when that module is first
+# imported, so the command a user runs is unchanged, and every system is timed by the same
+# code at the same point. I and the batch come from the trainer's own loop frame (its locals
+# `i` and `batch`); where that cannot be found, I counts this process's batches in the epoch
+# and FILES is "?".
 SITECUSTOMIZE = r'''
 import os, sys, time
 
@@ -59,16 +64,44 @@ def _is_training():
     return any(a.endswith(b"/yolo") for a in args) or b"supervisor.child.train" in args
 
 
+def _loop_locals():
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_name != "_do_train":
+        f = f.f_back
+    return f.f_locals if f is not None else {}
+
+
+def _stem(path):
+    name = os.path.basename(str(path))
+    return name.rsplit(".", 1)[0] or "?"
+
+
 def _install(default_callbacks):
     first = []
+    count = {}
 
     def on_train_epoch_start(trainer):
+        count.clear()
         _mark("epoch", trainer.epoch + 1)
 
     def on_train_batch_end(trainer):
         if not first:
             first.append(1)
             _mark("batch1", trainer.epoch + 1)
+        epoch = trainer.epoch + 1
+        n = count[epoch] = count.get(epoch, -1) + 1
+        i, files = n, "?"
+        try:
+            loop = _loop_locals()
+            if isinstance(loop.get("i"), int):
+                i = loop["i"]
+            batch = loop.get("batch")
+            if isinstance(batch, dict) and batch.get("im_file") is not None:
+                files = ",".join(_stem(f) for f in batch["im_file"])
+            nb = len(trainer.train_loader)
+        except Exception:
+            nb = -1
+        _mark("b", f"{epoch} {i} {nb} {files}")
 
     def on_model_save(trainer):
         _mark("saved", trainer.epoch + 1)
@@ -116,6 +149,38 @@ class Marker:
     pid: int
     at: float
     arg: Optional[int]
+    rest: tuple[str, ...] = ()   # the fields after ARG (for `b`: I, NB, FILES)
+
+    # `b` markers: one trained batch
+    @property
+    def epoch(self) -> Optional[int]:
+        return self.arg
+
+    @property
+    def index(self) -> Optional[int]:
+        return int(self.rest[0]) if self.kind == "b" and self.rest and self.rest[0].lstrip("-").isdigit() else None
+
+    @property
+    def batches(self) -> Optional[int]:
+        ok = self.kind == "b" and len(self.rest) > 1 and self.rest[1].lstrip("-").isdigit()
+        return int(self.rest[1]) if ok and int(self.rest[1]) > 0 else None
+
+    @property
+    def files(self) -> Optional[list[str]]:
+        if self.kind != "b" or len(self.rest) < 3 or self.rest[2] == "?":
+            return None
+        return self.rest[2].split(",")
+
+
+def _parse(line: str) -> Optional[Marker]:
+    parts = line.split()
+    if len(parts) < 3:
+        return None
+    try:
+        arg = int(parts[3]) if len(parts) > 3 and parts[3].lstrip("-").isdigit() else None
+        return Marker(parts[0], int(parts[1]), float(parts[2]), arg, tuple(parts[4:]))
+    except ValueError:
+        return None
 
 
 def read_markers(path: Path) -> list[Marker]:
@@ -125,11 +190,38 @@ def read_markers(path: Path) -> list[Marker]:
     except FileNotFoundError:
         return out
     for line in lines:
-        parts = line.split()
-        if len(parts) >= 3:
-            arg = int(parts[3]) if len(parts) > 3 and parts[3].lstrip("-").isdigit() else None
-            out.append(Marker(parts[0], int(parts[1]), float(parts[2]), arg))
+        m = _parse(line)
+        if m is not None:
+            out.append(m)
     return out
+
+
+class MarkerReader:
+    """read_markers, incrementally: only the lines appended since the last call are parsed
+    (a long-epoch run writes thousands of `b` lines; the runner polls every few ms)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.markers: list[Marker] = []
+
+    def read(self) -> list[Marker]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.markers
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()  # an unfinished last line waits for the next read
+        for raw in lines:
+            m = _parse(raw.decode(errors="replace"))
+            if m is not None:
+                self.markers.append(m)
+        return self.markers
 
 
 # -- a SIGKILL inside Ultralytics' write of last.pt -------------------------------------------

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -198,6 +198,9 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.RLock()
+        # Called with each event once it is committed (notifications); never for a rolled-back one.
+        self.listeners: list[Callable[[EventRecord], None]] = []
+        self._uncommitted: list[EventRecord] = []
         try:
             self._open()
         except sqlite3.OperationalError:
@@ -299,9 +302,12 @@ class Store:
                 yield
                 self._write("COMMIT")
             except BaseException:
+                self._uncommitted.clear()
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            committed, self._uncommitted = self._uncommitted, []
+        self._announce(committed)
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -402,12 +408,28 @@ class Store:
     # -- events -------------------------------------------------------------
     def add_event(self, job: str, kind: str, reason: str = "", *, from_state: Optional[str] = None,
                   to_state: Optional[str] = None, actor: Optional[str] = None,
-                  data: Optional[dict] = None) -> None:
-        self._exec(
-            "INSERT INTO events (job, at, kind, from_state, to_state, reason, actor, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (job, time.time(), kind, from_state, to_state, reason, actor, json.dumps(data) if data else None),
-        )
+                  data: Optional[dict] = None) -> int:
+        at, text = time.time(), json.dumps(data) if data else None
+        with self._lock:
+            cur = self._exec(
+                "INSERT INTO events (job, at, kind, from_state, to_state, reason, actor, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job, at, kind, from_state, to_state, reason, actor, text),
+            )
+            record = EventRecord(int(cur.lastrowid), job, at, kind, from_state, to_state, reason, actor, text)
+            if self._db.in_transaction:  # told once the transaction commits
+                self._uncommitted.append(record)
+                return record.id
+        self._announce([record])
+        return record.id
+
+    def _announce(self, records: list[EventRecord]) -> None:
+        for record in records:
+            for listener in list(self.listeners):
+                try:
+                    listener(record)
+                except Exception:  # a listener's bug must not undo or hide the write
+                    pass
 
     def last_event_at(self, job: str, kind: str) -> Optional[float]:
         """When the job's newest event of ``kind`` happened; None when there is none."""
@@ -418,3 +440,21 @@ class Store:
         rows = self._query(
             f"SELECT {', '.join(_columns(EventRecord))} FROM events WHERE job = ? ORDER BY id", (job,))
         return [EventRecord(*r) for r in rows]
+
+    def events_after(self, after_id: int, job: Optional[str] = None, limit: int = 500) -> list[EventRecord]:
+        """Events with an id above ``after_id`` (of one job, or all), oldest first: ``events -f``."""
+        where, args = ("id > ? AND job = ?", (after_id, job)) if job else ("id > ?", (after_id,))
+        rows = self._query(f"SELECT {', '.join(_columns(EventRecord))} FROM events WHERE {where}"
+                           " ORDER BY id LIMIT ?", (*args, limit))
+        return [EventRecord(*r) for r in rows]
+
+    def latest_events(self, count: int, job: Optional[str] = None) -> list[EventRecord]:
+        """The newest ``count`` events (of one job, or all), oldest first."""
+        where, args = ("WHERE job = ?", (job,)) if job else ("", ())
+        rows = self._query(f"SELECT {', '.join(_columns(EventRecord))} FROM events {where}"
+                           " ORDER BY id DESC LIMIT ?", (*args, count))
+        return [EventRecord(*r) for r in reversed(rows)]
+
+    def last_event_id(self) -> int:
+        rows = self._query("SELECT MAX(id) FROM events")
+        return int(rows[0][0] or 0)

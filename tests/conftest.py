@@ -213,6 +213,8 @@ def ctl(home: Path | None, *args: str, timeout: float = 60, text: bool = True) -
 
 
 FAKE_TRAINER = Path(__file__).parent / "e2e" / "fake_trainer.py"
+# A dataset YAML whose paths exist (the preflight checks them) for jobs the fake trainer runs.
+FAKE_DATA = Path(__file__).parent / "e2e" / "fake_data" / "data.yaml"
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from supervisor.process.classify import signal_name
 PROG = "yolo-supervisorctl"
 SYSTEM_HOME = Path("/var/lib/yolo-supervisor")
 FOLLOW_INTERVAL_S = 0.5
+NOTIFY_TEST_TIMEOUT_S = 400.0
 BAR_WIDTH = 20
 
 
@@ -67,11 +68,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("name", metavar="NAME")
     s.add_argument("-o", "--output", type=Path, default=None, metavar="FILE.png", help="default ./NAME.png")
 
+    s = sub.add_parser("events", help="the event stream of every job (or NAME): state changes, exits with "
+                                      "causes, snapshots, holds; -f follows it like journalctl -f")
+    s.add_argument("name", nargs="?", metavar="NAME")
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing events as they happen")
+    s.add_argument("-n", "--lines", type=int, default=None,
+                   help="only the newest N events first (default: all; 10 with -f)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    s = sub.add_parser("notify-test", help="send a test notification to every configured target (and NAME's) "
+                                           "and print each target's result")
+    s.add_argument("name", nargs="?", metavar="NAME")
+
     s = sub.add_parser("remove", help="forget a job that is not running (files are kept)")
     s.add_argument("name", metavar="NAME")
     s.add_argument("--purge", action="store_true", help="also delete HOME/jobs/NAME (logs, runs, checkpoints)")
     args = p.parse_args(argv)
-    if getattr(args, "lines", 0) < 0:
+    if (getattr(args, "lines", 0) or 0) < 0:
         p.error("-n must be 0 or more")
     return args
 
@@ -225,9 +238,40 @@ def cmd_plot(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(conn: Connection, args: argparse.Namespace) -> int:
+    """All events (paged), or the newest ``-n``; with ``-f`` poll for new ones after the cursor."""
+    last = args.lines if args.lines is not None else (10 if args.follow else None)
+    query: dict[str, Any] = {"name": args.name} if args.name else {}
+    page = call(conn, "events", **query, **({"last": last} if last is not None else {"after_id": 0}))
+    while True:
+        for event in page["events"]:
+            print(json.dumps(event) if args.json else event_line(event))
+        sys.stdout.flush()
+        if not page["more"] and not args.follow:
+            return 0
+        if not page["more"]:
+            time.sleep(FOLLOW_INTERVAL_S)
+        page = call(conn, "events", **query, after_id=page["cursor"])
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """``2026-12-01 21:10:00  coco  state running->backoff: attempt 1: killed: SIGKILL ... [uid 0 (root)]``."""
+    move = f" {e['from_state'] or ''}->{e['to_state']}" if e["to_state"] else ""
+    who = f" [{e['actor']}]" if e["actor"] else ""
+    return f"{clock(e['at'])}  {e['job']}  {e['kind']}{move}: {e['reason'] or ''}{who}"
+
+
+def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:
+    conn.sock.settimeout(NOTIFY_TEST_TIMEOUT_S)  # the daemon answers once every target has answered
+    results = call(conn, "notify-test", **({"name": args.name} if args.name else {}))
+    for r in results:
+        print(f"{r['target']}: {'ok' if r['ok'] else 'FAILED: ' + r['message']}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
-            "plot": cmd_plot}
+            "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test}
 
 
 # -- rendering ------------------------------------------------------------------------

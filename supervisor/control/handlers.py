@@ -7,6 +7,7 @@ the loop. A handler returns plain JSON-able data or raises ``RequestError``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -44,13 +45,22 @@ class Handler:
     mutates: bool  # only root, the daemon's user and the socket group may call it
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A handler's answer that takes time (a network send): ``wait`` runs on the connection's
+    thread after the handler returned, so the loop is not held up."""
+
+    wait: Callable[[], Any]
+
+
 def dispatch(daemon: "Daemon", req: Request, peer: "Peer", timeout: float = 30.0) -> Any:
     """Run the request's handler on the loop thread; errors come back as ``RequestError``."""
     handler = HANDLERS.get(req.cmd)
     if handler is None:
         raise RequestError(ErrorCode.USAGE, f"unknown command {req.cmd!r}")
     try:
-        return daemon.call(lambda: handler.fn(daemon, req.args, peer), timeout=timeout)
+        result = daemon.call(lambda: handler.fn(daemon, req.args, peer), timeout=timeout)
+        return result.wait() if isinstance(result, Deferred) else result
     except RequestError:
         raise
     except SpecError as err:
@@ -207,6 +217,55 @@ def _reading_log(daemon: "Daemon", job: JobRecord):
                            f"{err.strerror or err}") from None
 
 
+EVENTS_PER_RESPONSE = 500  # well under the message limit, reasons being one line each
+
+
+def events(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Events of every job (or one), oldest first: those after ``after_id``, else the ``last`` N
+    newest (all of them when neither is given); ``cursor`` is the id to follow from."""
+    name = _job(daemon, args).name if args.get("name") is not None else None
+    if args.get("after_id") is not None or args.get("last") is None:
+        after = _int_arg(args, "after_id", 0)
+        rows = daemon.store.events_after(after, name, EVENTS_PER_RESPONSE)
+        more = len(rows) == EVENTS_PER_RESPONSE
+    else:
+        after = daemon.store.last_event_id()
+        rows = daemon.store.latest_events(min(_int_arg(args, "last", 10), EVENTS_PER_RESPONSE), name)
+        more = False
+    return {"events": [_event_row(e) for e in rows], "cursor": rows[-1].id if rows else after, "more": more}
+
+
+def _event_row(e) -> dict[str, Any]:
+    row = dataclasses.asdict(e)
+    row["data"] = json.loads(e.data) if e.data else None
+    return row
+
+
+NOTIFY_TEST_WAIT_S = 330.0  # the longest a single try may take (timeout_s <= 300), and some
+
+
+def notify_test(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> Deferred:
+    """Send a test message to the daemon's targets (and job NAME's); each target's result."""
+    name = _job(daemon, args).name if args.get("name") is not None else None
+    sent = daemon.notifications.test(name)
+    if not sent:
+        where = "config.yaml" + (f" or {name}'s job file" if name else "")
+        raise RequestError(ErrorCode.WRONG_STATE, f"no notification targets: set notify.urls in {where}")
+    daemon.log.info("test notification", actor=peer.actor, job=name, targets=[label for label, _ in sent])
+    wait_s = min(NOTIFY_TEST_WAIT_S, daemon.config.notify.timeout_s + 30)
+
+    def results() -> list[dict[str, Any]]:
+        out = []
+        for label, fut in sent:
+            try:
+                ok, message = fut.result(timeout=wait_s)
+            except concurrent.futures.TimeoutError:
+                ok, message = False, f"no result within {wait_s:g}s (earlier messages still queued for it)"
+            out.append({"target": label, "ok": ok, "message": message})
+        return out
+    return Deferred(results)
+
+
 # -- mutating requests -------------------------------------------------------------
 def submit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Add a job from the text of a job file; the training runs as the submitting user."""
@@ -316,6 +375,8 @@ HANDLERS: dict[str, Handler] = {
     "results": Handler(results, mutates=False),
     "tail": Handler(tail, mutates=False),
     "log": Handler(log, mutates=False),
+    "events": Handler(events, mutates=False),
+    "notify-test": Handler(notify_test, mutates=True),  # sends to real targets: not for everyone
     "submit": Handler(submit, mutates=True),
     "stop": Handler(stop, mutates=True),
     "start": Handler(start, mutates=True),

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from pathlib import Path
 from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from supervisor.observe.logging import get_logger
+from supervisor.observe.notify import NotifySettings
 
 
 METRICS_DEFAULT_HOST = "127.0.0.1"
@@ -39,6 +44,10 @@ class DaemonConfig(BaseModel):
                                                             "127.0.0.1); off when unset")
     metrics_textfile_dir: Optional[str] = Field(None, description="node_exporter textfile directory; off when unset")
     log_level: str = "info"
+    preflight_recheck_s: float = Field(30.0, gt=0, description="how often a job held for a missing path "
+                                                               "is checked again")
+    notify: NotifySettings = Field(default_factory=NotifySettings,
+                                   description="notifications through apprise (docs in configs/daemon.yaml)")
 
     @field_validator("log_level")
     @classmethod
@@ -65,6 +74,33 @@ def load_config(path: Path) -> DaemonConfig:
         return DaemonConfig()
     try:
         data = yaml.safe_load(path.read_text()) or {}
-        return DaemonConfig.model_validate(data)
+        config = DaemonConfig.model_validate(data)
     except (yaml.YAMLError, ValidationError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{path}: {_without_input(err)}") from None
+    if config.notify.urls:
+        _keep_private(path)
+    return config
+
+
+def _without_input(err: Exception) -> str:
+    """pydantic's message minus the offending values: a notification URL is a secret."""
+    if not isinstance(err, ValidationError):
+        return str(err)
+    problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in err.errors()]
+    return "; ".join(problems)
+
+
+def _keep_private(path: Path) -> None:
+    """Notification URLs are secrets: a config.yaml holding them is made 0600 (the daemon's user
+    owns it); one the daemon cannot make private is refused."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as err:
+        raise ValueError(f"{path}: holds notification URLs (secrets) but is mode {mode:04o} and cannot be "
+                         f"made 0600 ({err.strerror}); chmod 600 it") from None
+    get_logger().warning("config.yaml holds notification URLs: mode tightened to 0600", path=str(path),
+                         old_mode=f"{mode:04o}")

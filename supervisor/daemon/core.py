@@ -24,10 +24,13 @@ from typing import Any, Callable, Optional
 from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
-from supervisor.daemon.resume import best_verified, last_pt, midepoch_pt, prepare_resume
+from supervisor.daemon import preflight
+from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, last_pt, midepoch_pt,
+                                      prepare_resume)
 from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
+from supervisor.observe.notify import Notifications
 from supervisor.paths import Home
 from supervisor.policy import Action, AttemptEnd, Budget, decide
 from supervisor.probes.progress import ProgressFiles, stall_verdict
@@ -86,6 +89,8 @@ class Daemon:
         self.ending: dict[str, Running] = {}
         self.retry_at: dict[str, float] = {}  # job -> monotonic time before which a failed step waits
         self._snapshot_retry_at: dict[str, float] = {}
+        # Jobs held because a path is missing or a checkpoint is not theirs: job -> when to look again.
+        self.preflight_holds: dict[str, float] = {}
         self.progress_files = ProgressFiles()
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -95,6 +100,7 @@ class Daemon:
         self.reload_requested = False
         self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
         self._backup_due = 0.0  # monotonic; the first tick takes one
+        self.notifications = Notifications(self)  # listens on the store; sends off the loop
 
     # -- the one choke point for state changes ----------------------------
     def transition(self, name: str, new: JobState, reason: str, actor: Optional[str] = None,
@@ -208,6 +214,7 @@ class Daemon:
         for run in self.running.values():
             run.child.close()
         self.running.clear()
+        self.notifications.close()
         try:
             self.store.backup()  # the copy the recovery hint for a damaged database points at
         except Exception as exc:  # a full disk: the database itself is fine
@@ -222,7 +229,7 @@ class Daemon:
         steps: list[Callable[[], Any]] = [
             lambda: launcher.reap_orphans({r.child.pid for r in self.running.values()}),
             self._keep_state_file, self._watch_all, self._retry_attempt_ends, self._pick_up_lost_jobs,
-            self.route_gpu_events, self.release_healthy_holds, self.start_due_jobs,
+            self.route_gpu_events, self.release_healthy_holds, self.recheck_preflight_holds, self.start_due_jobs,
             *(functools.partial(hook, self) for hook in self.hooks),
         ]
         for step in steps:
@@ -306,12 +313,16 @@ class Daemon:
         if self.store.get_job(spec.name) is not None:
             raise SpecError(source, [f"name: a job named '{spec.name}' already exists"])
         uid, gid = self._owner_ids(owner, source)
+        archived = self._archive_leftovers(spec.name, actor)
         self.home.ensure_job(spec.name)
         with self.store.transaction():  # StoreError (a full disk): no job, and on_accept is undone by its caller
             self.store.add_job(spec.name, spec_to_yaml(spec), S.QUEUED.value, source=source,
                                owner_uid=uid, owner_gid=gid)
             self.store.add_event(spec.name, "submitted", f"from {source}", to_state=S.QUEUED.value,
                                  actor=actor)
+            if archived is not None:
+                self.store.add_event(spec.name, "submitted", f"files of an earlier job named {spec.name} were "
+                                     f"moved to {archived}; this job starts from nothing of theirs", actor=actor)
             if on_accept is not None:
                 on_accept()
         self.log.info("submitted", job=spec.name, source=source, actor=actor)
@@ -335,6 +346,22 @@ class Daemon:
     def as_owner(self, name: str):
         """File operations inside the job's directories run as its user (see supervisor.safefs)."""
         return safefs.as_user(self.job_identity(self.store.get_job(name)))
+
+    def _archive_leftovers(self, name: str, actor: Optional[str]) -> Optional[Path]:
+        """A removed job's files (``remove`` without ``--purge``) must never become a new job's
+        checkpoints, vault, results or progress: they move to jobs/.removed/ before the new job exists."""
+        old = self.home.job_dir(name)
+        if not os.path.lexists(old):
+            return None
+        archive = self.home.root / "jobs" / ".removed"
+        archive.mkdir(exist_ok=True)
+        target = archive / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while os.path.lexists(target):
+            target, n = archive / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}.{n}", n + 1
+        os.rename(old, target)  # renames the entry itself: a link is moved, never followed
+        self.log.info("archived the files of an earlier job", job=name, to=str(target), actor=actor)
+        return target
 
     def spec(self, name: str) -> JobSpec:
         """The job's stored spec; ``SpecError`` when it no longer validates (e.g. an Ultralytics
@@ -369,6 +396,13 @@ class Daemon:
             return
         if not self._devices_ready(name, spec, actor):
             return
+        blocker = self.launch_blocker(job, spec)
+        if blocker is not None:
+            self.preflight_holds[name] = time.monotonic() + self.config.preflight_recheck_s
+            self.event(name, "preflight", blocker, actor)
+            self.transition(name, S.HELD, blocker, actor)
+            return
+        self.preflight_holds.pop(name, None)
         self.home.ensure_job(name)
         self._kill_strays(name)
         attempt = job.attempts + 1
@@ -386,6 +420,45 @@ class Daemon:
             self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
             return
         self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor)
+
+    def launch_blocker(self, job: JobRecord, spec: JobSpec) -> Optional[str]:
+        """Why the next attempt must not start (a missing path, another run's checkpoint), or None.
+
+        Reads only; the files are changed by prepare_resume once nothing blocks."""
+        run_dir = Path(job.run_dir) if job.run_dir else None
+        with self.as_owner(job.name):  # the run directory is the job user's: read it as them
+            choice = choose(run_dir, self.vault(job.name, spec))
+        if choice.finished:
+            return None
+        best = choice.state
+        if best is not None:
+            mismatch = checkpoint_mismatch(best.train_args, spec.train, run_dir)
+            if mismatch:
+                return (f"{best.path} is not this job's checkpoint: {mismatch}; it is never resumed from "
+                        "(move it away, or submit the job under another name)")
+        identity = self.job_identity(job)  # the account's own group, not one stored from a file
+        owner = (identity.uid, identity.gid) if identity is not None else None
+        model = None if best is not None else str(spec.train["model"])
+        check = preflight.check(str(spec.train["data"]), model, job.name, owner)
+        return None if check.ok else check.reason
+
+    def recheck_preflight_holds(self) -> None:
+        """A job held for a missing path is queued again once the path is back (an NFS mount after a reboot)."""
+        now = time.monotonic()
+        for name, due in list(self.preflight_holds.items()):
+            job = self.store.get_job(name)
+            if job is None or job.state != S.HELD.value:
+                self.preflight_holds.pop(name, None)
+                continue
+            if due > now:
+                continue
+            blocker = self.launch_blocker(job, self.spec(name))
+            if blocker is None:
+                self.preflight_holds.pop(name, None)
+                self.event(name, "preflight", "what the job needs is there again")
+                self.transition(name, S.QUEUED, "preflight passed: what the job needs is there again")
+            else:
+                self.preflight_holds[name] = now + self.config.preflight_recheck_s
 
     def _kill_strays(self, name: str) -> None:
         """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
@@ -445,7 +518,9 @@ class Daemon:
         train = dict(spec.train)
         train.setdefault("project", str(self.home.job_runs(name)))
         train.setdefault("name", "train")
-        overrides: dict[str, Any] = {"device": spec.device}
+        # data: a resume reads the job's dataset, not the one the checkpoint recorded (Ultralytics
+        # allows this override), so a moved dataset is fixed by fixing the job.
+        overrides: dict[str, Any] = {"device": spec.device, "data": str(spec.train["data"])}
         for key in ("workers", "imgsz"):
             if key in spec.train:
                 overrides[key] = spec.train[key]
@@ -729,7 +804,7 @@ class Daemon:
     def release_healthy_holds(self) -> None:
         """A job held for its devices leaves ``held`` by itself once they are healthy again."""
         for job, spec in self.valid_specs():
-            if job.state != S.HELD.value:
+            if job.state != S.HELD.value or job.name in self.preflight_holds:
                 continue
             if not self.health.unhealthy_reasons(spec):
                 self.event(job.name, "gpu", "devices healthy again")

@@ -1,4 +1,4 @@
-"""The embedded demo: a real CPU training, SIGKILLed after epoch 2, resumed, completed.
+"""The embedded demo: a real CPU training, SIGKILLed once it has saved epoch 2, resumed, completed.
 
 Shows what the daemon is for in about a minute, with nothing downloaded.
 """
@@ -39,27 +39,56 @@ def run_demo(home_dir: Path | None = None, epochs: int = 5, kill_after_epoch: in
 
 
 class _KillOnce:
-    """Housekeeping hook: SIGKILL the training child once it has saved ``after`` epochs."""
+    """Housekeeping hook: SIGKILL the training child once it has saved ``after`` epochs.
+
+    The daemon sees a save at its next tick, and training goes on meanwhile, so the killed
+    attempt may have saved another epoch before the signal lands. What it really saved is
+    known once the daemon has verified its checkpoint at the attempt's end (``epochs_after``,
+    the figure ``history`` shows): that is what the demo reports.
+    """
 
     def __init__(self, after: int):
         self.after, self.done = after, False
+        self.killed: tuple[int, int] | None = None  # (attempt number, pid)
+        self.reported = False
 
     def __call__(self, daemon: Daemon) -> None:
+        if self.done:
+            self._report_checkpoint(daemon)
+            return
         run = daemon.running.get("demo")
         job = daemon.store.get_job("demo")
-        if self.done or run is None or job.epochs_done < self.after:
+        if run is None or job.epochs_done < self.after:
             return
-        print(f"\n>>> demo: SIGKILL to the training process (pid {run.child.pid}) after epoch "
-              f"{job.epochs_done} <<<\n", flush=True)
+        attempt = daemon.store.attempts("demo")[-1]
+        print(f"\n>>> demo: SIGKILL to the training process (pid {run.child.pid}, attempt {attempt.number}); "
+              f"the daemon had seen epoch {job.epochs_done} saved <<<\n", flush=True)
         run.child.popen.send_signal(signal.SIGKILL)
+        self.killed = (attempt.number, run.child.pid)
         self.done = True
+
+    def _report_checkpoint(self, daemon: Daemon) -> None:
+        """Once the killed attempt has ended and the next one started: what was really saved and
+        where training picks up (an epoch, or a batch inside one after a mid-epoch save)."""
+        if self.reported or self.killed is None:
+            return
+        number, pid = self.killed
+        attempts = {a.number: a for a in daemon.store.attempts("demo")}
+        ended, nxt = attempts.get(number), attempts.get(number + 1)
+        if ended is None or ended.ended_at is None or ended.epochs_after is None or nxt is None:
+            return
+        batch = getattr(nxt, "batch_before", None) or 0
+        where = f"epoch {nxt.epochs_before + 1}" + (f", batch {batch + 1}" if batch else "")
+        print(f"\n>>> demo: the killed attempt (pid {pid}) ended ({ended.cause}); its verified checkpoint held "
+              f"epoch {ended.epochs_after}; attempt {nxt.number} resumes at {where} <<<\n", flush=True)
+        self.reported = True
 
 
 def _report(daemon: Daemon, home: Home) -> int:
     job = daemon.store.get_job("demo")
     print(f"\njob demo: {job.state} ({job.state_reason})")
     for a in daemon.store.attempts("demo"):
-        print(f"  attempt {a.number}: pid {a.pid} cause {a.cause} epochs {a.epochs_before} -> {a.epochs_after}"
+        print(f"  attempt {a.number}: pid {a.pid} cause {a.cause} epochs saved {a.epochs_before} -> {a.epochs_after}"
               f"{'  resumed from ' + a.resumed_from if a.resumed_from else ''}")
     if job.run_dir:
         epochs = results_csv.read_epochs(Path(job.run_dir) / "results.csv")

@@ -31,6 +31,7 @@ class ResumePlan:
     finished: bool = False          # last.pt is stripped: Ultralytics finished the job
     notes: list[str] = field(default_factory=list)  # what was done, for the job's events
     batch: int = 0                  # batches of the next epoch already in the state (mid-epoch)
+    train_args: Optional[dict] = None  # the state's own train arguments (for the mismatch guard)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -61,14 +62,39 @@ def best_verified(run_dir: Optional[Path], vault: CheckpointVault) -> tuple[Opti
     return _newest(candidates), False
 
 
+@dataclass
+class Choice:
+    """What the next attempt would resume from, decided without changing any file."""
+
+    state: Optional[CheckpointInfo]   # the state furthest along (on disk, or a vault copy)
+    from_vault: bool                  # the state is a vault copy: it must be restored first
+    last: Optional[CheckpointInfo]    # RUN/weights/last.pt as verified now
+    mid: Optional[CheckpointInfo]     # RUN/weights/midepoch.pt as verified now
+    finished: bool = False            # last.pt is stripped: the training is over
+
+
+def choose(run_dir: Optional[Path], vault: CheckpointVault) -> Choice:
+    """The state a resume takes: the one furthest along; on a tie the file in place, not its copy."""
+    if run_dir is None:
+        return Choice(None, False, None, None)
+    last = verified(last_pt(run_dir), vault)
+    if last.kind is CkptKind.FINISHED:
+        return Choice(None, False, last, None, finished=True)
+    mid = verified(midepoch_pt(run_dir), vault)
+    on_disk, copy = _newest([mid, last]), vault.newest()
+    if on_disk is not None and (copy is None or on_disk.position >= copy.position):
+        return Choice(on_disk, False, last, mid)
+    return Choice(copy, copy is not None, last, mid)
+
+
 def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int) -> ResumePlan:
     """Make ``run_dir`` resumable from its newest verified state, or say it must start fresh."""
     if run_dir is None:
         return ResumePlan(None, 0, notes=["first start: no run directory yet"])
-    last = verified(last_pt(run_dir), vault)
-    if last.kind is CkptKind.FINISHED:
-        return ResumePlan(None, 0, finished=True, notes=[f"{last.path} is a finished (stripped) checkpoint"])
-    plan = _use_or_restore(run_dir, last, verified(midepoch_pt(run_dir), vault), vault)
+    choice = choose(run_dir, vault)
+    if choice.finished:
+        return ResumePlan(None, 0, finished=True, notes=[f"{choice.last.path} is a finished (stripped) checkpoint"])
+    plan = _use_or_restore(run_dir, choice, vault)
     if plan.resume_from is not None:
         removed = results_csv.trim_after(
             Path(run_dir) / "results.csv", plan.epochs_done,
@@ -88,18 +114,16 @@ def _newest(infos: list[Optional[CheckpointInfo]]) -> Optional[CheckpointInfo]:
     return best
 
 
-def _use_or_restore(run_dir: Path, last: CheckpointInfo, mid: CheckpointInfo,
-                    vault: CheckpointVault) -> ResumePlan:
-    on_disk = _newest([mid, last])
-    copy = vault.newest()
-    if on_disk is not None and (copy is None or on_disk.position >= copy.position):
-        return _plan(on_disk, [f"verified {on_disk.path.name}: {on_disk.where()}"])
-    if copy is not None:
-        target = midepoch_pt(run_dir) if copy.midepoch else last_pt(run_dir)
-        bad = mid if copy.midepoch else last
-        why = bad.problem or (f"older than the verified copy ({bad.where()} < {copy.where()})"
+def _use_or_restore(run_dir: Path, choice: Choice, vault: CheckpointVault) -> ResumePlan:
+    state, last, mid = choice.state, choice.last, choice.mid
+    if state is not None and not choice.from_vault:
+        return _plan(state, [f"verified {state.path.name}: {state.where()}"])
+    if state is not None:
+        target = midepoch_pt(run_dir) if state.midepoch else last_pt(run_dir)
+        bad = mid if state.midepoch else last
+        why = bad.problem or (f"older than the verified copy ({bad.where()} < {state.where()})"
                               if bad.is_resumable else "not resumable")
-        restored = vault.restore_to(target, copy)
+        restored = vault.restore_to(target, state)
         if restored is not None:
             return _plan(restored, [f"{target.name} {bad.kind.value}: {why}; restored verified copy of "
                                     f"{restored.where()}"])
@@ -110,4 +134,41 @@ def _use_or_restore(run_dir: Path, last: CheckpointInfo, mid: CheckpointInfo,
 
 def _plan(info: CheckpointInfo, notes: list[str]) -> ResumePlan:
     done, batch = info.position
-    return ResumePlan(info.path, done, notes=notes, batch=batch)
+    return ResumePlan(info.path, done, notes=notes, batch=batch, train_args=info.train_args)
+
+
+def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: Optional[Path]) -> Optional[str]:
+    """Why a checkpoint is not this job's (another run's last.pt copied in by hand), or None.
+
+    Compared: where the run lives (Ultralytics resumes *into* the checkpoint's own save_dir), the
+    model (after a resume Ultralytics records the resumed file itself, inside the run's weights),
+    the task, the dataset, imgsz and epochs.
+    """
+    if not train_args:
+        return None
+    found = []
+    saved_in = train_args.get("save_dir")
+    if run_dir is not None and isinstance(saved_in, str) and _norm(saved_in) != _norm(str(run_dir)):
+        found.append(f"it belongs to the run in {saved_in}, not {run_dir}")
+    model = train_args.get("model")
+    own_weights = run_dir is not None and isinstance(model, str) and _norm(str(Path(model).parent)) == \
+        _norm(str(Path(run_dir) / "weights"))
+    if isinstance(model, str) and model != spec_train.get("model") and not own_weights:
+        found.append(f"model {model} (the job's: {spec_train.get('model')})")
+    for key, default in (("task", "detect"), ("data", None), ("imgsz", 640), ("epochs", None)):
+        want, got = spec_train.get(key, default), train_args.get(key)
+        if got is not None and want is not None and not _same(key, got, want):
+            found.append(f"{key} {got} (the job's: {want})")
+    return "; ".join(found) or None
+
+
+def _same(key: str, got, want) -> bool:
+    if key == "data":
+        return _norm(str(got)) == _norm(str(want)) or Path(str(got)).name == str(want)
+    return got == want
+
+
+def _norm(path: str) -> str:
+    import os
+
+    return os.path.normpath(os.path.abspath(path))

@@ -12,10 +12,12 @@ import importlib.util
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from supervisor.observe.notify import JobNotify
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_SPEC_BYTES = 64 * 1024
@@ -104,6 +106,7 @@ class JobSpec(_Strict):
     on_oom: Literal["retry", "reduce_batch"] = "retry"
     min_batch: int = Field(2, ge=1, description="floor for on_oom: reduce_batch")
     keep_checkpoints: int = Field(2, ge=1, description="verified copies kept outside weights/")
+    notify: Optional[JobNotify] = Field(None, description="more notification targets, events to report")
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod

@@ -14,11 +14,11 @@ import yaml
 
 from supervisor.store import Store
 from tests.accounts import account  # noqa: F401 - fixture
-from tests.conftest import cpu_job, ctl, wait_for, wait_socket
+from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
 
 
 def fake_job(name: str, **extra) -> dict:
-    return cpu_job(name, Path("/nonexistent/data.yaml"), epochs=2, **extra)
+    return cpu_job(name, FAKE_DATA, epochs=2, **extra)
 
 
 def submit(daemon, tmp_path: Path, spec: dict) -> None:

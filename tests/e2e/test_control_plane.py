@@ -25,7 +25,7 @@ import yaml
 from supervisor.child.progress import read_json
 from supervisor.control import cli
 from supervisor.process.launcher import job_processes
-from tests.conftest import cpu_job, ctl, wait_for, wait_socket
+from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
 
 NOBODY = 65534
 
@@ -67,7 +67,7 @@ def gone(pid: int) -> bool:
 
 
 def fake_job(name: str, **extra) -> dict:
-    return cpu_job(name, Path("/nonexistent/data.yaml"), epochs=2, **extra)
+    return cpu_job(name, FAKE_DATA, epochs=2, **extra)
 
 
 # -- a real training, driven only through the CLI ----------------------------------------

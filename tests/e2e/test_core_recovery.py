@@ -62,13 +62,34 @@ def test_truncated_last_pt_is_restored_from_the_verified_copy(daemon, dataset):
     assert_every_epoch_once(job, 5)
 
 
-def test_missing_dataset_is_a_config_error_and_not_retried(daemon, tmp_path):
+def test_a_dataset_without_images_is_a_config_error_and_not_retried(daemon, tmp_path):
     daemon.start()
-    missing = tmp_path / "nowhere" / "data.yaml"
-    daemon.drop(cpu_job("nodata", missing, epochs=2))
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    data = empty / "data.yaml"
+    data.write_text(f"path: {empty}\ntrain: images\nval: images\nnames: {{0: thing}}\n")
+    daemon.drop(cpu_job("nodata", data, epochs=2))
     job = daemon.wait_state("nodata", "failed", timeout=120)
     attempts = daemon.attempts("nodata")
     assert len(attempts) == 1
     assert attempts[0].cause == "config_error"
     assert "not retried" in job.state_reason
-    assert str(missing.name) in attempts[0].detail, attempts[0].detail
+
+
+def test_a_missing_dataset_holds_the_job_without_an_attempt_until_it_appears(daemon, dataset, tmp_path):
+    """An NFS mount not back yet after a reboot: nothing is spawned, no budget used, no failure."""
+    (daemon.home).mkdir(parents=True, exist_ok=True)
+    (daemon.home / "config.yaml").write_text("preflight_recheck_s: 0.5\n")
+    later = tmp_path / "mount"
+    data = later / "data.yaml"
+    daemon.start()
+    daemon.drop(cpu_job("nfs", data, epochs=2))
+    job = daemon.wait_state("nfs", "held", timeout=60)
+    assert str(data) in job.state_reason and "edit nfs data=" in job.state_reason
+    assert daemon.attempts("nfs") == []
+    import shutil
+
+    shutil.copytree(dataset.parent, later)                    # the mount comes back
+    data.write_text(dataset.read_text().replace(str(dataset.parent), str(later)))
+    job = daemon.wait_state("nfs", "completed", timeout=300)
+    assert [a.cause for a in daemon.attempts("nfs")] == ["completed"] and job.crash_restarts == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import cpu_job, wait_for
+from tests.conftest import FAKE_DATA, cpu_job, wait_for
 
 SETTLE_S = 1.0  # supervisor.control.watcher.SETTLE_S
 
@@ -22,7 +22,7 @@ def fake(fake_daemon):
 
 
 def job(name: str) -> dict:
-    return cpu_job(name, Path("/nonexistent/data.yaml"), epochs=2)
+    return cpu_job(name, FAKE_DATA, epochs=2)
 
 
 def inbox(d) -> Path:

@@ -2,7 +2,7 @@
 
 Epochs here are long enough to be interrupted inside (30 batches of 8 generated 64 px images), and
 ``checkpoint_every`` is about a quarter of an epoch. Which images each attempt trained comes from
-inside the training process (tests/e2e/batch_trace), never from the daemon's own account.
+inside the training process (scripts/batch_trace), never from the daemon's own account.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from supervisor.demo import make_dataset
 from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
 from tests.conftest import cpu_job, ctl, offline_env, wait_for, wait_socket
 
-TRACE_DIR = Path(__file__).parent / "batch_trace"
+TRACE_DIR = Path(__file__).resolve().parents[2] / "scripts" / "batch_trace"
 IMAGES, BATCH = 240, 8
 BATCHES = IMAGES // BATCH  # per epoch (the generated set keeps all 240 for training)
 

@@ -12,13 +12,13 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import DaemonProcess, ctl, cpu_job, kill_job_processes, wait_for, wait_socket
+from tests.conftest import FAKE_DATA, DaemonProcess, ctl, cpu_job, kill_job_processes, wait_for, wait_socket
 
 STUBBORN = Path(__file__).parent / "stubborn_trainer.py"
 
 
 def job_file(tmp_path: Path, name: str, grace: float = 60) -> Path:
-    spec = cpu_job(name, Path("/nonexistent/data.yaml"), epochs=2, health={"stop_grace": grace})
+    spec = cpu_job(name, FAKE_DATA, epochs=2, health={"stop_grace": grace})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -101,7 +101,7 @@ def test_restart_of_a_job_in_backoff_waits_for_a_free_slot(daemon, tmp_path, mon
     (daemon.home / "config.yaml").write_text("max_running: 1\n")
     daemon.start()
     wait_socket(daemon)
-    slow = cpu_job("b", Path("/nonexistent/data.yaml"), epochs=2)
+    slow = cpu_job("b", FAKE_DATA, epochs=2)
     slow["restart"] = {"backoff": {"initial": 300, "max": 300, "factor": 2}}
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(slow))

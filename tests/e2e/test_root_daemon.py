@@ -17,7 +17,7 @@ import pytest
 
 from supervisor.control.protocol import Request, connect
 from tests.accounts import SYSTEM_PYTHON, Account, account, open_dir, root_secret  # noqa: F401 - fixtures
-from tests.conftest import FAKE_TRAINER, DaemonProcess, ctl, kill_job_processes, wait_for, wait_socket
+from tests.conftest import FAKE_DATA, FAKE_TRAINER, DaemonProcess, ctl, kill_job_processes, wait_for, wait_socket
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def drop_as(daemon: DaemonProcess, acct: Account, name: str, group: int = 0, max
     """The account drops a job file; its group is one the account is not in (a setgid inbox does that)."""
     inbox = daemon.home / "inbox"
     tmp = inbox / f".{name}.tmp"
-    tmp.write_text(json.dumps({"name": name, "train": {"model": "yolov8n.yaml", "data": "/nonexistent/data.yaml",
+    tmp.write_text(json.dumps({"name": name, "train": {"model": "yolov8n.yaml", "data": str(FAKE_DATA),
                                                         "epochs": 2, "device": "cpu"},
                                "restart": {"max_restarts": max_restarts,
                                            "backoff": {"initial": 0.2, "max": 1, "factor": 2}}}))

@@ -17,7 +17,7 @@ from supervisor.daemon.core import Daemon
 from supervisor.observe.metrics import MetricsService
 from supervisor.paths import Home
 from supervisor.probes.gpu import FakeGpuProbe
-from tests.conftest import cpu_job, wait_for, wait_socket
+from tests.conftest import FAKE_DATA, cpu_job, wait_for, wait_socket
 
 NAMES = {  # every family a scrape must have, with its type
     "yolo_supervisor_up": "gauge", "yolo_supervisor_jobs": "gauge", "yolo_supervisor_job_state": "gauge",
@@ -120,7 +120,7 @@ def test_daemon_serves_metrics_and_writes_the_textfile(fake_daemon, tmp_path):
     (fake_daemon.home / "config.yaml").write_text(f"metrics_address: ':{port}'\nmetrics_textfile_dir: {textdir}\n")
     fake_daemon.start()
     wait_socket(fake_daemon)
-    fake_daemon.drop(cpu_job("m", Path("/nonexistent/data.yaml"), epochs=3))
+    fake_daemon.drop(cpu_job("m", FAKE_DATA, epochs=3))
     first = fake_daemon.wait_state("m", "running", timeout=60)
     os.kill(first.pid, signal.SIGKILL)
     wait_for(lambda: len(fake_daemon.attempts("m")) == 2 and fake_daemon.job("m").state == "running", 60,

@@ -62,7 +62,8 @@ def test_install_script_dry_run_does_every_step():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     user_exists = subprocess.run(["id", "-u", "yolo-supervisor"], capture_output=True).returncode == 0
-    for step in ("-m venv /opt/yolo-supervisor", "pip install -q --upgrade " + str(ROOT),
+    for step in ("-m venv /opt/yolo-supervisor", f"pip install -q -c {ROOT / 'constraints.txt'} {ROOT}",
+                 "/opt/yolo-supervisor/share/doc/yolo-supervisor/",
                  "" if user_exists else "useradd --system", "usermod -aG yolo-supervisor alice", "install -d -m 3770", "/var/lib/yolo-supervisor/inbox",
                  "write /etc/systemd/system/yolo-supervisor.service", "systemctl daemon-reload",
                  "systemctl enable --now yolo-supervisor.service"):
@@ -81,3 +82,36 @@ def test_example_jobs_are_valid():
     jobs = {load_spec(p).name: load_spec(p) for p in sorted((ROOT / "configs" / "jobs").glob("*.yaml"))}
     assert any(spec.device == "cpu" for spec in jobs.values())
     assert any(len(spec.gpu_indices) == 2 for spec in jobs.values())
+
+
+def test_install_script_refuses_a_python_it_cannot_use(tmp_path):
+    result = subprocess.run([str(ROOT / "scripts" / "install.sh"), "--dry-run", "--python", str(tmp_path / "nope")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "--python" in result.stderr and "not found" in result.stdout, result
+
+
+def test_install_script_dry_run_without_constraints_beside_system_torch():
+    result = subprocess.run([str(ROOT / "scripts" / "install.sh"), "--dry-run", "--system-site-packages"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "-m venv --system-site-packages /opt/yolo-supervisor" in result.stdout
+    assert "constraints.txt" not in result.stdout
+
+
+def test_unit_documentation_is_a_file_the_install_copies():
+    doc = unit_section("Unit")["Documentation"]
+    assert doc == "file:///opt/yolo-supervisor/share/doc/yolo-supervisor/README.md"
+    assert "README.md" in (ROOT / "scripts" / "install.sh").read_text()
+
+
+def test_constraints_pin_what_pyproject_leaves_open():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in deps if "==" in d], deps  # ranges in the package, pins in constraints.txt
+    pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for name in ("torch", "torchvision", "ultralytics", "pydantic", "psutil"):
+        assert name in pins, name
+    for script in ("scripts/test.sh", "scripts/demo.sh", "scripts/bench.sh", "scripts/install.sh"):
+        assert "constraints.txt" in (ROOT / script).read_text(), script

@@ -22,10 +22,10 @@ from supervisor.jobs.states import JobState
 from supervisor.paths import Home
 from supervisor.process import launcher
 from supervisor.store import StoreError
-from tests.conftest import FAKE_TRAINER, wait_for
+from tests.conftest import FAKE_DATA, FAKE_TRAINER, wait_for
 
 ROOT = Peer(pid=1, uid=0, gid=0)
-SPEC = yaml.safe_dump({"name": "j", "train": {"model": "yolov8n.yaml", "data": "/nonexistent/d.yaml",
+SPEC = yaml.safe_dump({"name": "j", "train": {"model": "yolov8n.yaml", "data": str(FAKE_DATA),
                                               "epochs": 2, "device": "cpu"}})
 
 

@@ -1,14 +1,16 @@
-"""TEST ONLY: records every trained batch of a training child, from inside the process.
+"""Records every trained batch of a training process, from inside it (tests and benchmarks only).
 
 Put this directory on PYTHONPATH and set TRACE_BATCHES to a file: each batch Ultralytics trains in
-``python -m supervisor.child.train`` appends one JSON line (pid, 0-based epoch, batch index, the
-image files, lr, running loss mean, last_opt_step). Tests count from it which images were trained,
-which twice and which never: what a mid-epoch resume must get right.
+``python -m supervisor.child.train`` or the ``yolo`` CLI appends one JSON line (pid, time, 0-based
+epoch, batch index, batches per epoch, the image files, lr, running loss mean, last_opt_step).
+tests/e2e/test_midepoch.py and scripts/bench_long_epoch.py count from it which images were
+trained, which twice and which never: what a mid-epoch resume must get right.
 """
 
 import json
 import os
 import sys
+import time
 
 _OUT = os.environ.get("TRACE_BATCHES")
 
@@ -19,7 +21,8 @@ def _install(callbacks):
         while f is not None and f.f_code.co_name != "_do_train":
             f = f.f_back
         loc = f.f_locals
-        rec = {"pid": os.getpid(), "epoch": int(loc["epoch"]), "i": int(loc["i"]),
+        rec = {"pid": os.getpid(), "at": time.time(), "epoch": int(loc["epoch"]), "i": int(loc["i"]),
+               "nb": int(loc["nb"]),
                "files": [os.path.basename(p) for p in loc["batch"]["im_file"]],
                "lr": [g["lr"] for g in trainer.optimizer.param_groups][:1],
                "tloss": {k: float(v) for k, v in (trainer.tloss or {}).items()},
@@ -33,15 +36,16 @@ def _install(callbacks):
     callbacks["on_train_batch_end"].append(on_train_batch_end)
 
 
-def _is_training_child() -> bool:
+def _is_training() -> bool:
     try:
         with open("/proc/self/cmdline", "rb") as f:
-            return b"supervisor.child.train" in f.read().split(b"\0")
+            args = f.read().split(b"\0")
     except OSError:
         return False
+    return b"supervisor.child.train" in args or any(a.endswith(b"/yolo") for a in args)
 
 
-if _OUT and _is_training_child():
+if _OUT and _is_training():
     import importlib.abc
     import importlib.machinery
 

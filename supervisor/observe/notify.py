@@ -1,0 +1,494 @@
+"""Notifications: tell a job's owner when it failed, is held or finished, through apprise.
+
+Two halves, on two sides of the daemon's loop:
+
+- ``Notifications.observe`` runs on the thread that recorded an event (the loop), once the
+  event's row is committed (``Store.listeners``). It maps the row to a notification event
+  (``notify_event``), picks the targets (``targets_for``), applies the rate limit to the noisy
+  ones and builds the message (``build_notice``). No network I/O: it only puts the message on
+  each target's queue.
+- One ``TargetSender`` thread per target URL sends from its bounded queue, with a timeout per
+  try and a few retries, then logs the failure. A target that is down holds up only its own
+  queue; when the queue is full new messages for it are dropped (and logged), never waited for.
+
+URLs are secrets (webhook tokens, topic names). They are never logged, shown or stored in
+events: everything user-facing names a target by its ``label`` (where it is configured, its
+scheme and a fingerprint), and what apprise says about a failure is redacted first.
+
+apprise is imported on first use (``_apprise``), not with this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import re
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from supervisor.observe.goodput import goodput
+
+if TYPE_CHECKING:
+    from supervisor.daemon.core import Daemon
+    from supervisor.store import AttemptRecord, EventRecord, JobRecord
+
+NotifyEvent = Literal["failed", "held", "completed", "restarted", "stalled"]
+DEFAULT_ON: tuple[str, ...] = ("failed", "held", "completed")
+RATE_LIMITED = frozenset({"restarted", "stalled"})  # one per crash: noisy in a crash loop
+NOTIFY_TYPE = {"failed": "failure", "held": "warning", "completed": "success", "restarted": "warning",
+               "stalled": "warning", "test": "info"}
+SENDER_IDLE_S = 60.0     # a target's thread ends after this long with nothing to send
+RETRY_BACKOFF_S = 1.0    # before the second try; doubled for each later one
+CLOSE_DRAIN_S = 3.0      # on daemon stop, how long queued messages may still go out
+
+
+# -- configuration ------------------------------------------------------------------
+def url_problem(url: Any) -> Optional[str]:
+    """Why ``url`` is not a usable apprise URL (None when it is); the message never quotes it."""
+    if not isinstance(url, str) or "://" not in url:
+        return "must be an apprise URL such as slack://..., ntfy://..., json://host/path"
+    scheme = url.split("://", 1)[0].lower()
+    if _apprise().Apprise.instantiate(url) is None:
+        return (f"not a notification URL apprise can use (scheme '{scheme}://'; "
+                "see https://github.com/caronc/apprise/wiki)")
+    return None
+
+
+def _on_key(data: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads the key ``on`` as the boolean true: take it back as ``on``."""
+    if isinstance(data, dict) and True in data:
+        data = dict(data)
+        data.setdefault("on", data.pop(True))
+    return data
+
+
+def _check_urls(urls: Sequence[str]) -> Sequence[str]:
+    for i, url in enumerate(urls):
+        problem = url_problem(url)
+        if problem:
+            raise ValueError(f"[{i}]: {problem}")
+    return urls
+
+
+class JobNotify(BaseModel):
+    """``notify:`` in a job file: more targets for this job, and which events it reports."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: tuple[str, ...] = Field((), description="apprise URLs, added to config.yaml's")
+    on: Optional[tuple[NotifyEvent, ...]] = Field(None, description="events to report (default: config.yaml's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data):
+        return _on_key(data)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls):
+        return _check_urls(urls)
+
+
+class RestartRate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(3, ge=1, description="restarted/stalled notifications per job ...")
+    per_s: float = Field(3600.0, gt=0, description="... in this many seconds")
+
+
+class NotifySettings(BaseModel):
+    """``notify:`` in config.yaml: the daemon's targets and how it sends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(default_factory=list, description="apprise URLs told about every job")
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(DEFAULT_ON))
+    restart_rate: RestartRate = RestartRate()
+    timeout_s: float = Field(10.0, gt=0, le=300, description="connect and read timeout of one try")
+    retries: int = Field(2, ge=0, le=10, description="tries after the first before giving up")
+    queue_size: int = Field(100, ge=1, le=10000, description="messages waiting per target")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data):
+        return _on_key(data)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls):
+        return _check_urls(urls)
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    label: str  # what logs and notify-test show instead of the URL
+
+
+def target_label(origin: str, index: int, url: str) -> str:
+    """``config.yaml notify.urls[0] (json://…, #1a2b3c4d)``: identifies a target without its secret."""
+    scheme = url.split("://", 1)[0] if "://" in url else "?"
+    return f"{origin} notify.urls[{index}] ({scheme}://…, #{fingerprint(url)})"
+
+
+def fingerprint(url: str) -> str:
+    """The first 8 hex digits of the URL's SHA-256: ``printf %s URL | sha256sum`` finds it."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:8]
+
+
+def targets_for(settings: "NotifySettings", job_notify: Optional[JobNotify]) -> tuple[list[Target], tuple[str, ...]]:
+    """The targets and the events of one job: config.yaml's URLs plus the job's (a URL in both is
+    one target); the job's ``on`` replaces config.yaml's."""
+    targets = [Target(u, target_label("config.yaml", i, u)) for i, u in enumerate(settings.urls)]
+    on: tuple[str, ...] = tuple(settings.on)
+    if job_notify is not None:
+        known = set(settings.urls)
+        targets += [Target(u, target_label("job file", i, u)) for i, u in enumerate(job_notify.urls)
+                    if u not in known]
+        if job_notify.on is not None:
+            on = tuple(job_notify.on)
+    return targets, on
+
+
+# -- what an event means (pure) -------------------------------------------------------
+def notify_event(kind: str, from_state: Optional[str], to_state: Optional[str],
+                 attempt_cause: Optional[str]) -> Optional[str]:
+    """The notification event an event row stands for, or None.
+
+    ``restarted``: the job went to backoff because an attempt ended (a crash, a kill, a
+    preemption); ``stalled``: an attempt ended because the daemon found it hung.
+    """
+    if kind == "state":
+        if to_state in ("failed", "held", "completed"):
+            return to_state
+        if to_state == "backoff" and from_state in ("starting", "running", "stopping"):
+            return "restarted"
+    if kind == "exit" and attempt_cause == "stalled":
+        return "stalled"
+    return None
+
+
+class RateLimit:
+    """At most ``count`` noisy notifications per job in any ``per_s`` seconds; counts the rest."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.sent: dict[str, deque[float]] = {}
+        self.held_back: dict[str, int] = {}
+
+    def allow(self, job: str, count: int, per_s: float) -> bool:
+        now = self.clock()
+        sent = self.sent.setdefault(job, deque())
+        while sent and sent[0] <= now - per_s:
+            sent.popleft()
+        if len(sent) >= count:
+            self.held_back[job] = self.held_back.get(job, 0) + 1
+            return False
+        sent.append(now)
+        return True
+
+    def take_held_back(self, job: str) -> int:
+        """How many were held back since the last message that went out for ``job``."""
+        return self.held_back.pop(job, 0)
+
+
+@dataclass(frozen=True)
+class Notice:
+    job: str
+    event: str
+    title: str
+    body: str
+
+    @property
+    def notify_type(self) -> str:
+        return NOTIFY_TYPE.get(self.event, "info")
+
+
+def build_notice(event: str, reason: str, job: "JobRecord", epochs: int, attempts: Sequence["AttemptRecord"],
+                 now: float, host: str, held_back: int = 0) -> Notice:
+    """The message: job, event, cause and detail, epochs, restarts, goodput, where to look further."""
+    lines = [f"{job.name} {event}: {reason}"]
+    ended = [a for a in attempts if a.ended_at is not None]
+    if ended and ended[-1].cause:
+        last = ended[-1]
+        lines.append(f"attempt {last.number} ended: {last.cause}: {last.detail or ''}".rstrip(": "))
+    done = epochs if job.state == "completed" else job.epochs_done
+    restarts = max(0, job.attempts - 1)
+    gp = goodput(job, attempts, now)
+    share = "-" if gp.training_fraction is None else f"{gp.training_fraction * 100:.0f}%"
+    by_cause = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in gp.restarts_by_cause.items())
+    lines.append(f"epochs {done}/{epochs}, restarts {restarts}" + (f" ({by_cause})" if by_cause else "")
+                 + f", goodput {share} of {_duration(gp.wall_s)}")
+    if held_back:
+        lines.append(f"({held_back} restarted/stalled notification(s) for this job held back by the rate limit)")
+    lines.append(f"more: ssh {host} yolo-supervisorctl history {job.name}")
+    return Notice(job.name, event, f"[{host}] {job.name}: {event}", "\n".join(lines))
+
+
+def trial_notice(host: str, job: Optional[str]) -> Notice:
+    what = f" for job {job}" if job else ""
+    return Notice(job or "", "test", f"[{host}] yolo-supervisor test notification",
+                  f"yolo-supervisor on {host}: test notification{what}. Notifications reach this target.")
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+# -- the loop side ----------------------------------------------------------------------
+class Notifications:
+    """Turns committed events into notifications; owned by the daemon, listening on its store."""
+
+    def __init__(self, daemon: "Daemon", clock: Callable[[], float] = time.monotonic):
+        self.daemon = daemon
+        self.limit = RateLimit(clock)
+        self.host = socket.gethostname()
+        self._senders: dict[str, TargetSender] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        daemon.store.listeners.append(self.observe)
+
+    @property
+    def settings(self) -> NotifySettings:
+        return self.daemon.config.notify
+
+    def observe(self, ev: "EventRecord") -> None:
+        """Store listener (the writer's thread, after commit): queue a notification if one is due."""
+        try:
+            self._observe(ev)
+        except Exception as exc:  # a notification bug must never break recording an event
+            self.daemon.log.error("notification not queued", job=ev.job, kind=ev.kind, error=repr(exc))
+
+    def _observe(self, ev: "EventRecord") -> None:
+        if ev.kind not in ("state", "exit"):
+            return
+        cause = None
+        attempts = None
+        if ev.kind == "exit":
+            attempts = self.daemon.store.attempts(ev.job)
+            cause = attempts[-1].cause if attempts else None
+        event = notify_event(ev.kind, ev.from_state, ev.to_state, cause)
+        if event is None:
+            return
+        spec = self.daemon.spec(ev.job)
+        targets, on = targets_for(self.settings, spec.notify)
+        if event not in on or not targets:
+            return
+        rate = self.settings.restart_rate
+        if event in RATE_LIMITED and not self.limit.allow(ev.job, rate.count, rate.per_s):
+            self.daemon.log.info("notification held back by the rate limit", job=ev.job, notify_event=event)
+            return
+        job = self.daemon.store.get_job(ev.job)
+        attempts = attempts if attempts is not None else self.daemon.store.attempts(ev.job)
+        notice = build_notice(event, ev.reason or "", job, spec.epochs, attempts, time.time(), self.host,
+                              self.limit.take_held_back(ev.job))
+        for target in targets:
+            self.sender(target).put(Outgoing(notice, tries=1 + self.settings.retries))
+
+    def test(self, name: Optional[str]) -> list[tuple[str, Future]]:
+        """Queue a test message to every target of the daemon (and of job ``name``); one try each."""
+        job_notify = self.daemon.spec(name).notify if name else None
+        targets, _ = targets_for(self.settings, job_notify)
+        notice = trial_notice(self.host, name)
+        results = []
+        for target in targets:
+            item = Outgoing(notice, tries=1, result=Future())
+            self.sender(target).put(item)
+            results.append((target.label, item.result))
+        return results
+
+    def sender(self, target: Target) -> "TargetSender":
+        with self._lock:
+            sender = self._senders.get(target.url)
+            if sender is None:
+                sender = self._senders[target.url] = TargetSender(target, self)
+            sender.label = target.label
+            return sender
+
+    def close(self) -> None:
+        """Daemon stop: let what is queued go out for a moment, then stop every sender."""
+        deadline = time.monotonic() + CLOSE_DRAIN_S
+        with self._lock:
+            senders = list(self._senders.values())
+        for sender in senders:
+            sender.drain(deadline)
+        self._closing.set()
+
+
+# -- the sending side --------------------------------------------------------------------
+@dataclass
+class Outgoing:
+    notice: Notice
+    tries: int
+    result: Optional[Future] = None  # notify-test waits on it: (ok, message)
+
+
+@dataclass
+class TargetSender:
+    """One target's bounded queue and the thread that sends from it (started when needed)."""
+
+    target: Target
+    owner: Notifications
+    label: str = ""
+    _queue: "queue.Queue[Outgoing]" = field(init=False)
+    _thread: Optional[threading.Thread] = field(init=False, default=None)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _plugin: Any = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.target.label
+        self._queue = queue.Queue(maxsize=self.owner.settings.queue_size)
+
+    @property
+    def log(self):
+        return self.owner.daemon.log
+
+    def put(self, item: Outgoing) -> bool:
+        """Queue without waiting; a full queue drops the message (the target is down)."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.log.warning("notification dropped: the target's queue is full", target=self.label,
+                             job=item.notice.job, notify_event=item.notice.event)
+            if item.result is not None:
+                item.result.set_result((False, "not sent: this target's queue is full (it is down or slow)"))
+            return False
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="notify-sender", daemon=True)
+                self._thread.start()
+        return True
+
+    def drain(self, deadline: float) -> None:
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)  # bounded wait for the sender thread at daemon stop
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=SENDER_IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            try:
+                ok, message = self._deliver(item)
+            except Exception as exc:  # a bug in a plugin: report it, keep the thread
+                ok, message = False, redact(f"internal error: {exc!r}", [self.target.url])
+            if item.result is not None:
+                item.result.set_result((ok, message))
+
+    def _deliver(self, item: Outgoing) -> tuple[bool, str]:
+        settings = self.owner.settings
+        notice = item.notice
+        message = "not sent"
+        for attempt in range(item.tries):
+            if attempt:
+                if self.owner._closing.wait(RETRY_BACKOFF_S * 2 ** (attempt - 1)):
+                    break
+            ok, message = self._send_once(notice, settings.timeout_s)
+            if ok:
+                self.log.info("notification sent", target=self.label, job=notice.job, notify_event=notice.event,
+                              tries=attempt + 1)
+                return True, "sent"
+        self.log.error("notification not sent", target=self.label, job=notice.job, notify_event=notice.event,
+                       tries=item.tries, error=message)
+        return False, message
+
+    def _send_once(self, notice: Notice, timeout_s: float) -> tuple[bool, str]:
+        apprise = _apprise()
+        if self._plugin is None:
+            self._plugin = apprise.Apprise.instantiate(self.target.url)
+            if self._plugin is None:
+                return False, "apprise cannot use this URL"
+        self._plugin.socket_connect_timeout = self._plugin.socket_read_timeout = timeout_s
+        with _captured_warnings() as said:
+            ok = bool(self._plugin.notify(body=notice.body, title=notice.title,
+                                          notify_type=apprise.NotifyType(notice.notify_type)))
+        why = said[-1] if said else "apprise reported a failure"
+        return ok, "" if ok else redact(why, [self.target.url])
+
+
+# -- keeping URLs out of logs ----------------------------------------------------------------
+def secret_parts(url: str) -> list[str]:
+    """Pieces of ``url`` that may be secret: all of it, its user and password, path segments,
+    query values, and a host without a dot (Slack's first token is in the host position)."""
+    pieces = {url}
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return [url]
+    rest = url.split("://", 1)[-1]
+    public = {host} if "." in host else set()
+    query_keys = {kv.split("=", 1)[0] for kv in parts.query.split("&") if "=" in kv}
+    for token in re.split(r"[/:@?&=#,;]", rest):
+        if len(token) >= 3 and token not in public and token not in query_keys and not (
+                token.isdigit() and len(token) <= 5):
+            pieces.add(token)
+    return sorted(pieces, key=len, reverse=True)
+
+
+def redact(text: str, urls: Sequence[str]) -> str:
+    for url in urls:
+        for piece in secret_parts(url):
+            text = text.replace(piece, "***")
+    return text
+
+
+_capture = threading.local()
+
+
+class _CaptureHandler(logging.Handler):
+    """apprise's own log lines (which quote URLs) go here and nowhere else: kept per sending
+    thread so a failure can be reported (redacted), dropped otherwise."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        said = getattr(_capture, "said", None)
+        if said is not None:
+            try:
+                said.append(record.getMessage())
+            except Exception:
+                pass
+
+
+class _captured_warnings:
+    def __enter__(self) -> list[str]:
+        _capture.said = []
+        return _capture.said
+
+    def __exit__(self, *exc) -> None:
+        _capture.said = None
+
+
+_APPRISE = None
+_APPRISE_LOCK = threading.Lock()
+
+
+def _apprise():
+    """Import apprise once, with its loggers (and urllib3's) kept from printing URLs."""
+    global _APPRISE
+    with _APPRISE_LOCK:
+        if _APPRISE is None:
+            handler = _CaptureHandler(logging.WARNING)
+            for name in ("apprise", "urllib3", "requests"):
+                lg = logging.getLogger(name)
+                lg.handlers[:] = [handler]
+                lg.propagate = False
+                lg.setLevel(logging.WARNING)
+            import apprise
+
+            _APPRISE = apprise
+        return _APPRISE
