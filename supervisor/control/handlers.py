@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from supervisor.child.progress import read_json
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError
 from supervisor.daemon.core import CommandError
+from supervisor.jobs.edit import EditRefused
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
 from supervisor.jobs.states import Cause, JobState
 from supervisor.observe.goodput import goodput
@@ -307,6 +308,24 @@ def _requeue(daemon: "Daemon", job: JobRecord, reason: str, actor: str) -> None:
     daemon.start_due_jobs()
 
 
+def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Change train arguments of a job with no process; refused keys come back as a usage error."""
+    job = _job(daemon, args)
+    values = args.get("values")
+    if not isinstance(values, dict) or not values or not all(isinstance(k, str) for k in values):
+        raise RequestError(ErrorCode.USAGE, "edit needs KEY=VALUE arguments")
+    try:
+        change = daemon.edit(job.name, values, bool(args.get("force")), peer.actor)
+    except EditRefused as err:
+        raise RequestError(ErrorCode.USAGE, f"{job.name}: {err}") from None
+    except SpecError as err:
+        raise RequestError(ErrorCode.INVALID, "; ".join(err.problems)) from None
+    except CommandError as err:
+        raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
+    return {"name": job.name, "changes": {k: [old, new] for k, (old, new) in change.changes.items()},
+            "warnings": change.warnings, "state": daemon.store.get_job(job.name).state}
+
+
 def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Forget a job that has no process; its files stay unless ``purge``."""
     job = _job(daemon, args)
@@ -333,6 +352,7 @@ HANDLERS: dict[str, Handler] = {
     "start": Handler(start, mutates=True),
     "restart": Handler(restart, mutates=True),
     "remove": Handler(remove, mutates=True),
+    "edit": Handler(edit, mutates=True),
 }
 
 

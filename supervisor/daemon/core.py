@@ -10,6 +10,7 @@ tick. Every state change goes through ``transition``.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import queue
 import selectors
@@ -26,6 +27,7 @@ from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import preflight
 from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, last_pt, midepoch_pt,
                                       prepare_resume)
+from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
 from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
@@ -343,7 +345,7 @@ class Daemon:
             return None
         best = choice.state
         if best is not None:
-            mismatch = checkpoint_mismatch(best.train_args, spec.train, run_dir)
+            mismatch = checkpoint_mismatch(best.train_args, spec.train, run_dir, self.edited_keys(job.name))
             if mismatch:
                 return (f"{best.path} is not this job's checkpoint: {mismatch}; it is never resumed from "
                         "(move it away, or submit the job under another name)")
@@ -369,6 +371,33 @@ class Daemon:
                 self.transition(name, S.QUEUED, "preflight passed: what the job needs is there again")
             else:
                 self.preflight_holds[name] = now + self.config.preflight_recheck_s
+
+    # -- changing a job ---------------------------------------------------------
+    def edit(self, name: str, values: dict[str, Any], force: bool, actor: Optional[str]) -> Edit:
+        """Change train arguments of a job that has no process; they apply from its next resume.
+
+        Raises CommandError (wrong state) or EditRefused (a key that cannot change, and why)."""
+        job = self.store.get_job(name)
+        if name in self.running or S(job.state).has_process:
+            raise CommandError(f"{name}: cannot edit a job that is {job.state}: stop it first")
+        change = plan_edit(self.spec(name), values, force)
+        with self.store.transaction():
+            self.store.update_job(name, spec_yaml=spec_to_yaml(change.spec))
+            for key, (old, new) in change.changes.items():
+                self.event(name, "edit", f"{key}: {old!r} -> {new!r}", actor, key=key, old=old, new=new)
+            for warning in change.warnings:
+                self.event(name, "edit", f"warning: {warning}", actor)
+        if name in self.preflight_holds:
+            self.preflight_holds[name] = 0.0  # a held job is looked at again on the next tick
+        return change
+
+    def edited_keys(self, name: str) -> set[str]:
+        """Train arguments changed by ``edit`` since submission: the checkpoint may differ on those."""
+        keys = set()
+        for e in self.store.events(name):
+            if e.kind == "edit" and e.data:
+                keys.add(str(json.loads(e.data).get("key")))
+        return keys
 
     def _kill_strays(self, name: str) -> None:
         """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
@@ -419,9 +448,8 @@ class Daemon:
         # data: a resume reads the job's dataset, not the one the checkpoint recorded (Ultralytics
         # allows this override), so a moved dataset is fixed by fixing the job.
         overrides: dict[str, Any] = {"device": spec.device, "data": str(spec.train["data"])}
-        for key in ("workers", "imgsz"):
-            if key in spec.train:
-                overrides[key] = spec.train[key]
+        for key in sorted(RESUME_OVERRIDABLE & spec.train.keys()):  # what `edit` may have changed
+            overrides[key] = spec.train[key]
         if job.batch_override:
             overrides["batch"] = train["batch"] = job.batch_override
         plan = {

@@ -137,12 +137,13 @@ def _plan(info: CheckpointInfo, notes: list[str]) -> ResumePlan:
     return ResumePlan(info.path, done, notes=notes, batch=batch, train_args=info.train_args)
 
 
-def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: Optional[Path]) -> Optional[str]:
+def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: Optional[Path],
+                        edited: frozenset[str] | set[str] = frozenset()) -> Optional[str]:
     """Why a checkpoint is not this job's (another run's last.pt copied in by hand), or None.
 
     Compared: where the run lives (Ultralytics resumes *into* the checkpoint's own save_dir), the
     model (after a resume Ultralytics records the resumed file itself, inside the run's weights),
-    the task, the dataset, imgsz and epochs.
+    the task, the dataset, imgsz and epochs; a key the user changed with ``edit`` may differ.
     """
     if not train_args:
         return None
@@ -156,6 +157,8 @@ def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: O
     if isinstance(model, str) and model != spec_train.get("model") and not own_weights:
         found.append(f"model {model} (the job's: {spec_train.get('model')})")
     for key, default in (("task", "detect"), ("data", None), ("imgsz", 640), ("epochs", None)):
+        if key in edited:
+            continue
         want, got = spec_train.get(key, default), train_args.get(key)
         if got is not None and want is not None and not _same(key, got, want):
             found.append(f"{key} {got} (the job's: {want})")
