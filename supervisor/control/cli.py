@@ -88,6 +88,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     s.add_argument("--force", action="store_true", help="accept a change of the training schedule")
 
+    s = sub.add_parser("extend", help="train a completed, stopped or failed job on to N epochs in all, from its "
+                                      "last resumable state (the learning-rate schedule is rebuilt for N)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--epochs", type=int, required=True, metavar="N")
+
     s = sub.add_parser("remove", help="forget a job that is not running (files are kept)")
     s.add_argument("name", metavar="NAME")
     s.add_argument("--purge", action="store_true", help="also delete HOME/jobs/NAME (logs, runs, checkpoints)")
@@ -238,6 +243,12 @@ def cmd_edit(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extend(conn: Connection, args: argparse.Namespace) -> int:
+    job = call(conn, "extend", name=args.name, epochs=args.epochs)
+    print(f"{job['name']}: extended to {args.epochs} epochs; {job['state']}")
+    return 0
+
+
 def cmd_remove(conn: Connection, args: argparse.Namespace) -> int:
     done = call(conn, "remove", name=args.name, purge=args.purge)
     kept = "deleted" if done["purged"] else "kept"
@@ -295,7 +306,8 @@ def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:
 
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
-            "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit}
+            "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit,
+            "extend": cmd_extend}
 
 
 # -- rendering ------------------------------------------------------------------------

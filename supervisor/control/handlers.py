@@ -326,6 +326,19 @@ def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]
             "warnings": change.warnings, "state": daemon.store.get_job(job.name).state}
 
 
+def extend(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Train a finished job further, to ``epochs`` in all."""
+    job = _job(daemon, args)
+    epochs = args.get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise RequestError(ErrorCode.USAGE, "extend needs --epochs N (a positive integer)")
+    try:
+        daemon.extend(job.name, epochs, peer.actor)
+    except CommandError as err:
+        raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
+    return job_view(daemon, daemon.store.get_job(job.name))
+
+
 def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Forget a job that has no process; its files stay unless ``purge``."""
     job = _job(daemon, args)
@@ -353,6 +366,7 @@ HANDLERS: dict[str, Handler] = {
     "restart": Handler(restart, mutates=True),
     "remove": Handler(remove, mutates=True),
     "edit": Handler(edit, mutates=True),
+    "extend": Handler(extend, mutates=True),
 }
 
 

@@ -25,8 +25,8 @@ from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import preflight
-from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, last_pt, midepoch_pt,
-                                      prepare_resume)
+from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, final_resumable_pt, last_pt,
+                                      midepoch_pt, prepare_resume)
 from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
 from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
@@ -322,7 +322,7 @@ class Daemon:
         self._kill_strays(name)
         attempt = job.attempts + 1
         run_dir = Path(job.run_dir) if job.run_dir else None
-        plan = prepare_resume(run_dir, self.vault(name, spec), attempt)
+        plan = prepare_resume(run_dir, self.vault(name, spec), attempt, extended=bool(job.extend_pending))
         for note in plan.notes:
             self.event(name, "checkpoint", note)
         if plan.finished:
@@ -340,7 +340,7 @@ class Daemon:
 
         Reads only; the files are changed by prepare_resume once nothing blocks."""
         run_dir = Path(job.run_dir) if job.run_dir else None
-        choice = choose(run_dir, self.vault(job.name, spec))
+        choice = choose(run_dir, self.vault(job.name, spec), extended=bool(job.extend_pending))
         if choice.finished:
             return None
         best = choice.state
@@ -391,6 +391,32 @@ class Daemon:
             self.preflight_holds[name] = 0.0  # a held job is looked at again on the next tick
         return change
 
+    def extend(self, name: str, epochs: int, actor: Optional[str]) -> JobSpec:
+        """Train a completed, stopped or failed job on to ``epochs`` in all, from its last resumable state."""
+        job = self.store.get_job(name)
+        spec = self.spec(name)
+        if name in self.running or S(job.state) not in (S.COMPLETED, S.STOPPED, S.FAILED):
+            raise CommandError(f"{name}: cannot extend a job that is {job.state}: it must be completed, "
+                               "stopped or failed")
+        done = max(job.epochs_done or 0, spec.epochs if job.state == S.COMPLETED.value else 0)
+        if epochs <= done:
+            raise CommandError(f"{name}: --epochs {epochs} is not more than the {done} epochs already trained")
+        run_dir = Path(job.run_dir) if job.run_dir else None
+        if choose(run_dir, self.vault(name, spec), extended=True).state is None:
+            raise CommandError(f"{name}: no resumable state is kept (the final last.pt is stripped and the "
+                               "vault holds no copy): it cannot be trained further")
+        data = spec.model_dump(mode="json")
+        data["train"]["epochs"] = epochs
+        new_spec = _spec_from(data)
+        with self.store.transaction():
+            self.store.update_job(name, spec_yaml=spec_to_yaml(new_spec), extend_pending=1)
+            self.event(name, "edit", f"epochs: {spec.epochs} -> {epochs} (extend; the learning-rate schedule "
+                       f"is rebuilt for {epochs} epochs)", actor, key="epochs", old=spec.epochs, new=epochs)
+            self.transition(name, S.QUEUED, f"extended to {epochs} epochs by {actor}", actor, crash_restarts=0,
+                            no_progress_streak=0, backoff_level=0, next_start_at=None)
+        self.start_due_jobs()
+        return new_spec
+
     def edited_keys(self, name: str) -> set[str]:
         """Train arguments changed by ``edit`` since submission: the checkpoint may differ on those."""
         keys = set()
@@ -427,6 +453,8 @@ class Daemon:
         with self.store.transaction():
             attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
                                                   str(resume) if resume else None, batch_before)
+            if job.extend_pending:
+                self.store.update_job(name, extend_pending=None)  # the restored state is on disk now
             self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
                             pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
         self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before))
@@ -456,6 +484,8 @@ class Daemon:
             "job": name, "attempt": attempt, "epochs": spec.epochs, "train": train,
             "resume": str(resume) if resume else None, "overrides": overrides,
             "checkpoint_every_s": spec.checkpoint_every_s,
+            # extended: the child rewrites the checkpoint's epochs (Ultralytics ignores an override)
+            "extend_epochs": spec.epochs if "epochs" in self.edited_keys(name) else None,
             "progress_file": str(self.home.job_progress(name)),
             "exit_record": str(self.home.job_exit_record(name)),
         }
@@ -523,7 +553,8 @@ class Daemon:
         if not job.run_dir or self._snapshot_retry_at.get(name, 0) > time.monotonic():
             return
         vault = self.vault(name)
-        for source in (last_pt(Path(job.run_dir)), midepoch_pt(Path(job.run_dir))):
+        run_dir = Path(job.run_dir)
+        for source in (last_pt(run_dir), midepoch_pt(run_dir), final_resumable_pt(run_dir)):
             try:
                 info = vault.snapshot(source)
             except OSError as exc:  # a full disk: the run goes on; the copy is tried again later
@@ -727,6 +758,12 @@ class Daemon:
 def _parsed_spec(spec_yaml: str, name: str) -> JobSpec:
     """Specs are immutable once stored; parse each one once, not on every tick."""
     return parse_spec_text(spec_yaml, name)
+
+
+def _spec_from(data: dict[str, Any]) -> JobSpec:
+    from supervisor.jobs.spec import parse_spec
+
+    return parse_spec(data, data.get("name", "<spec>"))
 
 
 def _dead_child(job: JobRecord) -> launcher.Child:

@@ -22,6 +22,7 @@ from supervisor.probes.checkpoint import CheckpointInfo, CkptKind, inspect_check
 from supervisor.probes.vault import CheckpointVault
 
 MIDEPOCH_NAME = "midepoch.pt"  # supervisor/child/midepoch.py writes it beside last.pt
+FINAL_RESUMABLE_NAME = "resumable-final.pt"  # the child keeps last.pt's state here before the final strip
 
 
 @dataclass
@@ -44,6 +45,10 @@ def last_pt(run_dir: Path) -> Path:
 
 def midepoch_pt(run_dir: Path) -> Path:
     return Path(run_dir) / "weights" / MIDEPOCH_NAME
+
+
+def final_resumable_pt(run_dir: Path) -> Path:
+    return Path(run_dir) / "weights" / FINAL_RESUMABLE_NAME
 
 
 def verified(path: Path, vault: CheckpointVault) -> CheckpointInfo:
@@ -73,12 +78,15 @@ class Choice:
     finished: bool = False            # last.pt is stripped: the training is over
 
 
-def choose(run_dir: Optional[Path], vault: CheckpointVault) -> Choice:
-    """The state a resume takes: the one furthest along; on a tie the file in place, not its copy."""
+def choose(run_dir: Optional[Path], vault: CheckpointVault, extended: bool = False) -> Choice:
+    """The state a resume takes: the one furthest along; on a tie the file in place, not its copy.
+
+    ``extended``: the job was given more epochs, so a finished (stripped) last.pt does not end it;
+    the last resumable state (the vault's copy of the final epoch) is resumed instead."""
     if run_dir is None:
         return Choice(None, False, None, None)
     last = verified(last_pt(run_dir), vault)
-    if last.kind is CkptKind.FINISHED:
+    if last.kind is CkptKind.FINISHED and not extended:
         return Choice(None, False, last, None, finished=True)
     mid = verified(midepoch_pt(run_dir), vault)
     on_disk, copy = _newest([mid, last]), vault.newest()
@@ -87,11 +95,12 @@ def choose(run_dir: Optional[Path], vault: CheckpointVault) -> Choice:
     return Choice(copy, copy is not None, last, mid)
 
 
-def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int) -> ResumePlan:
+def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int,
+                   extended: bool = False) -> ResumePlan:
     """Make ``run_dir`` resumable from its newest verified state, or say it must start fresh."""
     if run_dir is None:
         return ResumePlan(None, 0, notes=["first start: no run directory yet"])
-    choice = choose(run_dir, vault)
+    choice = choose(run_dir, vault, extended)
     if choice.finished:
         return ResumePlan(None, 0, finished=True, notes=[f"{choice.last.path} is a finished (stripped) checkpoint"])
     plan = _use_or_restore(run_dir, choice, vault)

@@ -92,3 +92,26 @@ def test_the_dataset_moved_hold_then_edit_data_resumes_from_the_same_state(daemo
     assert any(str(data) in r and str(new_data) in r for r in edits), edits
     log = (daemon.home / "jobs" / "moved" / "train.log").read_text()
     assert str(moved_to) in log                                          # the resumed run read the new dataset
+
+
+def test_extend_a_completed_job_trains_on_with_every_epoch_once(daemon, dataset):
+    from supervisor import results_csv
+    from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
+
+    daemon.start()
+    wait_socket(daemon)
+    daemon.drop(cpu_job("longer", dataset, epochs=2))
+    job = daemon.wait_state("longer", "completed")
+    assert inspect_checkpoint(Path(job.run_dir) / "weights" / "last.pt").kind is CkptKind.FINISHED
+    assert ctl(daemon.home, "extend", "longer", "--epochs", "2").returncode == 5  # not more than trained
+
+    done = ctl(daemon.home, "extend", "longer", "--epochs", "4")
+    assert done.returncode == 0, done.stderr
+    job = daemon.wait_state("longer", "completed", timeout=300)
+    assert job.state_reason == "training finished"
+    second = daemon.attempts("longer")[1]
+    assert second.epochs_before == 2 and second.resumed_from.endswith("last.pt")
+    assert results_csv.read_epochs(Path(job.run_dir) / "results.csv") == [1, 2, 3, 4]
+    notes = [e.reason for e in daemon.events("longer")]
+    assert any("now trains to 4 epochs (was 2)" in n for n in notes), notes
+    assert any("epochs: 2 -> 4 (extend" in n for n in notes), notes
