@@ -300,8 +300,8 @@ class Supervisord(System):
                    "(yolo train ARGS while there is no last.pt yet; startsecs, startretries default)")
 
     def start(self) -> None:
-        env = ",".join(f'{k}="{self.env[k]}"' for k in ("YOLO_OFFLINE", "YOLO_CONFIG_DIR", "PYTHONUNBUFFERED",
-                                                          "PYTHONPATH", MARKERS_ENV))
+        keys = ("YOLO_OFFLINE", "YOLO_CONFIG_DIR", "PYTHONUNBUFFERED", "PYTHONPATH", MARKERS_ENV, "TRACE_BATCHES")
+        env = ",".join(f'{k}="{self.env[k]}"' for k in keys if k in self.env)
         conf = self.work / "supervisord.conf"
         command = self.command().replace("'", "'\"'\"'")
         conf.write_text(f"""[supervisord]
