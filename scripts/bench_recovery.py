@@ -223,7 +223,8 @@ class System:
         self.markers = work / "markers.txt"
         self.project = work / "runs"
         self.env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(work / "yolo-config"),
-                        PYTHONUNBUFFERED="1", PYTHONPATH=str(hook), **{MARKERS_ENV: str(self.markers)})
+                        PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]),
+                        **{MARKERS_ENV: str(self.markers)})  # ROOT: this checkout, not an editable install's
         self.proc: Optional[subprocess.Popen] = None
         self.started_at = 0.0
         work.mkdir(parents=True, exist_ok=True)
