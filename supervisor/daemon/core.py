@@ -265,7 +265,9 @@ class Daemon:
         directory moves the file to accepted/ there) and an exception from it adds nothing."""
         spec = parse_spec_text(text, source)
         if self.store.get_job(spec.name) is not None:
-            raise SpecError(source, [f"name: a job named '{spec.name}' already exists"])
+            raise SpecError(source, [f"name: a job named '{spec.name}' already exists (change it with "
+                                     f"`yolo-supervisorctl edit {spec.name} KEY=VALUE`, train it longer with "
+                                     f"`extend`, or submit under another name)"])
         archived = self._archive_leftovers(spec.name, actor)
         self.home.ensure_job(spec.name)
         uid, gid = owner if owner else (None, None)

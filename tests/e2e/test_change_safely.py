@@ -115,3 +115,11 @@ def test_extend_a_completed_job_trains_on_with_every_epoch_once(daemon, dataset)
     notes = [e.reason for e in daemon.events("longer")]
     assert any("now trains to 4 epochs (was 2)" in n for n in notes), notes
     assert any("epochs: 2 -> 4 (extend" in n for n in notes), notes
+    import json
+
+    from supervisor.observe.plot import plot_run
+
+    hist = json.loads(ctl(daemon.home, "history", "longer", "--json").stdout)
+    csv = (Path(job.run_dir) / "results.csv").read_text()
+    drawn = plot_run(csv, hist, daemon.home / "longer.png")
+    assert drawn.extensions == [(2, 4)] and drawn.epochs == [1, 2, 3, 4]  # the plot marks the extension
