@@ -223,7 +223,8 @@ class System:
         self.markers = work / "markers.txt"
         self.project = work / "runs"
         self.env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(work / "yolo-config"),
-                        PYTHONUNBUFFERED="1", PYTHONPATH=str(hook), **{MARKERS_ENV: str(self.markers)})
+                        PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]),
+                        **{MARKERS_ENV: str(self.markers)})  # ROOT: this checkout, not an editable install's
         self.proc: Optional[subprocess.Popen] = None
         self.started_at = 0.0
         work.mkdir(parents=True, exist_ok=True)
@@ -300,8 +301,8 @@ class Supervisord(System):
                    "(yolo train ARGS while there is no last.pt yet; startsecs, startretries default)")
 
     def start(self) -> None:
-        env = ",".join(f'{k}="{self.env[k]}"' for k in ("YOLO_OFFLINE", "YOLO_CONFIG_DIR", "PYTHONUNBUFFERED",
-                                                          "PYTHONPATH", MARKERS_ENV))
+        keys = ("YOLO_OFFLINE", "YOLO_CONFIG_DIR", "PYTHONUNBUFFERED", "PYTHONPATH", MARKERS_ENV, "TRACE_BATCHES")
+        env = ",".join(f'{k}="{self.env[k]}"' for k in keys if k in self.env)
         conf = self.work / "supervisord.conf"
         command = self.command().replace("'", "'\"'\"'")
         conf.write_text(f"""[supervisord]

@@ -80,6 +80,7 @@ ADDED_COLUMNS = (
     ("attempts", "batch_before", "INTEGER"),
     ("attempts", "batches_reached", "INTEGER"),
     ("attempts", "batches_per_epoch", "INTEGER"),
+    ("jobs", "extend_pending", "INTEGER"),
     ("attempts", "stop_cause", "TEXT"),
     ("attempts", "stop_detail", "TEXT"),
     ("attempts", "stop_by_user", "INTEGER"),
@@ -110,6 +111,8 @@ class JobRecord:
     epochs_done: int
     last_cause: Optional[str]
     batch_override: Optional[int]
+    # Set by `extend` until the next attempt starts: its stripped last.pt does not mean "finished".
+    extend_pending: Optional[int] = None
 
 
 @dataclass

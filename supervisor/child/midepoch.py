@@ -50,6 +50,7 @@ GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last
 MAX_WAIT_FOR_STEP = 16                    # batches a timed save waits for an optimizer step
 RECORD_FORMAT = 1
 MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
+FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
 TESTED_VERSIONS = ("8.4.",)               # prefixes of Ultralytics versions this was tested with
 _DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
 
@@ -236,6 +237,9 @@ def make_strip_atomic(trainer_module) -> None:
 
     def strip_optimizer(f="best.pt", s="", *args, **kwargs):
         target = Path(s or f)
+        if Path(f).name == "last.pt" and not s and Path(f).exists():
+            # The stripped file can never be resumed: keep the last resumable state for `extend`.
+            atomic_write_bytes(Path(f).with_name(FINAL_RESUMABLE_NAME), Path(f).read_bytes())
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         os.close(fd)
         try:

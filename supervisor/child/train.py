@@ -266,6 +266,28 @@ def _midepoch_controller(plan: dict[str, Any], rep: Reporter) -> tuple[Optional[
     return MidEpoch(interval, record, on_saved=saved, note=rep.note), record
 
 
+def _set_checkpoint_epochs(path: Path, epochs: int, rep: Reporter) -> None:
+    """``extend``: Ultralytics takes ``epochs`` from the checkpoint on resume and ignores an override,
+    so the checkpoint itself is rewritten (atomically) to the new total. The LR schedule is then
+    re-derived for that total when the trainer starts."""
+    import torch
+
+    from supervisor.child.midepoch import atomic_write_bytes
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    old = ckpt["train_args"].get("epochs")
+    if old == epochs:
+        return
+    ckpt["train_args"]["epochs"] = epochs
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    rep.note(f"extended: {path.name} now trains to {epochs} epochs (was {old}); the learning-rate "
+             "schedule is rebuilt for the new total")
+
+
 def _process_start_time() -> float:
     try:
         import psutil
@@ -288,6 +310,8 @@ def run(plan: dict[str, Any]) -> int:
         rep.mark("ultralytics_imported")
         mid, record = _midepoch_controller(plan, rep)
         resume = plan.get("resume")
+        if resume and plan.get("extend_epochs"):
+            _set_checkpoint_epochs(Path(resume), int(plan["extend_epochs"]), rep)
         if resume and record is not None and mid is None and int(record["epoch"]) == 0:
             # An unsupported version cannot resume inside the first epoch: start it again, honestly.
             rep.note("the mid-epoch state is inside epoch 1: starting the training again from scratch")

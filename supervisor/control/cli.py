@@ -18,6 +18,7 @@ import yaml
 
 from supervisor.control.protocol import (EXIT_CODES, one_line, Connection, ErrorCode, ProtocolError, Request, RequestError,
                                          connect)
+from supervisor.jobs.edit import EditRefused, parse_assignments
 from supervisor.jobs.spec import MAX_SPEC_BYTES
 from supervisor.paths import HOME_ENV, Home, default_home
 from supervisor.process.classify import signal_name
@@ -79,6 +80,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s = sub.add_parser("notify-test", help="send a test notification to every configured target (and NAME's) "
                                            "and print each target's result")
     s.add_argument("name", nargs="?", metavar="NAME")
+
+    s = sub.add_parser("edit", help="change train arguments of a job with no process, from its next resume "
+                                    "(data, workers, ...; batch, imgsz, GPU count need --force; lr0, model, "
+                                    "epochs cannot change)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    s.add_argument("--force", action="store_true", help="accept a change of the training schedule")
+
+    s = sub.add_parser("extend", help="train a completed, stopped or failed job on to N epochs in all, from its "
+                                      "last resumable state (the learning-rate schedule is rebuilt for N)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--epochs", type=int, required=True, metavar="N")
 
     s = sub.add_parser("remove", help="forget a job that is not running (files are kept)")
     s.add_argument("name", metavar="NAME")
@@ -214,6 +227,28 @@ def cmd_history(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edit(conn: Connection, args: argparse.Namespace) -> int:
+    try:
+        values = parse_assignments(args.assignments)
+    except EditRefused as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_CODES[ErrorCode.USAGE]
+    done = call(conn, "edit", name=args.name, values=values, force=args.force)
+    for key, (old, new) in done["changes"].items():
+        print(f"{done['name']}: {key}: {old!r} -> {new!r} (from the next resume)")
+    if not done["changes"]:
+        print(f"{done['name']}: nothing changed")
+    for warning in done["warnings"]:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_extend(conn: Connection, args: argparse.Namespace) -> int:
+    job = call(conn, "extend", name=args.name, epochs=args.epochs)
+    print(f"{job['name']}: extended to {args.epochs} epochs; {job['state']}")
+    return 0
+
+
 def cmd_remove(conn: Connection, args: argparse.Namespace) -> int:
     done = call(conn, "remove", name=args.name, purge=args.purge)
     kept = "deleted" if done["purged"] else "kept"
@@ -271,7 +306,8 @@ def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:
 
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
-            "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test}
+            "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit,
+            "extend": cmd_extend}
 
 
 # -- rendering ------------------------------------------------------------------------

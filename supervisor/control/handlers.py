@@ -23,6 +23,7 @@ from supervisor import safefs
 from supervisor.child.progress import read_json
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
 from supervisor.daemon.core import CommandError
+from supervisor.jobs.edit import EditRefused
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, Health, SpecError
 from supervisor.jobs.states import Cause, JobState
 from supervisor.observe.goodput import goodput
@@ -341,6 +342,37 @@ def _requeue(daemon: "Daemon", job: JobRecord, reason: str, actor: str) -> None:
     daemon.start_due_jobs()
 
 
+def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Change train arguments of a job with no process; refused keys come back as a usage error."""
+    job = _job(daemon, args)
+    values = args.get("values")
+    if not isinstance(values, dict) or not values or not all(isinstance(k, str) for k in values):
+        raise RequestError(ErrorCode.USAGE, "edit needs KEY=VALUE arguments")
+    try:
+        change = daemon.edit(job.name, values, bool(args.get("force")), peer.actor)
+    except EditRefused as err:
+        raise RequestError(ErrorCode.USAGE, f"{job.name}: {err}") from None
+    except SpecError as err:
+        raise RequestError(ErrorCode.INVALID, "; ".join(err.problems)) from None
+    except CommandError as err:
+        raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
+    return {"name": job.name, "changes": {k: [old, new] for k, (old, new) in change.changes.items()},
+            "warnings": change.warnings, "state": daemon.store.get_job(job.name).state}
+
+
+def extend(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Train a finished job further, to ``epochs`` in all."""
+    job = _job(daemon, args)
+    epochs = args.get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise RequestError(ErrorCode.USAGE, "extend needs --epochs N (a positive integer)")
+    try:
+        daemon.extend(job.name, epochs, peer.actor)
+    except CommandError as err:
+        raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
+    return job_view(daemon, daemon.store.get_job(job.name))
+
+
 def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Forget a job that has no process; its files stay unless ``purge``."""
     job = _job(daemon, args)
@@ -382,6 +414,8 @@ HANDLERS: dict[str, Handler] = {
     "start": Handler(start, mutates=True),
     "restart": Handler(restart, mutates=True),
     "remove": Handler(remove, mutates=True),
+    "edit": Handler(edit, mutates=True),
+    "extend": Handler(extend, mutates=True),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import json
 import os
 import queue
 import selectors
@@ -25,8 +26,9 @@ from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import preflight
-from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, last_pt, midepoch_pt,
-                                      prepare_resume)
+from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, final_resumable_pt, last_pt,
+                                      midepoch_pt, prepare_resume)
+from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
 from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
@@ -311,7 +313,9 @@ class Daemon:
         directory moves the file to accepted/ there) and an exception from it adds nothing."""
         spec = parse_spec_text(text, source)
         if self.store.get_job(spec.name) is not None:
-            raise SpecError(source, [f"name: a job named '{spec.name}' already exists"])
+            raise SpecError(source, [f"name: a job named '{spec.name}' already exists (change it with "
+                                     f"`yolo-supervisorctl edit {spec.name} KEY=VALUE`, train it longer with "
+                                     f"`extend`, or submit under another name)"])
         uid, gid = self._owner_ids(owner, source)
         archived = self._archive_leftovers(spec.name, actor)
         self.home.ensure_job(spec.name)
@@ -408,7 +412,7 @@ class Daemon:
         attempt = job.attempts + 1
         run_dir = Path(job.run_dir) if job.run_dir else None
         with self.as_owner(name):
-            plan = prepare_resume(run_dir, self.vault(name, spec), attempt)
+            plan = prepare_resume(run_dir, self.vault(name, spec), attempt, extended=bool(job.extend_pending))
         for note in plan.notes:
             self.event(name, "checkpoint", note)
         if plan.finished:
@@ -427,12 +431,12 @@ class Daemon:
         Reads only; the files are changed by prepare_resume once nothing blocks."""
         run_dir = Path(job.run_dir) if job.run_dir else None
         with self.as_owner(job.name):  # the run directory is the job user's: read it as them
-            choice = choose(run_dir, self.vault(job.name, spec))
+            choice = choose(run_dir, self.vault(job.name, spec), extended=bool(job.extend_pending))
         if choice.finished:
             return None
         best = choice.state
         if best is not None:
-            mismatch = checkpoint_mismatch(best.train_args, spec.train, run_dir)
+            mismatch = checkpoint_mismatch(best.train_args, spec.train, run_dir, self.edited_keys(job.name))
             if mismatch:
                 return (f"{best.path} is not this job's checkpoint: {mismatch}; it is never resumed from "
                         "(move it away, or submit the job under another name)")
@@ -459,6 +463,61 @@ class Daemon:
                 self.transition(name, S.QUEUED, "preflight passed: what the job needs is there again")
             else:
                 self.preflight_holds[name] = now + self.config.preflight_recheck_s
+
+    # -- changing a job ---------------------------------------------------------
+    def edit(self, name: str, values: dict[str, Any], force: bool, actor: Optional[str]) -> Edit:
+        """Change train arguments of a job that has no process; they apply from its next resume.
+
+        Raises CommandError (wrong state) or EditRefused (a key that cannot change, and why)."""
+        job = self.store.get_job(name)
+        if name in self.running or S(job.state).has_process:
+            raise CommandError(f"{name}: cannot edit a job that is {job.state}: stop it first")
+        change = plan_edit(self.spec(name), values, force)
+        with self.store.transaction():
+            self.store.update_job(name, spec_yaml=spec_to_yaml(change.spec))
+            for key, (old, new) in change.changes.items():
+                self.event(name, "edit", f"{key}: {old!r} -> {new!r}", actor, key=key, old=old, new=new)
+            for warning in change.warnings:
+                self.event(name, "edit", f"warning: {warning}", actor)
+        if name in self.preflight_holds:
+            self.preflight_holds[name] = 0.0  # a held job is looked at again on the next tick
+        return change
+
+    def extend(self, name: str, epochs: int, actor: Optional[str]) -> JobSpec:
+        """Train a completed, stopped or failed job on to ``epochs`` in all, from its last resumable state."""
+        job = self.store.get_job(name)
+        spec = self.spec(name)
+        if name in self.running or S(job.state) not in (S.COMPLETED, S.STOPPED, S.FAILED):
+            raise CommandError(f"{name}: cannot extend a job that is {job.state}: it must be completed, "
+                               "stopped or failed")
+        done = max(job.epochs_done or 0, spec.epochs if job.state == S.COMPLETED.value else 0)
+        if epochs <= done:
+            raise CommandError(f"{name}: --epochs {epochs} is not more than the {done} epochs already trained")
+        run_dir = Path(job.run_dir) if job.run_dir else None
+        with self.as_owner(name):  # the run directory is the job user's: read it as them
+            resumable = choose(run_dir, self.vault(name, spec), extended=True).state
+        if resumable is None:
+            raise CommandError(f"{name}: no resumable state is kept (the final last.pt is stripped and the "
+                               "vault holds no copy): it cannot be trained further")
+        data = spec.model_dump(mode="json")
+        data["train"]["epochs"] = epochs
+        new_spec = _spec_from(data)
+        with self.store.transaction():
+            self.store.update_job(name, spec_yaml=spec_to_yaml(new_spec), extend_pending=1)
+            self.event(name, "edit", f"epochs: {spec.epochs} -> {epochs} (extend; the learning-rate schedule "
+                       f"is rebuilt for {epochs} epochs)", actor, key="epochs", old=spec.epochs, new=epochs)
+            self.transition(name, S.QUEUED, f"extended to {epochs} epochs by {actor}", actor, crash_restarts=0,
+                            no_progress_streak=0, backoff_level=0, next_start_at=None)
+        self.start_due_jobs()
+        return new_spec
+
+    def edited_keys(self, name: str) -> set[str]:
+        """Train arguments changed by ``edit`` since submission: the checkpoint may differ on those."""
+        keys = set()
+        for e in self.store.events(name):
+            if e.kind == "edit" and e.data:
+                keys.add(str(json.loads(e.data).get("key")))
+        return keys
 
     def _kill_strays(self, name: str) -> None:
         """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
@@ -490,6 +549,8 @@ class Daemon:
             with self.store.transaction():
                 attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
                                                       str(resume) if resume else None, batch_before)
+                if job.extend_pending:
+                    self.store.update_job(name, extend_pending=None)  # the restored state is on disk now
                 self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
                                 pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
         except BaseException:
@@ -521,15 +582,16 @@ class Daemon:
         # data: a resume reads the job's dataset, not the one the checkpoint recorded (Ultralytics
         # allows this override), so a moved dataset is fixed by fixing the job.
         overrides: dict[str, Any] = {"device": spec.device, "data": str(spec.train["data"])}
-        for key in ("workers", "imgsz"):
-            if key in spec.train:
-                overrides[key] = spec.train[key]
+        for key in sorted(RESUME_OVERRIDABLE & spec.train.keys()):  # what `edit` may have changed
+            overrides[key] = spec.train[key]
         if job.batch_override:
             overrides["batch"] = train["batch"] = job.batch_override
         plan = {
             "job": name, "attempt": attempt, "epochs": spec.epochs, "train": train,
             "resume": str(resume) if resume else None, "overrides": overrides,
             "checkpoint_every_s": spec.checkpoint_every_s,
+            # extended: the child rewrites the checkpoint's epochs (Ultralytics ignores an override)
+            "extend_epochs": spec.epochs if "epochs" in self.edited_keys(name) else None,
             "progress_file": str(self.home.job_progress(name)),
             "exit_record": str(self.home.job_exit_record(name)),
         }
@@ -623,7 +685,8 @@ class Daemon:
             return  # keep_checkpoints unknown: the attempt's end fails the job with the reason
         with self.as_owner(name):
             vault = self.vault(name, spec)
-        for source in (last_pt(Path(job.run_dir)), midepoch_pt(Path(job.run_dir))):
+        run_dir = Path(job.run_dir)
+        for source in (last_pt(run_dir), midepoch_pt(run_dir), final_resumable_pt(run_dir)):
             try:
                 with self.as_owner(name):  # the run directory is the job user's: read it as them
                     info = vault.snapshot(source)
@@ -869,6 +932,12 @@ def _restore_stop_intent(run: Running, attempt) -> None:
         run.extra["stall_reason"] = attempt.stop_detail
     if attempt.kill_at is not None:
         run.kill_at = time.monotonic() + max(0.0, attempt.kill_at - time.time())
+
+
+def _spec_from(data: dict[str, Any]) -> JobSpec:
+    from supervisor.jobs.spec import parse_spec
+
+    return parse_spec(data, data.get("name", "<spec>"))
 
 
 def _dead_child(job: JobRecord) -> launcher.Child:

@@ -22,6 +22,7 @@ from supervisor.probes.checkpoint import CheckpointInfo, CkptKind, inspect_check
 from supervisor.probes.vault import CheckpointVault
 
 MIDEPOCH_NAME = "midepoch.pt"  # supervisor/child/midepoch.py writes it beside last.pt
+FINAL_RESUMABLE_NAME = "resumable-final.pt"  # the child keeps last.pt's state here before the final strip
 
 
 @dataclass
@@ -44,6 +45,10 @@ def last_pt(run_dir: Path) -> Path:
 
 def midepoch_pt(run_dir: Path) -> Path:
     return Path(run_dir) / "weights" / MIDEPOCH_NAME
+
+
+def final_resumable_pt(run_dir: Path) -> Path:
+    return Path(run_dir) / "weights" / FINAL_RESUMABLE_NAME
 
 
 def verified(path: Path, vault: CheckpointVault) -> CheckpointInfo:
@@ -73,12 +78,15 @@ class Choice:
     finished: bool = False            # last.pt is stripped: the training is over
 
 
-def choose(run_dir: Optional[Path], vault: CheckpointVault) -> Choice:
-    """The state a resume takes: the one furthest along; on a tie the file in place, not its copy."""
+def choose(run_dir: Optional[Path], vault: CheckpointVault, extended: bool = False) -> Choice:
+    """The state a resume takes: the one furthest along; on a tie the file in place, not its copy.
+
+    ``extended``: the job was given more epochs, so a finished (stripped) last.pt does not end it;
+    the last resumable state (the vault's copy of the final epoch) is resumed instead."""
     if run_dir is None:
         return Choice(None, False, None, None)
     last = verified(last_pt(run_dir), vault)
-    if last.kind is CkptKind.FINISHED:
+    if last.kind is CkptKind.FINISHED and not extended:
         return Choice(None, False, last, None, finished=True)
     mid = verified(midepoch_pt(run_dir), vault)
     on_disk, copy = _newest([mid, last]), vault.newest()
@@ -87,11 +95,12 @@ def choose(run_dir: Optional[Path], vault: CheckpointVault) -> Choice:
     return Choice(copy, copy is not None, last, mid)
 
 
-def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int) -> ResumePlan:
+def prepare_resume(run_dir: Optional[Path], vault: CheckpointVault, attempt: int,
+                   extended: bool = False) -> ResumePlan:
     """Make ``run_dir`` resumable from its newest verified state, or say it must start fresh."""
     if run_dir is None:
         return ResumePlan(None, 0, notes=["first start: no run directory yet"])
-    choice = choose(run_dir, vault)
+    choice = choose(run_dir, vault, extended)
     if choice.finished:
         return ResumePlan(None, 0, finished=True, notes=[f"{choice.last.path} is a finished (stripped) checkpoint"])
     plan = _use_or_restore(run_dir, choice, vault)
@@ -137,12 +146,13 @@ def _plan(info: CheckpointInfo, notes: list[str]) -> ResumePlan:
     return ResumePlan(info.path, done, notes=notes, batch=batch, train_args=info.train_args)
 
 
-def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: Optional[Path]) -> Optional[str]:
+def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: Optional[Path],
+                        edited: frozenset[str] | set[str] = frozenset()) -> Optional[str]:
     """Why a checkpoint is not this job's (another run's last.pt copied in by hand), or None.
 
     Compared: where the run lives (Ultralytics resumes *into* the checkpoint's own save_dir), the
     model (after a resume Ultralytics records the resumed file itself, inside the run's weights),
-    the task, the dataset, imgsz and epochs.
+    the task, the dataset, imgsz and epochs; a key the user changed with ``edit`` may differ.
     """
     if not train_args:
         return None
@@ -156,6 +166,8 @@ def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: O
     if isinstance(model, str) and model != spec_train.get("model") and not own_weights:
         found.append(f"model {model} (the job's: {spec_train.get('model')})")
     for key, default in (("task", "detect"), ("data", None), ("imgsz", 640), ("epochs", None)):
+        if key in edited:
+            continue
         want, got = spec_train.get(key, default), train_args.get(key)
         if got is not None and want is not None and not _same(key, got, want):
             found.append(f"{key} {got} (the job's: {want})")

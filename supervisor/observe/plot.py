@@ -67,6 +67,7 @@ class Drawn:
     markers: list[Marker] = field(default_factory=list)  # one per interruption, read back from the top panel
     bands: list[Band] = field(default_factory=list)
     duplicate_epochs: list[int] = field(default_factory=list)
+    extensions: list[tuple[int, int]] = field(default_factory=list)  # (epochs before, new total) per extend
 
 
 def read_results(text: str) -> tuple[dict[int, dict[str, float]], list[int]]:
@@ -121,8 +122,10 @@ def plot_run(csv_text: str, history: dict[str, Any], out: Path) -> Drawn:
         ax.grid(alpha=0.3)
         if cols:
             ax.legend(fontsize=7, loc="best")
+    drawn.extensions = extensions(history.get("events") or [])
     for ax in axes[:3]:
         _draw_interruptions(ax, gp["interruptions"], label=ax is axes[0])
+        _draw_extensions(ax, drawn.extensions, label=ax is axes[0])
     axes[2].set_xlabel("epochs completed")
     drawn.bands = _draw_timeline(axes[3], gp["segments"], job["created_at"])
     fraction = gp.get("training_fraction")
@@ -150,6 +153,25 @@ def _draw_interruptions(ax, interruptions: list[dict[str, Any]], label: bool) ->
             seen_at[x] = stack + 1
             ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3 - 22 * stack),
                         textcoords="offset points", va="top", fontsize=7, color=COLOURS["down"])
+
+
+def extensions(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(old epochs, new epochs) of every ``extend``, from the history's edit events."""
+    out = []
+    for e in events:
+        data = e.get("data") or {}
+        if e.get("kind") == "edit" and data.get("key") == "epochs":
+            out.append((int(data["old"]), int(data["new"])))
+    return out
+
+
+def _draw_extensions(ax, marks: list[tuple[int, int]], label: bool) -> None:
+    for old, new in marks:
+        ax.axvline(old + 0.5, color=COLOURS["training"], linestyle=":", linewidth=1.2)
+        if label:
+            ax.annotate(f"extended\nto {new}", (old + 0.5, 0.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, 3), textcoords="offset points", va="bottom", fontsize=7,
+                        color=COLOURS["training"])
 
 
 def _read_markers(ax) -> list[Marker]:

@@ -25,7 +25,7 @@ from supervisor.daemon.core import Daemon
 from supervisor.observe.notify import NotifySettings, fingerprint
 from supervisor.paths import Home
 from supervisor.probes.gpu import FakeGpuProbe
-from tests.conftest import cpu_job, ctl, kill_job_processes, wait_for, wait_socket
+from tests.conftest import FAKE_DATA, cpu_job, ctl, kill_job_processes, wait_for, wait_socket
 from tests.e2e.notify_targets import SECRET, Receiver, Silent
 
 
@@ -61,19 +61,22 @@ def about(messages, job):
 
 
 # -- failed, with the cause; URLs stay secret ------------------------------------------------
-def test_a_missing_dataset_notifies_once_with_the_cause_and_the_url_stays_secret(daemon, receiver):
+def test_a_config_error_notifies_once_with_the_cause_and_the_url_stays_secret(daemon, receiver, tmp_path):
     config = write_config(daemon.home, notify={"urls": [receiver.url()]})
     daemon.start()
     home = wait_socket(daemon).parent
     assert stat.S_IMODE(config.stat().st_mode) == 0o600, "config.yaml with notification URLs is made private"
 
-    daemon.drop(cpu_job("nodata", Path("/nonexistent/data.yaml"), epochs=2))  # the real child: Ultralytics
+    empty = tmp_path / "empty-dataset"      # its paths exist (the preflight passes), it has no images
+    (empty / "images").mkdir(parents=True)
+    (empty / "data.yaml").write_text(f"path: {empty}\ntrain: images\nval: images\nnames: {{0: a}}\n")
+    daemon.drop(cpu_job("nodata", empty / "data.yaml", epochs=2))  # the real child: Ultralytics
     job = daemon.wait_state("nodata", "failed", timeout=300)
     assert job.last_cause == "config_error"
     [failed] = receiver.wait(lambda m: about(m, "nodata"), what="the failure notification")
     assert failed["title"].endswith("nodata: failed") and failed["type"] == "failure"
     body = failed["message"]
-    assert "config_error" in body and "/nonexistent/data.yaml" in body, body  # the cause and the missing path
+    assert "config_error" in body and str(empty) in body, body  # the cause and the exception's detail
     assert "epochs 0/2" in body and "restarts 0" in body and "goodput" in body
     assert "yolo-supervisorctl history nodata" in body
 
@@ -94,7 +97,7 @@ def test_a_missing_dataset_notifies_once_with_the_cause_and_the_url_stays_secret
 def test_a_job_file_with_a_bad_notification_url_is_refused_without_echoing_it(fake_daemon, tmp_path):
     fake_daemon.start()
     home = wait_socket(fake_daemon).parent
-    spec = cpu_job("badurl", Path("/nonexistent/data.yaml"), notify={"urls": [f"nosuch://{SECRET}"]})
+    spec = cpu_job("badurl", FAKE_DATA, notify={"urls": [f"nosuch://{SECRET}"]})
     path = tmp_path / "badurl.yaml"
     path.write_text(yaml.safe_dump(spec))
     result = ctl(home, "submit", str(path))
@@ -187,7 +190,7 @@ def test_a_completed_job_notifies(fake_daemon, receiver, monkeypatch, tmp_path):
     use_fake_trainer(monkeypatch, tmp_path, FINISH_AT_ONCE)
     write_config(fake_daemon.home, notify={"urls": [receiver.url()]})
     fake_daemon.start()
-    fake_daemon.drop(cpu_job("quick", Path("/nonexistent/data.yaml"), epochs=2))
+    fake_daemon.drop(cpu_job("quick", FAKE_DATA, epochs=2))
     fake_daemon.wait_state("quick", "completed", timeout=60)
     [done] = receiver.wait(lambda m: m, what="the completion notification")
     assert done["title"].endswith("quick: completed") and done["type"] == "success"
@@ -218,7 +221,7 @@ def test_a_target_that_never_answers_does_not_delay_the_next_launch(fake_daemon,
     try:
         fake_daemon.start()
         home = wait_socket(fake_daemon).parent
-        spec = cpu_job("hasty", Path("/nonexistent/data.yaml"))
+        spec = cpu_job("hasty", FAKE_DATA)
         spec["restart"] = {"backoff": {"initial": 0, "max": 0, "factor": 1}}
         fake_daemon.drop(spec)
         fake_daemon.wait_state("hasty", "running", timeout=60)
