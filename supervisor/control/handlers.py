@@ -24,8 +24,8 @@ from supervisor.child.progress import read_json
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
 from supervisor.daemon.core import CommandError
 from supervisor.jobs.edit import EditRefused
-from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, Health, SpecError
-from supervisor.jobs.states import Cause, JobState
+from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
+from supervisor.jobs.states import JobState
 from supervisor.observe.goodput import goodput
 from supervisor.observe.rate import training_rate
 from supervisor.store import JobRecord
@@ -284,62 +284,22 @@ def submit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
 def stop(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """TERM, grace, KILL for a running job; a job that waits to start is stopped at once."""
     job = _job(daemon, args)
-    state, reason = S(job.state), f"stop requested by {peer.actor}"
-    run = daemon.running.get(job.name)
-    if run is not None and state is S.STOPPING:
-        run.user_stop, run.then = True, None  # already ending (stall, restart): stay stopped after
-        daemon.note_stop_intent(run)
-        daemon.event(job.name, "stop", f"{reason} while already stopping", peer.actor)
-    elif run is not None:
-        grace = _stop_grace(daemon, job)
-        daemon.terminate(job.name, Cause.STOPPED, reason, grace, peer.actor, user_stop=True)
-    elif state in (S.QUEUED, S.BACKOFF, S.HELD):
-        daemon.transition(job.name, S.STOPPED, reason, peer.actor, next_start_at=None)
-    else:
-        raise _wrong_state(job, "stop")
+    daemon.stop_job(job.name, peer.actor)
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
 def start(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
-    """Queue a stopped, failed or held job again; launch() resumes it from its checkpoint."""
+    """Queue a stopped, failed or held job again; it resumes from its checkpoint."""
     job = _job(daemon, args)
-    if S(job.state) not in (S.STOPPED, S.FAILED, S.HELD):
-        raise _wrong_state(job, "start")
-    _requeue(daemon, job, f"start requested by {peer.actor}", peer.actor)
+    daemon.start_job(job.name, peer.actor)
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
 def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Stop the running attempt and start a new one that resumes; start a job that is not running."""
     job = _job(daemon, args)
-    state, reason = S(job.state), f"restart requested by {peer.actor}"
-    if job.name in daemon.running and state is not S.STOPPING:
-        grace = _stop_grace(daemon, job)
-        daemon.terminate(job.name, Cause.STOPPED, reason, grace, peer.actor, user_stop=True, then="restart")
-    elif state is S.BACKOFF:  # skip the rest of the delay, but wait for a slot like any other start
-        daemon.transition(job.name, S.BACKOFF, reason, peer.actor, next_start_at=time.time())
-        daemon.event(job.name, "restart", f"{reason}: starts as soon as a slot is free", peer.actor)
-        daemon.start_due_jobs()
-    elif state in (S.STOPPED, S.FAILED, S.HELD):
-        _requeue(daemon, job, reason, peer.actor)
-    else:
-        raise _wrong_state(job, "restart")
+    daemon.restart_job(job.name, peer.actor)
     return job_view(daemon, daemon.store.get_job(job.name))
-
-
-def _stop_grace(daemon: "Daemon", job: JobRecord) -> float:
-    """The job's TERM-to-KILL grace; the default when its stored spec no longer validates."""
-    try:
-        return daemon.spec(job.name).health.stop_grace
-    except SpecError:
-        return Health().stop_grace
-
-
-def _requeue(daemon: "Daemon", job: JobRecord, reason: str, actor: str) -> None:
-    """A user's start gives the job a fresh restart budget."""
-    daemon.transition(job.name, S.QUEUED, reason, actor, crash_restarts=0, no_progress_streak=0,
-                      backoff_level=0, next_start_at=None)
-    daemon.start_due_jobs()
 
 
 def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:

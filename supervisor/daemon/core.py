@@ -29,7 +29,7 @@ from supervisor.daemon import preflight
 from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, final_resumable_pt, last_pt,
                                       midepoch_pt, prepare_resume)
 from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
-from supervisor.jobs.spec import JobSpec, SpecError, parse_spec_text, spec_to_yaml
+from supervisor.jobs.spec import Health, JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import Notifications
@@ -701,6 +701,59 @@ class Daemon:
                 self.event(name, "snapshot", f"verified copy of {info.where()} kept", epoch=info.epochs_done,
                            batch=info.position[1] or None)
 
+    # -- commands (control handlers parse the request and render the job; these act) ----------
+    def stop_job(self, name: str, actor: str) -> None:
+        """TERM, grace, KILL for a running job; a job that waits to start is stopped at once."""
+        job = self.store.get_job(name)
+        state, reason = S(job.state), f"stop requested by {actor}"
+        run = self.running.get(name)
+        if run is not None and state is S.STOPPING:
+            run.user_stop, run.then = True, None  # already ending (stall, restart): stay stopped after
+            self.note_stop_intent(run)
+            self.event(name, "stop", f"{reason} while already stopping", actor)
+        elif run is not None:
+            self.terminate(name, Cause.STOPPED, reason, self._stop_grace(name), actor, user_stop=True)
+        elif state in (S.QUEUED, S.BACKOFF, S.HELD):
+            self.transition(name, S.STOPPED, reason, actor, next_start_at=None)
+        else:
+            raise _wrong_state(job, "stop")
+
+    def start_job(self, name: str, actor: str) -> None:
+        """Queue a stopped, failed or held job again; launch() resumes it from its checkpoint."""
+        job = self.store.get_job(name)
+        if S(job.state) not in (S.STOPPED, S.FAILED, S.HELD):
+            raise _wrong_state(job, "start")
+        self._requeue(name, f"start requested by {actor}", actor)
+
+    def restart_job(self, name: str, actor: str) -> None:
+        """Stop the running attempt and start a new one that resumes; start a job that is not running."""
+        job = self.store.get_job(name)
+        state, reason = S(job.state), f"restart requested by {actor}"
+        if name in self.running and state is not S.STOPPING:
+            self.terminate(name, Cause.STOPPED, reason, self._stop_grace(name), actor, user_stop=True,
+                           then="restart")
+        elif state is S.BACKOFF:  # skip the rest of the delay, but wait for a slot like any other start
+            self.transition(name, S.BACKOFF, reason, actor, next_start_at=time.time())
+            self.event(name, "restart", f"{reason}: starts as soon as a slot is free", actor)
+            self.start_due_jobs()
+        elif state in (S.STOPPED, S.FAILED, S.HELD):
+            self._requeue(name, reason, actor)
+        else:
+            raise _wrong_state(job, "restart")
+
+    def _stop_grace(self, name: str) -> float:
+        """The job's TERM-to-KILL grace; the default when its stored spec no longer validates."""
+        try:
+            return self.spec(name).health.stop_grace
+        except SpecError:
+            return Health().stop_grace
+
+    def _requeue(self, name: str, reason: str, actor: str) -> None:
+        """A user's start gives the job a fresh restart budget."""
+        self.transition(name, S.QUEUED, reason, actor, crash_restarts=0, no_progress_streak=0,
+                        backoff_level=0, next_start_at=None)
+        self.start_due_jobs()
+
     # -- stopping -------------------------------------------------------------
     def terminate(self, name: str, cause: Cause, reason: str, grace: float, actor: Optional[str] = None,
                   user_stop: bool = False, then: Optional[str] = None) -> None:
@@ -938,6 +991,10 @@ def _spec_from(data: dict[str, Any]) -> JobSpec:
     from supervisor.jobs.spec import parse_spec
 
     return parse_spec(data, data.get("name", "<spec>"))
+
+
+def _wrong_state(job: JobRecord, what: str) -> CommandError:
+    return CommandError(f"{job.name}: cannot {what} a job that is {job.state}")
 
 
 def _dead_child(job: JobRecord) -> launcher.Child:
