@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from supervisor.control.handlers import job_view  # the same numbers `status` shows
+from supervisor.observe.views import job_view  # the same numbers `status` shows
 from supervisor.daemon.config import parse_address
 from supervisor.jobs.states import JobState
 

@@ -1,0 +1,59 @@
+"""What a job looks like from outside: the view behind ``status``, ``history`` and the metrics.
+
+Outside ``control/`` because the Prometheus collector shows the same numbers and must not
+depend on the socket's handlers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from supervisor.child.progress import read_json
+from supervisor.jobs.spec import SpecError
+from supervisor.jobs.states import JobState
+from supervisor.observe.goodput import goodput
+from supervisor.observe.rate import training_rate
+from supervisor.store import JobRecord
+
+if TYPE_CHECKING:
+    from supervisor.daemon.core import Daemon
+
+S = JobState
+
+
+def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> dict[str, Any]:
+    """What ``status`` shows for one job (also the numbers behind the Prometheus metrics)."""
+    now = time.time() if now is None else now
+    state = S(job.state)
+    try:
+        epochs, spec_problem = daemon.spec(job.name).epochs, None
+    except SpecError as err:  # shown with its problem; the listing of every other job goes on
+        epochs, spec_problem = None, "; ".join(err.problems)
+    progress = (read_json(daemon.home.job_progress(job.name)) or {}) if state.has_process else {}
+    if state is S.COMPLETED:
+        epoch = epochs
+    elif progress.get("epoch"):
+        epoch = int(progress["epoch"])  # the epoch being trained now (1-based)
+    else:
+        epoch = job.epochs_done
+    attempts = daemon.store.attempts(job.name)
+    attempt = next((a for a in reversed(attempts) if a.ended_at is None), None) if state.has_process else None
+    rate = training_rate(progress, epochs, now) if progress and epochs else None
+    return {
+        "name": job.name, "state": job.state, "state_reason": job.state_reason,
+        "pid": job.pid, "epoch": epoch, "epochs": epochs, "epochs_done": job.epochs_done,
+        "batch": progress.get("batch"), "batches": progress.get("batches"), "phase": progress.get("phase"),
+        "batches_per_s": _round(rate.batches_per_s, 3) if rate else None,
+        "epoch_s": _round(rate.epoch_s, 1) if rate else None,
+        "eta_s": _round(rate.eta_s, 0) if rate else None,
+        "attempts": job.attempts, "restarts": max(0, job.attempts - 1), "crash_restarts": job.crash_restarts,
+        "last_cause": job.last_cause, "run_dir": job.run_dir,
+        "uptime_s": round(now - attempt.started_at, 1) if attempt else None,
+        "next_start_at": job.next_start_at, "owner_uid": job.owner_uid, "created_at": job.created_at,
+        "goodput": goodput(job, attempts, now).summary(), "spec_problem": spec_problem,
+    }
+
+
+def _round(value: Optional[float], digits: int) -> Optional[float]:
+    return None if value is None else round(value, digits)
