@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Optional
 
 from supervisor.jobs.spec import JobSpec
-from supervisor.jobs.states import Cause
+from supervisor.jobs.states import Cause, JobState
 
 
 class Action(str, Enum):
@@ -131,3 +131,18 @@ def _reduced_batch(spec: JobSpec, end: AttemptEnd) -> Optional[int]:
     if end.batch <= spec.min_batch:
         return None
     return max(spec.min_batch, end.batch // 2)
+
+
+# Where a job goes after an attempt ended with each action: next to ``decide`` so the table
+# tests check it against the allowed transitions (tests/unit/test_policy.py).
+ACTION_STATES: dict[Action, JobState] = {
+    Action.COMPLETE: JobState.COMPLETED, Action.FAIL: JobState.FAILED, Action.STOP: JobState.STOPPED,
+    Action.HOLD: JobState.HELD, Action.RESTART: JobState.BACKOFF,
+}
+
+
+def next_state(action: Action, restart_requested: bool) -> JobState:
+    """The job's state after an ended attempt: a stop that a user's ``restart`` asked for queues it again."""
+    if action is Action.STOP and restart_requested:
+        return JobState.QUEUED
+    return ACTION_STATES[action]

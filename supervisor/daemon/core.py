@@ -34,7 +34,7 @@ from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import Notifications
 from supervisor.paths import Home
-from supervisor.policy import Action, AttemptEnd, Budget, decide
+from supervisor.policy import AttemptEnd, Budget, decide, next_state
 from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
@@ -880,11 +880,10 @@ class Daemon:
             counters["batch_override"] = decision.new_batch
             self.event(name, "batch", decision.reason, old=self.store.get_job(name).batch_override,
                        new=decision.new_batch)
-        if decision.action is Action.STOP and run.then == "restart":
+        target = next_state(decision.action, run.then == "restart")
+        if target is S.QUEUED:
             self.transition(name, S.QUEUED, "restart requested", **counters)
             return
-        target = {Action.COMPLETE: S.COMPLETED, Action.FAIL: S.FAILED, Action.STOP: S.STOPPED,
-                  Action.HOLD: S.HELD, Action.RESTART: S.BACKOFF}[decision.action]
         if target is S.BACKOFF:
             counters["next_start_at"] = time.time() + decision.delay_s
             reason = f"{decision.reason}; next attempt in {decision.delay_s:.1f}s"

@@ -88,3 +88,15 @@ def test_reduce_batch_on_cuda_oom_down_to_the_floor(batch, expected):
 def test_reduce_batch_only_for_cuda_oom_and_only_when_asked():
     assert decide(spec(on_oom="reduce_batch"), Budget(), end(Cause.HOST_OOM, batch=16)).new_batch is None
     assert decide(spec(), Budget(), end(Cause.CUDA_OOM, batch=16)).new_batch is None
+
+
+def test_every_state_an_ended_attempt_leads_to_is_in_the_transition_table():
+    # An attempt ends from starting, running or stopping; the daemon moves the job to
+    # next_state(...) through transition(), which refuses anything the table does not list.
+    from supervisor.jobs.states import JobState, can_transition
+    from supervisor.policy import Action, next_state
+
+    for old in (JobState.STARTING, JobState.RUNNING, JobState.STOPPING):
+        for action in Action:
+            for restart in (False, True):
+                assert can_transition(old, next_state(action, restart)), (old, action, restart)
