@@ -533,7 +533,8 @@ class Daemon:
         epochs_before, batch_before = position
         plan_path = self._write_plan(job, spec, attempt, resume)
         log_path = self.home.job_log(name)
-        offset = log_path.stat().st_size if log_path.exists() else 0
+        with self.as_owner(name):  # the log's folder is the job user's: look at it as them
+            offset = log_path.stat().st_size if log_path.exists() else 0
         try:
             user = self.job_identity(job)
             child = launcher.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user,
