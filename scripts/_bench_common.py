@@ -229,7 +229,8 @@ class MarkerReader:
 # Runs in its own process so that nothing in the benchmark's process (threads, the GIL,
 # polling) delays the kill. inotify reports the truncating open of last.pt before the
 # bytes follow (Ultralytics writes it in place with Path.write_bytes); the SIGKILL then
-# lands inside the write. When the race is lost (the write finished first) and
+# lands inside the write. yolo-supervisor's child writes a temp file and renames it: the kill
+# then lands inside the temp file's write, and last.pt is still the previous save. When the race is lost (the write finished first) and
 # --truncate-if-intact is given, last.pt is cut to half at once, which is what a kill
 # inside the write leaves; the output says which of the two happened.
 KILL_ON_WRITE = r'''
@@ -250,13 +251,19 @@ while True:
     data, off = os.read(fd, 65536), 0
     while off < len(data):
         _, _, _, n = struct.unpack_from("iIII", data, off)
-        if data[off + 16: off + 16 + n].rstrip(b"\0") == b"last.pt":
+        name = data[off + 16: off + 16 + n].rstrip(b"\0")
+        # last.pt written in place (Ultralytics), or its temp file (yolo-supervisor's atomic save)
+        atomic = name.startswith(b".last.pt.") and name.endswith(b".partial")
+        if name == b"last.pt" or atomic:
             os.kill(pid, 9)
             killed_at = __import__("time").time()
             select.select([pidfd], [], [], 30)
             last = os.path.join(weights, "last.pt")
             info = inspect_checkpoint(last)
-            if info.kind.value == "corrupt":
+            if atomic:
+                print(f"{killed_at} mid-write of the temp file: last.pt left {info.kind.value} "
+                      f"({info.size} bytes, the previous save)", flush=True)
+            elif info.kind.value == "corrupt":
                 print(f"{killed_at} mid-write: last.pt left at {info.size} bytes ({info.problem})", flush=True)
             elif truncate and info.is_resumable:
                 os.truncate(last, info.size // 2)

@@ -184,6 +184,8 @@ class Landing:
     def where(self) -> str:
         if not self.landed:
             return f"{self.planned}: {self.why}"
+        if self.index is None:  # a kill inside a save: no batch position
+            return f"{self.planned}: sent during the save of epoch {self.epoch}"
         return f"{self.planned}: sent after batch {self.index + 1}/{self.batches} of epoch {self.epoch}"
 
 

@@ -9,13 +9,18 @@ from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
 from tests.unit.test_checkpoint import with_epoch
 
 
-def test_a_foreign_last_pt_is_refused_with_the_difference_named(daemon, dataset, real_checkpoints):
+def train_then_stop(daemon, name: str, data: Path, epochs: int):
+    """Start the daemon, train ``name`` until an epoch is saved, stop it; epochs: enough to be mid-run."""
     daemon.start()
     wait_socket(daemon)
-    daemon.drop(cpu_job("own", dataset, epochs=8, checkpoint_every="off"))  # still training at the stop
-    wait_for(lambda: ((j := daemon.job("own")) and j.epochs_done or 0) >= 1, 300, what="epoch 1 saved")
-    assert ctl(daemon.home, "stop", "own").returncode == 0
-    job = daemon.wait_state("own", "stopped")
+    daemon.drop(cpu_job(name, data, epochs=epochs, checkpoint_every="off"))
+    wait_for(lambda: ((j := daemon.job(name)) and j.epochs_done or 0) >= 1, 300, what="epoch 1 saved")
+    assert ctl(daemon.home, "stop", name).returncode == 0
+    return daemon.wait_state(name, "stopped")
+
+
+def test_a_foreign_last_pt_is_refused_with_the_difference_named(daemon, dataset, real_checkpoints):
+    job = train_then_stop(daemon, "own", dataset, epochs=8)
     weights = Path(job.run_dir) / "weights"
     (weights / "midepoch.pt").unlink(missing_ok=True)
     # another run's checkpoint, copied in by hand, further along than anything of this job's
@@ -61,12 +66,7 @@ def test_the_dataset_moved_hold_then_edit_data_resumes_from_the_same_state(daemo
     shutil.copytree(dataset.parent, moved_from)
     data = moved_from / "data.yaml"
     data.write_text(dataset.read_text().replace(str(dataset.parent), str(moved_from)))
-    daemon.start()
-    wait_socket(daemon)
-    daemon.drop(cpu_job("moved", data, epochs=6, checkpoint_every="off"))  # still training at the stop
-    wait_for(lambda: ((j := daemon.job("moved")) and j.epochs_done or 0) >= 1, 300, what="epoch 1 saved")
-    assert ctl(daemon.home, "stop", "moved").returncode == 0
-    stopped = daemon.wait_state("moved", "stopped")
+    stopped = train_then_stop(daemon, "moved", data, epochs=6)
     before = daemon.attempts("moved")[-1]
 
     moved_to = tmp_path / "new"

@@ -13,7 +13,7 @@ from supervisor.child.progress import read_json
 from supervisor.control.cli import call
 from supervisor.control.protocol import connect
 from supervisor.observe.plot import plot_run
-from tests.conftest import cpu_job, ctl, wait_for, wait_socket
+from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
 
 
 def ok(result) -> str:
@@ -88,7 +88,7 @@ def test_interrupted_run_status_goodput_and_plot(daemon, dataset, tmp_path):
 def test_plot_before_any_epoch_says_so(fake_daemon, tmp_path):
     fake_daemon.start()
     home = wait_socket(fake_daemon).parent
-    fake_daemon.drop(cpu_job("early", tmp_path / "none.yaml", epochs=2))
+    fake_daemon.drop(cpu_job("early", FAKE_DATA, epochs=2))
     fake_daemon.wait_state("early", "running", timeout=60)
     result = ctl(home, "plot", "early", "-o", str(tmp_path / "early.png"))
     assert result.returncode == 5 and "nothing to plot yet" in result.stderr, result.stderr

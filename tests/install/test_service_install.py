@@ -384,7 +384,9 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
         assert stopped.returncode == 0, stopped.stderr
         wait_for(lambda: job_status(op, ctl_bin, home, name)["state"] == "stopped", 120, interval=0.5,
                  what="the job stopped")
-        wait_for(lambda: not psutil.pid_exists(train_pid), 60, what="the training process gone")
+        # Gone, or dead and waiting to be reaped: after the restart the training is no child of the
+        # daemon's, so whoever inherited it (init, or a subreaper above the test) reaps it.
+        wait_for(lambda: dead(train_pid), 60, what="the training process gone")
         started = ctl(op, ctl_bin, home, "start", name)
         assert started.returncode == 0, started.stderr
         st = wait_for(lambda: (lambda s: s if s["state"] == "running" and s["pid"] != train_pid else None)(
@@ -404,3 +406,10 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
     finally:
         service.stop()
         notify.close()
+
+
+def dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -115,3 +115,14 @@ def test_constraints_pin_what_pyproject_leaves_open():
         assert name in pins, name
     for script in ("scripts/test.sh", "scripts/demo.sh", "scripts/bench.sh", "scripts/install.sh"):
         assert "constraints.txt" in (ROOT / script).read_text(), script
+
+
+def test_multi_gpu_launch_needs_no_install_at_run_time():
+    """Ultralytics' DDP launch calls check_requirements('cloudpickle>=3.1.1'); offline, that install fails."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    assert Version(importlib.metadata.version("cloudpickle")) >= Version("3.1.1")
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"cloudpickle>=3.1.1"' in text
