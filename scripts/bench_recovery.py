@@ -410,6 +410,10 @@ class YoloSupervisor(System):
         store = self._store()
         try:
             job = store.get_job(self.JOB)
+            if job is not None and job.state == "held" and not store.attempts(self.JOB):
+                # the preflight found the dataset missing: held, nothing started, waiting for it
+                at = max((e.at for e in store.events(self.JOB) if e.to_state == "held"), default=time.time())
+                return False, f"held, no process started: {job.state_reason}", at
             if job is None or job.state not in ("completed", "failed"):
                 return None
             at = max((e.at for e in store.events(self.JOB) if e.to_state == job.state), default=time.time())
@@ -816,6 +820,8 @@ def fmt_completed(o: Outcome) -> str:
     if o.capped:
         return f"**no**: {'hung' if o.scenario == 'sigstop' and o.status.startswith('hung') else 'still retrying'}" \
                f" at the {o.elapsed_s:.0f} s cap"
+    if o.status.startswith("held"):
+        return f"no: held after {o.elapsed_s:.0f} s, no process started (it waits for the dataset)"
     return f"no: gave up after {o.elapsed_s:.0f} s"
 
 
