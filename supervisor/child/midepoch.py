@@ -14,10 +14,9 @@ save was taken. What "exactly" needs, and how each piece is restored (see ../sha
   the warmup (``ni = i + nb * epoch``) and the running loss mean: the trainer module's ``enumerate``
   is shadowed so the resumed epoch counts from ``k``.
 - **The accumulation step.** ``last_opt_step`` is a local of ``_do_train``: the resumed run gets
-  the saved value written back into that frame before its first batch. Timed saves wait for the
-  batch right after an optimizer step (gradients are zero: nothing else to keep) for at most
-  ``MAX_WAIT_FOR_STEP`` batches; a SIGTERM saves at the next batch end, with the gradients
-  accumulated since the last step (``GRADS_KEY``), which the resume puts back.
+  the saved value written back into that frame before its first batch. A save (timed or on
+  SIGTERM) happens at the first batch end it is due, with the gradients accumulated since the last
+  optimizer step (``GRADS_KEY``, None right after a step), which the resume puts back.
 - **Model, EMA, optimizer, scaler, best fitness, stopper**: Ultralytics' own checkpoint dict (taken
   from its ``save_model`` so the format stays its own), plus the raw model weights (its resume
   loads the EMA into the model) and a plain record (``RECORD_KEY``) the daemon reads without torch.
@@ -47,7 +46,6 @@ from typing import Any, Callable, Optional
 RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything the resume restores
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
 GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
-MAX_WAIT_FOR_STEP = 16                    # batches a timed save waits for an optimizer step
 RECORD_FORMAT = 1
 MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
 FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
@@ -306,8 +304,6 @@ class MidEpoch:
         self.on_saved = on_saved
         self.note = note
         self.last_save = time.monotonic()
-        self.stepped = False                    # the optimizer stepped in the current batch
-        self.waited = 0                         # batches a due timed save has waited for a step
         self.trainer = None
         self.loader = None
         self.restore_pending = record is not None
@@ -328,7 +324,6 @@ class MidEpoch:
         _shadow_enumerate(trainer_module, self)
         self._wrap(trainer, "get_dataloader", self._get_dataloader)
         self._wrap(trainer, "resume_training", self._resume_training)
-        self._wrap(trainer, "optimizer_step", self._optimizer_step)
 
     @staticmethod
     def _wrap(trainer, name: str, replacement) -> None:
@@ -385,11 +380,6 @@ class MidEpoch:
             model.criterion.updates = t.start_epoch - 1
             model.criterion.update()
 
-    def _optimizer_step(self, original, *args, **kwargs):
-        result = original(*args, **kwargs)
-        self.stepped = True
-        return result
-
     # -- per batch -------------------------------------------------------------
     def enumerate_start(self, iterable) -> int:
         """Where ``i`` starts for this epoch: the saved batch in the resumed epoch, else 0."""
@@ -398,7 +388,6 @@ class MidEpoch:
         return 0
 
     def on_batch_start(self, trainer) -> None:
-        self.stepped = False
         if self.restore_pending and self.resume_skip and trainer.epoch == trainer.start_epoch:
             self._restore_loop_state(trainer)
         self.restore_pending = False
@@ -417,17 +406,16 @@ class MidEpoch:
             trainer.tloss = {k: torch.tensor(v, device=trainer.device) for k, v in rec["tloss"].items()}
 
     def due(self, preempt: bool) -> bool:
-        """Save now? A SIGTERM: yes. A timer: at the next optimizer step, or after waiting for one."""
+        """Save now? A SIGTERM, or ``interval_s`` since the last save: at this batch end.
+
+        Not later: waiting for the next optimizer step would let a kill cost up to ``accumulate - 1``
+        batches more than ``checkpoint_every``; the accumulated gradients are saved instead."""
         if preempt:
             return True
-        if self.interval_s <= 0 or time.monotonic() - self.last_save < self.interval_s:
-            return False
-        self.waited += 1
-        return self.stepped or self.waited > MAX_WAIT_FOR_STEP
+        return self.interval_s > 0 and time.monotonic() - self.last_save >= self.interval_s
 
     def epoch_saved(self) -> None:
         self.last_save = time.monotonic()  # epoch-end saves count as saves
-        self.waited = 0
 
     def save(self, trainer) -> Optional[dict]:
         """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch."""
