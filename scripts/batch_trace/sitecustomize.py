@@ -3,7 +3,7 @@
 Put this directory on PYTHONPATH and set TRACE_BATCHES to a file: each batch Ultralytics trains in
 ``python -m supervisor.child.train`` or the ``yolo`` CLI appends one JSON line (pid, time, 0-based
 epoch, batch index, batches per epoch, the image files, lr, running loss mean, last_opt_step).
-tests/e2e/test_midepoch.py and scripts/bench_long_epoch.py count from it which images were
+tests/e2e/test_midepoch.py counts from it which images were
 trained, which twice and which never: what a mid-epoch resume must get right.
 """
 
