@@ -270,6 +270,8 @@ def _set_checkpoint_epochs(path: Path, epochs: int, rep: Reporter) -> None:
     """``extend``: Ultralytics takes ``epochs`` from the checkpoint on resume and ignores an override,
     so the checkpoint itself is rewritten (atomically) to the new total. The LR schedule is then
     re-derived for that total when the trainer starts."""
+    import io
+
     import torch
 
     from supervisor.child.midepoch import atomic_write_bytes
@@ -279,8 +281,6 @@ def _set_checkpoint_epochs(path: Path, epochs: int, rep: Reporter) -> None:
     if old == epochs:
         return
     ckpt["train_args"]["epochs"] = epochs
-    import io
-
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     atomic_write_bytes(path, buffer.getvalue())
