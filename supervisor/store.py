@@ -86,6 +86,9 @@ ADDED_COLUMNS = (
     ("attempts", "stop_by_user", "INTEGER"),
     ("attempts", "stop_then", "TEXT"),
     ("attempts", "kill_at", "REAL"),
+    ("attempts", "slurm_job_id", "TEXT"),
+    ("attempts", "slurm_node", "TEXT"),
+    ("jobs", "slurm_job_id", "TEXT"),
 )
 
 
@@ -113,6 +116,8 @@ class JobRecord:
     batch_override: Optional[int]
     # Set by `extend` until the next attempt starts: its stripped last.pt does not mean "finished".
     extend_pending: Optional[int] = None
+    # executor: slurm: the Slurm job of the newest attempt (the attempt rows keep every one).
+    slurm_job_id: Optional[str] = None
 
 
 @dataclass
@@ -148,6 +153,9 @@ class AttemptRecord:
     stop_by_user: Optional[int] = None
     stop_then: Optional[str] = None
     kill_at: Optional[float] = None
+    # executor: slurm: the attempt's Slurm job (re-adopted by it after a daemon restart) and node.
+    slurm_job_id: Optional[str] = None
+    slurm_node: Optional[str] = None
 
 
 @dataclass
@@ -376,6 +384,16 @@ class Store:
             " WHERE id = ?",
             (at or time.time(), exit_code, signal, cause, detail, epochs_after, attempt_id),
         )
+
+    def update_attempt(self, attempt_id: int, **values: Any) -> None:
+        """Set columns of one attempt row (executor facts: its Slurm job, its node)."""
+        if not values:
+            return
+        bad = set(values) - set(_columns(AttemptRecord))
+        if bad:
+            raise KeyError(f"unknown attempt column(s): {sorted(bad)}")
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self._exec(f"UPDATE attempts SET {sets} WHERE id = ?", (*values.values(), attempt_id))
 
     def set_stop_intent(self, attempt_id: int, *, cause: Optional[str], detail: Optional[str],
                         by_user: bool, then: Optional[str], kill_at: Optional[float]) -> None:

@@ -316,11 +316,32 @@ def render_status(jobs: list[dict[str, Any]], now: float) -> str:
              "DOWN", "GOODPUT")]
     for j in jobs:
         gp = j.get("goodput") or {}
-        rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
+        rows.append((j["name"], shown_state(j), pid_cell(j), f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
                      progress_bar(j), speed(j.get("batches_per_s")), duration(j.get("eta_s")),
                      restarts(j["restarts"], gp.get("restarts_by_cause")), j["last_cause"] or "-",
                      duration(j["uptime_s"]), duration(gp.get("down_s")), percent(gp.get("training_fraction"))))
-    return table(rows) if jobs else "no jobs"
+    return (table(rows) + slurm_notes(jobs)) if jobs else "no jobs"
+
+
+def shown_state(job: dict[str, Any]) -> str:
+    """A job whose Slurm job waits for an allocation is shown ``queued`` (its state is ``starting``)."""
+    slurm = job.get("slurm") or {}
+    return "queued" if slurm.get("state") == "PENDING" else job["state"]
+
+
+def pid_cell(job: dict[str, Any]) -> str:
+    """The local pid, or ``slurm:JOBID@NODE`` for an attempt that is a Slurm job."""
+    slurm = job.get("slurm")
+    if slurm:
+        return f"slurm:{slurm['job_id']}" + (f"@{slurm['node']}" if slurm.get("node") else "")
+    return str(job["pid"] or "-")
+
+
+def slurm_notes(jobs: list[dict[str, Any]]) -> str:
+    """One line per job waiting in Slurm's queue: its job id and Slurm's reason."""
+    notes = [f"{j['name']}: Slurm job {j['slurm']['job_id']} pending ({j['slurm'].get('reason') or 'no reason given'})"
+             for j in jobs if (j.get("slurm") or {}).get("state") == "PENDING"]
+    return "".join("\n" + n for n in notes)
 
 
 def speed(batches_per_s: Optional[float]) -> str:
@@ -379,7 +400,10 @@ def render_history(hist: dict[str, Any]) -> str:
             ended = f"exit {a['exit_code']}" if a["exit_code"] is not None else "unknown"
         start = f"{a['epochs_before']}+{a['batch_before']}b" if a.get("batch_before") else str(a["epochs_before"])
         epochs = f"{start}->{a['epochs_after'] if a['epochs_after'] is not None else '?'}"
-        rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), str(a["pid"] or "-"),
+        where = str(a["pid"] or "-")
+        if a.get("slurm_job_id"):  # executor: slurm
+            where = f"slurm:{a['slurm_job_id']}" + (f"@{a['slurm_node']}" if a.get("slurm_node") else "")
+        rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), where,
                      ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
                      duration(a.get("down_after_s")) if a["ended_at"] else "-", redone(a),
                      one_line(a["detail"] or "")))

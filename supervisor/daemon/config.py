@@ -6,11 +6,12 @@ import ipaddress
 import os
 import stat
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from supervisor.jobs.slurm_options import SlurmSettings
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import NotifySettings
 
@@ -48,6 +49,8 @@ class DaemonConfig(BaseModel):
                                                                "is checked again")
     notify: NotifySettings = Field(default_factory=NotifySettings,
                                    description="notifications through apprise (docs in configs/daemon.yaml)")
+    executor: Literal["local", "slurm"] = Field("local", description="where attempts run (restart)")
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="executor: slurm: defaults and polling")
 
     @field_validator("log_level")
     @classmethod

@@ -39,6 +39,7 @@ from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
 from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
+from supervisor.process.executor import make_executor
 from supervisor import safefs
 from supervisor.store import JobRecord, Store
 
@@ -101,6 +102,9 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
+        # Where attempts run (config.yaml's executor: local children, or Slurm jobs): process mechanics only.
+        self.executor = make_executor(self.config, self.daemon_id, lambda: self.config.slurm)
+        self.hooks.append(self.executor.housekeeping)
         self._backup_due = 0.0  # monotonic; the first tick takes one
         self.notifications = Notifications(self)  # listens on the store; sends off the loop
 
@@ -521,11 +525,11 @@ class Daemon:
 
     def _kill_strays(self, name: str) -> None:
         """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
-        strays = launcher.job_processes(name, daemon_id=self.daemon_id)
+        strays = self.executor.strays(name)
         if strays:
-            survivors = launcher.kill_job_now(name, None, daemon_id=self.daemon_id)
+            survivors = self.executor.kill_job_now(name, None)
             self.event(name, "orphans", f"{len(strays)} process(es) of the job alive before launch; killed",
-                       pids=[p.pid for p in strays], survivors=survivors)
+                       pids=strays, survivors=survivors)
 
     def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
                position: tuple[int, int], actor: Optional[str]) -> None:
@@ -537,9 +541,11 @@ class Daemon:
             offset = log_path.stat().st_size if log_path.exists() else 0
         try:
             user = self.job_identity(job)
-            child = launcher.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user,
-                                   daemon_id=self.daemon_id)
+            child = self.executor.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user,
+                                        spec)
         except OSError as exc:
+            if getattr(exc, "transient", False):
+                raise  # Slurm's controller did not answer: _guarded tries the launch again later
             self.transition(name, S.FAILED, f"could not start the training process: {exc}", actor)
             return
         at = f"epoch {epochs_before + 1} batch {batch_before + 1}" if batch_before else f"epoch {epochs_before}"
@@ -548,12 +554,14 @@ class Daemon:
         # an open attempt on a job in backoff, and every later launch would collide with it.
         try:
             with self.store.transaction():
-                attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
-                                                      str(resume) if resume else None, batch_before)
+                attempt_id = self.store.start_attempt(name, attempt, child.pid or None, child.start_time,
+                                                      epochs_before, str(resume) if resume else None, batch_before)
+                self.store.update_attempt(attempt_id, **self.executor.recorded(child))
                 if job.extend_pending:
                     self.store.update_job(name, extend_pending=None)  # the restored state is on disk now
-                self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
-                                pid_start_time=child.start_time, attempts=attempt, next_start_at=None)
+                self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid or None,
+                                pid_start_time=child.start_time, attempts=attempt, next_start_at=None,
+                                **self.executor.recorded(child))
         except BaseException:
             self._abandon(name, child)
             raise
@@ -561,7 +569,7 @@ class Daemon:
 
     def _abandon(self, name: str, child: launcher.Child) -> None:
         """An attempt that could not be recorded (a full disk) must not train unwatched, nor leak its pidfd."""
-        launcher.kill_job_now(name, child.pid, daemon_id=self.daemon_id)
+        self.executor.kill_job_now(name, child)
         if child.popen is not None:
             child.popen.wait()  # reap it: no zombie left behind
         child.close()
@@ -596,6 +604,7 @@ class Daemon:
             "progress_file": str(self.home.job_progress(name)),
             "exit_record": str(self.home.job_exit_record(name)),
         }
+        self.executor.adjust_plan(plan, spec)
         path = self.home.job_plan(name)
         write_json_atomic(path, plan)
         identity = self.job_identity(job)
@@ -763,7 +772,7 @@ class Daemon:
         run.kill_cause, run.user_stop, run.then = cause, user_stop, then
         run.kill_at = time.monotonic() + grace
         self.note_stop_intent(run)  # before the TERM: a daemon restart right after must not forget it
-        pids = launcher.signal_job(name, run.child.pid, signal.SIGTERM, daemon_id=self.daemon_id)
+        pids = self.executor.signal_job(name, run.child, signal.SIGTERM)
         self.transition(name, S.STOPPING, reason, actor)
         self.event(name, "signal", f"SIGTERM to {len(pids)} process(es); SIGKILL after {grace:g}s",
                    actor, pids=pids)
@@ -777,7 +786,7 @@ class Daemon:
 
     def _escalate_kill(self, name: str, run: Running) -> None:
         run.kill_at = None
-        survivors = launcher.kill_job_now(name, run.child.pid, daemon_id=self.daemon_id)
+        survivors = self.executor.kill_job_now(name, run.child)
         self.event(name, "signal", "grace period over: SIGKILL to every process of the job",
                    survivors=survivors)
 
@@ -795,7 +804,7 @@ class Daemon:
         """Classify the ended attempt, record it and decide; idempotent, so a failed write is retried."""
         run = self.ending[name]
         exit_code, sig = run.exit_status
-        leftovers = launcher.kill_job_now(name, None, daemon_id=self.daemon_id)  # e.g. torchrun workers
+        leftovers = self.executor.kill_job_now(name, None)  # e.g. torchrun workers
         if leftovers:
             self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
                        pids=leftovers)
@@ -823,6 +832,7 @@ class Daemon:
         reached = bool(progress.get("first_batch_at")) or bool((record or {}).get("reached_training"))
         oom = sig == signal.SIGKILL and kernel_oom_killed(run.child.pid)
         outcome = classify(exit_code, sig, record, tail, reached, oom)
+        outcome = self.executor.refine(name, run.child, outcome, record, progress, tail, run.kill_cause is not None)
         if run.kill_cause is Cause.STALLED and outcome.cause is not Cause.COMPLETED:
             return type(outcome)(Cause.STALLED, run.extra.get("stall_reason", "no progress"))
         if run.user_stop and outcome.cause not in (Cause.COMPLETED, Cause.PREEMPTED):
@@ -951,7 +961,7 @@ class Daemon:
     def _reconcile_job(self, name: str) -> None:
         job = self.store.get_job(name)
         open_attempt = self.store.open_attempt(name)
-        child = launcher.adopt(name, job.pid, job.pid_start_time) if job.pid else None
+        child = self.executor.adopt(job, open_attempt)
         if open_attempt is None:
             if child is not None:
                 child.close()
@@ -961,10 +971,11 @@ class Daemon:
                       open_attempt.epochs_before, log_offset=0)
         _restore_stop_intent(run, open_attempt)
         if child is not None:
-            self.event(name, "adopted", f"re-adopted attempt {run.attempt_no} (pid {job.pid})")
+            self.event(name, "adopted", f"re-adopted attempt {run.attempt_no} "
+                       f"({self.executor.describe(job, open_attempt)})")
         else:
-            self.event(name, "vanished", f"attempt {run.attempt_no} (pid {job.pid}) ended while "
-                       "the daemon was down")
+            self.event(name, "vanished", f"attempt {run.attempt_no} ({self.executor.describe(job, open_attempt)}) "
+                       "ended while the daemon was down")
         self._watch(name, run)
 
 

@@ -33,7 +33,9 @@ def parse_args(argv):
 def build_daemon(home: Home, log_level: str | None = None) -> Daemon:
     config = load_config(home.config)
     configure(log_level or config.log_level)
-    daemon = Daemon(home, config, gpu_probe=open_probe(lambda line: get_logger().warning(line)))
+    # executor: slurm: the GPUs are on the compute nodes, not where the daemon runs; Slurm places jobs.
+    probe = open_probe(lambda line: get_logger().warning(line)) if config.executor == "local" else None
+    daemon = Daemon(home, config, gpu_probe=probe)
     return daemon
 
 

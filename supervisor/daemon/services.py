@@ -22,7 +22,7 @@ from supervisor.observe.logging import configure
 from supervisor.observe.metrics import MetricsService
 
 # Settings read once at start: a reload reports a change to them but cannot apply it.
-RESTART_TO_APPLY = ("socket", "jobs_dir", "metrics_address", "metrics_textfile_dir")
+RESTART_TO_APPLY = ("socket", "jobs_dir", "metrics_address", "metrics_textfile_dir", "executor")
 
 
 def socket_path(daemon: Daemon) -> Path:

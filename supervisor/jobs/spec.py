@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from supervisor.jobs.slurm_options import SlurmOptions
 from supervisor.observe.notify import JobNotify
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -107,6 +108,7 @@ class JobSpec(_Strict):
     min_batch: int = Field(2, ge=1, description="floor for on_oom: reduce_batch")
     keep_checkpoints: int = Field(2, ge=1, description="verified copies kept outside weights/")
     notify: Optional[JobNotify] = Field(None, description="more notification targets, events to report")
+    slurm: Optional[SlurmOptions] = Field(None, description="sbatch options (executor: slurm); ignored locally")
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod

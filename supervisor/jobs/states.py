@@ -65,11 +65,12 @@ class Cause(str, Enum):
     CRASHED = "crashed"
     STALLED = "stalled"        # the daemon killed it: no progress for stall_timeout
     STOPPED = "stopped"        # the daemon killed it on a user's stop/restart
+    NODE_FAILURE = "node_failure"  # the machine under it failed (Slurm NODE_FAIL, BOOT_FAIL)
 
     @property
     def is_preemption(self) -> bool:
         """Causes that do not consume the crash budget: the job was not at fault."""
-        return self in (Cause.TERMINATED, Cause.PREEMPTED, Cause.STOPPED)
+        return self in (Cause.TERMINATED, Cause.PREEMPTED, Cause.STOPPED, Cause.NODE_FAILURE)
 
 
 # Exit status the training child uses after catching SIGTERM and saving a

@@ -52,6 +52,7 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
         "uptime_s": round(now - attempt.started_at, 1) if attempt else None,
         "next_start_at": job.next_start_at, "owner_uid": job.owner_uid, "created_at": job.created_at,
         "goodput": goodput(job, attempts, now).summary(), "spec_problem": spec_problem,
+        "slurm": daemon.executor.view(job.name) if state.has_process else None,  # executor: slurm
     }
 
 

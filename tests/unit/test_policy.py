@@ -37,6 +37,11 @@ CASES = [
     # preemption does not consume the crash budget, even when it is spent
     (Cause.PREEMPTED, Budget(3, 0, 0), {}, Action.RESTART, Budget(3, 0, 1)),
     (Cause.TERMINATED, Budget(3, 0, 0), {}, Action.RESTART, Budget(3, 0, 1)),
+    # a failed node (Slurm NODE_FAIL) is not the job's fault either
+    (Cause.NODE_FAILURE, Budget(3, 0, 0), {}, Action.RESTART, Budget(3, 0, 1)),
+    (Cause.NODE_FAILURE, Budget(1, 1, 1), {"after": 3}, Action.RESTART, Budget(1, 1, 2)),
+    # a Slurm host OOM is charged like a local one
+    (Cause.HOST_OOM, Budget(3, 0, 0), {}, Action.FAIL, Budget(3, 0, 0)),
     # no progress: first time restarts, second time in a row fails
     (Cause.KILLED, Budget(0, 0, 0), {"after": 3}, Action.RESTART, Budget(1, 1, 1)),
     (Cause.KILLED, Budget(1, 1, 1), {"after": 3}, Action.FAIL, Budget(1, 2, 1)),

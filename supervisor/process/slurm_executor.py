@@ -1,0 +1,354 @@
+"""Attempts as Slurm jobs (``executor: slurm``): one ``sbatch`` per attempt, watched with squeue.
+
+The daemon runs on a login or head node; each attempt runs the same child entry point as a
+local one on a compute node, reading its plan from and writing its progress, exit record,
+log and checkpoints to the daemon's home, which must be on a filesystem the nodes share.
+
+A poller thread asks ``squeue`` about every watched job in one call each ``poll_s`` seconds
+(the loop thread never waits for Slurm there) and, when a job has ended, closes the write
+end of that attempt's pipe: the read end is the ``pidfd`` the loop's selector watches, so
+the end of a Slurm job reaches ``on_child_exit`` exactly like the exit of a local child.
+sbatch and scancel run on the loop thread with a deadline (``command_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal as _signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from supervisor.jobs.slurm_options import SlurmOptions, SlurmSettings, time_seconds
+from supervisor.jobs.states import JobState
+from supervisor.observe.logging import get_logger
+from supervisor.process import launcher, slurm
+from supervisor.process.classify import Classified
+from supervisor.process.slurm import SlurmError, SlurmJob, SlurmUnavailable
+from supervisor.safefs import Identity
+
+if TYPE_CHECKING:
+    from supervisor.jobs.spec import JobSpec
+    from supervisor.store import AttemptRecord, JobRecord
+
+COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
+RETRY_S = 15.0  # a cancel the controller did not take is tried again after this (not every tick)
+MISSING_POLLS = 2  # polls in a row in which Slurm knows nothing of a job before it counts as ended
+
+
+@dataclass
+class SlurmChild(launcher.Child):
+    """An attempt that is a Slurm job. ``pidfd`` is the read end of a pipe that the poller
+    closes the write end of once the job has ended."""
+
+    slurm_job_id: str = ""
+    write_fd: int = -1
+    last: Optional[SlurmJob] = None      # Slurm's newest answer
+    final: Optional[SlurmJob] = None     # how it ended (None with ended: Slurm forgot it)
+    ended: bool = False
+    missing: int = 0
+    reported: Optional[tuple] = None     # (state, reason, node) last written to the history
+    owner: Any = None
+
+    def exit_status(self) -> tuple[Optional[int], Optional[int]]:
+        return (self.final.exit_code, self.final.signal) if self.final else (None, None)
+
+    def close(self) -> None:
+        if self.owner is not None:
+            self.owner.untrack(self)
+        super().close()
+
+
+class SlurmExecutor:
+    kind = "slurm"
+
+    def __init__(self, settings: Callable[[], SlurmSettings], daemon_id: str):
+        missing = [c for c in COMMANDS if shutil.which(c) is None]
+        if missing:
+            raise ValueError(f"executor: slurm: {', '.join(missing)} not found on PATH; install Slurm's client "
+                             "commands on this host (Debian: slurm-client), or set executor: local")
+        self.settings = settings
+        self.daemon_id = daemon_id
+        self.tag = hashlib.sha1(daemon_id.encode()).hexdigest()[:8]
+        self.log = get_logger()
+        self._lock = threading.Lock()
+        self._tracked: dict[str, SlurmChild] = {}      # by Slurm job id
+        self._cancel_retry: dict[str, tuple[str, float]] = {}  # Slurm job id -> (job name, when): a failed cancel
+        self._strays: dict[str, list[str]] = {}        # job name -> unwatched Slurm jobs found before a launch
+        self._wake = threading.Event()
+        self._last_warning = 0.0
+        threading.Thread(target=self._poll_loop, name="slurm-poll", daemon=True).start()
+
+    # -- naming -------------------------------------------------------------------------
+    def slurm_name(self, name: str) -> str:
+        """The Slurm job name of every attempt of ``name``: how strays of this daemon are found."""
+        return f"ys-{self.tag}-{name}"
+
+    # -- submitting ---------------------------------------------------------------------
+    def spawn(self, name: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
+              user: Optional[Identity], spec: "JobSpec") -> SlurmChild:
+        s = self.settings()
+        options = spec.slurm.merged_over(s.defaults) if getattr(spec, "slurm", None) else s.defaults
+        args = self._sbatch_args(name, attempt, plan_path, log_path, spec, options, s)
+        fd = launcher.open_log(log_path, user)
+        try:
+            os.write(fd, f"\n{launcher.LOG_BANNER} {attempt} of job {name} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                         f" (sbatch) ====\n".encode())
+        finally:
+            os.close(fd)
+        python = s.python or os.environ.get(launcher.CHILD_PYTHON_ENV) or sys.executable
+        env = slurm.submit_env(launcher.child_env(name, attempt, yolo_config_dir, self.daemon_id))
+        out = slurm.run(args, s.command_timeout_s, input=slurm.batch_script(python, str(plan_path), name, attempt),
+                        env=env, user=user)
+        job_id = slurm.parse_job_id(out)
+        self.log.info("submitted to Slurm", job=name, attempt=attempt, slurm_job_id=job_id)
+        return self._track(name, job_id, time.time())
+
+    def _sbatch_args(self, name: str, attempt: int, plan_path: Path, log_path: Path, spec: "JobSpec",
+                     o: SlurmOptions, s: SlurmSettings) -> list[str]:
+        if o.time is not None and time_seconds(o.time) <= s.signal_before_s:
+            raise SlurmError(f"slurm.time {o.time!r} is not longer than slurm.signal_before_s "
+                             f"({s.signal_before_s}s): the notice would come before any training")
+        return slurm.sbatch_args(
+            name=self.slurm_name(name), log=str(log_path), workdir=str(plan_path.parent),
+            signal_before_s=s.signal_before_s, time_limit=o.time, partition=o.partition, gpus=gpu_count(spec, o),
+            cpus=o.cpus, mem=o.mem, account=o.account, qos=o.qos, extra=o.extra_args or (),
+            comment=f"yolo-supervisor:{name}:attempt-{attempt}")
+
+    def adjust_plan(self, plan: dict[str, Any], spec: "JobSpec") -> None:
+        """Inside an allocation the job's GPUs are 0..N-1, whatever indices the job file names."""
+        n = len(spec.gpu_indices)
+        if n:
+            plan["train"]["device"] = plan["overrides"]["device"] = ",".join(str(i) for i in range(n))
+
+    def recorded(self, child: launcher.Child) -> dict[str, Any]:
+        return {"slurm_job_id": child.slurm_job_id} if isinstance(child, SlurmChild) else {}
+
+    # -- after a daemon restart -------------------------------------------------------------
+    def adopt(self, job: "JobRecord", attempt: "AttemptRecord") -> Optional[SlurmChild]:
+        """Watch the attempt's recorded Slurm job again; the poller finds out whether it still runs."""
+        job_id = getattr(attempt, "slurm_job_id", None)
+        return self._track(job.name, job_id, time.time()) if job_id else None
+
+    def describe(self, job: "JobRecord", attempt: "AttemptRecord") -> str:
+        return f"Slurm job {getattr(attempt, 'slurm_job_id', None)}"
+
+    # -- signals ----------------------------------------------------------------------------
+    def signal_job(self, name: str, child: Optional[launcher.Child], sig: int) -> list:
+        """``sig`` to every process of the running job through scancel --signal (the grace before
+        the cancel is the daemon's); a job that waits for an allocation has nothing to save and
+        is cancelled at once."""
+        if not isinstance(child, SlurmChild):
+            return []
+        job_id = child.slurm_job_id
+        if child.last is not None and child.last.pending:
+            return [job_id] if self._scancel(name, ["scancel", job_id]) else []
+        sig_name = _signal.Signals(sig).name.removeprefix("SIG")
+        try:
+            slurm.run(["scancel", "--full", f"--signal={sig_name}", job_id], self.settings().command_timeout_s,
+                      env=slurm.env_for_commands())
+        except SlurmUnavailable as err:  # the grace runs out and the cancel is tried (and retried)
+            self.log.error("scancel --signal failed", job=name, slurm_job_id=job_id, error=str(err))
+            return []
+        except SlurmError as err:
+            if "pending" not in str(err).lower():
+                self.log.info("scancel --signal", job=name, slurm_job_id=job_id, note=str(err))
+                return []
+            return [job_id] if self._scancel(name, ["scancel", job_id]) else []  # it had not started yet
+        self._wake.set()
+        return [job_id]
+
+    def kill_job_now(self, name: str, child: Optional[launcher.Child]) -> list:
+        """Cancel the attempt's job (``child`` None: the strays ``strays`` found); returns the ids
+        a cancel could not reach yet (tried again every STEP_RETRY_S)."""
+        ids = [child.slurm_job_id] if isinstance(child, SlurmChild) else self._strays.pop(name, [])
+        return [job_id for job_id in ids if not self._scancel(name, ["scancel", job_id])]
+
+    def strays(self, name: str) -> list:
+        """Active Slurm jobs of ``name`` from this daemon that it does not watch (e.g. submitted
+        just before a crash, unrecorded), asked before every launch: never two allocations of one job."""
+        s = self.settings()
+        out = slurm.run(["squeue", "--noheader", f"--name={self.slurm_name(name)}", "--format=%i"],
+                        s.command_timeout_s, env=slurm.env_for_commands())
+        with self._lock:
+            watched = set(self._tracked)
+        found = [i for i in out.split() if i.isdigit() and i not in watched]
+        self._strays[name] = found
+        return found
+
+    def _scancel(self, name: str, args: list[str]) -> bool:
+        job_id = args[-1]
+        try:
+            slurm.run(args, self.settings().command_timeout_s, env=slurm.env_for_commands())
+        except SlurmUnavailable as err:
+            self.log.error("scancel failed; trying again", job=name, slurm_job_id=job_id, error=str(err),
+                           retry_in_s=RETRY_S)
+            self._cancel_retry[job_id] = (name, time.monotonic() + RETRY_S)
+            return False
+        except SlurmError as err:  # already ended ("Job/step already completing or completed")
+            self.log.info("scancel", job=name, slurm_job_id=job_id, note=str(err))
+        self._cancel_retry.pop(job_id, None)
+        self._wake.set()
+        return True
+
+    # -- classification ---------------------------------------------------------------------
+    def refine(self, name: str, child: launcher.Child, local: Classified, record: Optional[dict],
+               progress: dict[str, Any], tail: str, by_daemon: bool) -> Classified:
+        """Slurm's end of the job, mapped onto the daemon's causes (supervisor.process.slurm.outcome)."""
+        if not isinstance(child, SlurmChild):
+            return local
+        started = bool(progress) or record is not None
+        lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and launcher.LOG_BANNER not in ln]
+        return slurm.outcome(child.final, local, record, started, by_daemon, lines[-1] if lines else "")
+
+    # -- what status shows, and the history ----------------------------------------------------
+    def view(self, name: str) -> Optional[dict[str, Any]]:
+        child = self._child_of(name)
+        if child is None:
+            return None
+        last = child.last
+        return {"job_id": child.slurm_job_id, "state": last.state if last else "SUBMITTED",
+                "reason": last.reason if last else "", "node": last.node if last else ""}
+
+    def housekeeping(self, daemon) -> None:
+        """Loop thread: a new Slurm state, pending reason or node goes to the history (and, while
+        the attempt waits for its first batch, to the job's reason); failed cancels are retried."""
+        for name, run in list(daemon.running.items()):
+            child = run.child
+            if not isinstance(child, SlurmChild):
+                continue
+            if not child.ended and daemon.home.job_exit_record(name).exists():
+                self._wake.set()  # the child has written its exit record: ask Slurm now, not in poll_s
+            if child.last is None:
+                continue
+            last = child.last
+            key = (last.state, last.reason if last.pending else "", last.node)
+            if key == child.reported:
+                continue
+            child.reported = key
+            daemon.event(name, "slurm", last.describe(), job_id=child.slurm_job_id, state=last.state,
+                         reason=last.reason or None, node=last.node or None)
+            if last.node:
+                daemon.store.update_attempt(run.attempt_id, slurm_node=last.node)
+            job = daemon.store.get_job(name)
+            if job is not None and job.state == JobState.STARTING.value:
+                daemon.transition(name, JobState.STARTING, f"attempt {run.attempt_no}: {_waiting(last)}")
+        for job_id, (name, due) in list(self._cancel_retry.items()):
+            if due <= time.monotonic():
+                self._scancel(name, ["scancel", job_id])
+
+    # -- the poller -------------------------------------------------------------------------
+    def _track(self, name: str, job_id: str, start: float) -> SlurmChild:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        child = SlurmChild(job=name, pid=0, start_time=start, pidfd=r, slurm_job_id=job_id, write_fd=w, owner=self)
+        with self._lock:
+            self._tracked[job_id] = child
+        self._wake.set()
+        return child
+
+    def untrack(self, child: SlurmChild) -> None:
+        with self._lock:
+            self._tracked.pop(child.slurm_job_id, None)
+            self._close_write(child)
+
+    def _child_of(self, name: str) -> Optional[SlurmChild]:
+        with self._lock:
+            return next((c for c in self._tracked.values() if c.job == name), None)
+
+    def _close_write(self, child: SlurmChild) -> None:
+        if child.write_fd >= 0:
+            os.close(child.write_fd)
+            child.write_fd = -1
+
+    def _end(self, child: SlurmChild, final: Optional[SlurmJob]) -> None:
+        """The job is over: the loop's selector sees EOF on the child's pidfd."""
+        with self._lock:
+            child.final, child.ended = final, True
+            self._close_write(child)
+
+    def _poll_loop(self) -> None:
+        while True:
+            self._wake.wait(self.settings().poll_s)
+            self._wake.clear()
+            try:
+                self.poll_once()
+            except SlurmUnavailable as err:
+                if time.monotonic() - self._last_warning > 60:  # once a minute, not every poll
+                    self._last_warning = time.monotonic()
+                    self.log.warning("Slurm does not answer; the jobs are asked about again", error=str(err))
+            except Exception as exc:  # the poller must outlive any one bad answer
+                self.log.exception("Slurm poll failed", error=repr(exc))
+
+    def poll_once(self) -> None:
+        """One squeue call for every watched job; ended ones are looked up in detail and ended."""
+        with self._lock:
+            children = [c for c in self._tracked.values() if not c.ended]
+        if not children:
+            return
+        timeout = self.settings().command_timeout_s
+        try:
+            seen = slurm.parse_squeue(slurm.run(slurm.squeue_args([c.slurm_job_id for c in children]), timeout,
+                                                env=slurm.env_for_commands()))
+        except SlurmUnavailable:
+            raise
+        except SlurmError:  # "Invalid job id specified": none of them is known any more
+            seen = {}
+        for child in children:
+            self._update(child, seen.get(child.slurm_job_id), timeout)
+
+    def _update(self, child: SlurmChild, job: Optional[SlurmJob], timeout: float) -> None:
+        if job is None or not job.active:
+            job = self._details(child.slurm_job_id, timeout) or job
+        if job is None:
+            child.missing += 1
+            if child.missing >= MISSING_POLLS:
+                self._end(child, None)
+            return
+        child.missing = 0
+        was_waiting = child.last is None or child.last.pending
+        child.last = job
+        if job.pending:  # the stall clock starts with the allocation, not with the submit
+            child.start_time = time.time()
+        elif was_waiting:
+            child.start_time = min(job.start_time or time.time(), time.time())
+        if not job.active:
+            self._end(child, job)
+
+    def _details(self, job_id: str, timeout: float) -> Optional[SlurmJob]:
+        """scontrol (exit code, node), then sacct where accounting exists; None: nobody knows it."""
+        env = slurm.env_for_commands()
+        try:
+            found = slurm.parse_scontrol(slurm.run(["scontrol", "show", "job", "-o", job_id], timeout, env=env))
+            if found is not None:
+                return found
+        except SlurmUnavailable:
+            raise
+        except SlurmError:
+            pass
+        try:
+            return slurm.parse_sacct(slurm.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o",
+                                                "JobID,State,ExitCode,NodeList,Start"], timeout, env=env))
+        except SlurmError:  # no accounting ("Slurm accounting storage is disabled"), or no sacct at all
+            return None
+
+
+def gpu_count(spec: "JobSpec", options: SlurmOptions) -> int:
+    """GPUs per allocation: ``slurm.gpus``, else as many as the job's device list names."""
+    n = len(spec.gpu_indices)
+    if options.gpus is None:
+        return n
+    if n and options.gpus != n:
+        raise SlurmError(f"slurm.gpus: {options.gpus} does not match train.device {spec.device!r} ({n} GPU(s))")
+    return options.gpus
+
+
+def _waiting(job: SlurmJob) -> str:
+    if job.pending:
+        reason = f" ({job.reason})" if job.reason and job.reason != "None" else ""
+        return f"queued in Slurm as job {job.job_id}{reason}"
+    return f"{job.state.lower()} as Slurm job {job.job_id}" + (f" on {job.node}" if job.node else "")

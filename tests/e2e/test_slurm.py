@@ -1,0 +1,231 @@
+"""executor: slurm end to end: a real daemon submitting real sbatch jobs to a real (single-node)
+Slurm cluster, real CPU training across allocations, real scancel and a real daemon restart.
+
+The cluster comes from scripts/slurm_single_node.sh (.ci/run starts it). Where sbatch is
+missing or no controller answers, the tests marked `slurm` skip and say why.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from supervisor import results_csv
+from supervisor.child.progress import read_json
+from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
+
+
+def slurm_problem() -> str | None:
+    """Why the slurm tests cannot run here, or None."""
+    if shutil.which("sbatch") is None:
+        return "sbatch not found: no Slurm here (scripts/slurm_single_node.sh sets up a single-node cluster)"
+    try:
+        done = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"sinfo did not answer: {err}"
+    if done.returncode != 0:
+        return f"no Slurm controller answers: {done.stderr.strip()[:300]}"
+    if not any(s.strip().rstrip("*~#") in ("idle", "mixed", "allocated") for s in done.stdout.split()):
+        return f"no usable Slurm node (sinfo says {done.stdout.split()})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_node() -> str:
+    problem = slurm_problem()
+    if problem:
+        pytest.skip(problem)
+    out = subprocess.run(["sinfo", "--noheader", "--format=%N"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]
+
+
+def our_jobs() -> dict[str, tuple[str, str]]:
+    """Active Slurm jobs submitted by a yolo-supervisor daemon: id -> (state, job name)."""
+    out = subprocess.run(["squeue", "--noheader", "--format=%i|%T|%j"], capture_output=True, text=True, timeout=15)
+    jobs = {}
+    for line in out.stdout.splitlines():
+        job_id, state, name = line.split("|", 2)
+        if name.startswith("ys-"):
+            jobs[job_id] = (state, name)
+    return jobs
+
+
+@pytest.fixture
+def slurm_daemon(daemon, slurm_node):
+    """Start the ``daemon`` fixture with ``executor: slurm``; afterwards no job of it is left in Slurm."""
+    def start(**settings):
+        daemon.home.mkdir(parents=True, exist_ok=True)
+        config = {"executor": "slurm", "tick_s": 0.5, "slurm": {"poll_s": 1, **settings}}
+        (daemon.home / "config.yaml").write_text(yaml.safe_dump(config))
+        daemon.start()
+        wait_socket(daemon)
+        return daemon
+    yield start
+    daemon.stop()  # first: a daemon still running would resubmit what the cleanup cancels
+    for job_id in our_jobs():
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
+    wait_for(lambda: not our_jobs(), 60, interval=0.5, what="the test's Slurm jobs to end")
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+    """Training replaced by tests/e2e/fake_trainer.py; the variable reaches the node through sbatch --export."""
+    from tests.conftest import FAKE_TRAINER
+
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+
+
+@pytest.fixture
+def drained(slurm_node):
+    """The only node drained for the test (jobs then wait with Slurm's reason), resumed after."""
+    subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=drain", "reason=yolo-supervisor test"],
+                   check=True, capture_output=True, timeout=15)
+    try:
+        yield slurm_node
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=resume"], capture_output=True,
+                       timeout=15)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    return result.stdout
+
+
+def progress(daemon, name):
+    return read_json(daemon.home / "jobs" / name / "progress.json") or {}
+
+
+def status_json(daemon, name) -> dict:
+    [row] = json.loads(ok(ctl(daemon.home, "status", name, "--json")))
+    return row
+
+
+def assert_every_epoch_once(job, epochs):
+    got = results_csv.read_epochs(Path(job.run_dir) / "results.csv")
+    assert got == list(range(1, epochs + 1)), got
+
+
+def assert_one_allocation_at_a_time(attempts):
+    """The daemon resubmits only after the previous Slurm job ended: never two at once."""
+    for before, after in zip(attempts, attempts[1:]):
+        assert before.ended_at is not None and after.started_at >= before.ended_at, (before, after)
+        assert before.slurm_job_id != after.slurm_job_id
+
+
+# -- the tests ------------------------------------------------------------------------------------
+def test_executor_slurm_without_sbatch_refuses_to_start_and_says_why(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text("executor: slurm\n")
+    env = dict(os.environ, PATH=str(tmp_path / "empty-path"))
+    done = subprocess.run([sys.executable, "-m", "supervisor.daemon.main", "--home", str(home)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "executor: slurm: sbatch" in done.stderr and "not found on PATH" in done.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_training_longer_than_its_allocation_completes_across_allocations(slurm_daemon, dataset):
+    """time: 2 minutes, notice 40 s before: SIGTERM, a save, exit 75, the daemon verifies and resubmits."""
+    epochs = 40
+    d = slurm_daemon(signal_before_s=40)
+    d.drop(cpu_job("tl", dataset, epochs=epochs, slurm={"time": 2}))
+    job = d.wait_state("tl", ["completed", "failed"], timeout=1200)
+    attempts = d.attempts("tl")
+    assert job.state == "completed", (job.state_reason, [(a.cause, a.detail) for a in attempts])
+    assert len(attempts) >= 2, [(a.cause, a.detail) for a in attempts]
+    assert [a.cause for a in attempts[:-1]] == ["preempted"] * (len(attempts) - 1), [a.detail for a in attempts]
+    assert attempts[-1].cause == "completed"
+    assert job.crash_restarts == 0  # the end of an allocation is not the job's fault
+    assert all(a.resumed_from for a in attempts[1:])
+    assert_one_allocation_at_a_time(attempts)
+    assert_every_epoch_once(job, epochs)
+
+
+@pytest.mark.slurm
+def test_scancel_of_a_running_allocation_is_resubmitted_and_resumed(slurm_daemon, dataset):
+    d = slurm_daemon()
+    d.drop(cpu_job("sc", dataset, epochs=3))
+    wait_for(lambda: (progress(d, "sc").get("epoch") or 0) >= 2 and progress(d, "sc").get("phase") == "training",
+             300, what="sc training in epoch 2")
+    first = d.job("sc").slurm_job_id
+    subprocess.run(["scancel", first], check=True, capture_output=True, timeout=15)  # an operator, not the daemon
+
+    job = d.wait_state("sc", ["completed", "failed"], timeout=400)
+    attempts = d.attempts("sc")
+    assert job.state == "completed", (job.state_reason, [(a.cause, a.detail) for a in attempts])
+    assert attempts[0].slurm_job_id == first and attempts[0].cause == "killed"
+    assert "CANCELLED outside the daemon" in attempts[0].detail
+    assert len(attempts) == 2 and attempts[1].resumed_from  # resumed, not started again
+    assert (attempts[1].epochs_before, attempts[1].batch_before or 0) > (0, 0)
+    assert_one_allocation_at_a_time(attempts)
+    assert_every_epoch_once(job, 3)
+
+
+@pytest.mark.slurm
+def test_a_pending_job_shows_queued_with_slurms_reason(slurm_daemon, fake_trainer, drained):
+    d = slurm_daemon()
+    d.drop(cpu_job("wait", FAKE_DATA, epochs=2))
+    row = wait_for(lambda: (r := status_json(d, "wait")).get("slurm") and r["slurm"]["state"] == "PENDING"
+                   and r["slurm"]["reason"] not in ("", "None") and r, 60, what="a pending Slurm job with a reason")
+    job_id, reason = row["slurm"]["job_id"], row["slurm"]["reason"]
+    assert our_jobs()[job_id][0] == "PENDING"
+    text = ok(ctl(d.home, "status"))
+    line = next(ln for ln in text.splitlines() if ln.startswith("wait "))
+    assert line.split()[1] == "queued" and f"slurm:{job_id}" in line
+    assert f"wait: Slurm job {job_id} pending ({reason})" in text
+    assert f"queued in Slurm as job {job_id}" in d.job("wait").state_reason
+    assert any(e.kind == "slurm" and reason in e.reason for e in d.events("wait"))
+
+    ok(ctl(d.home, "stop", "wait"))  # nothing to save: cancelled at once
+    job = d.wait_state("wait", "stopped", timeout=60)
+    [attempt] = d.attempts("wait")
+    assert attempt.cause == "stopped" and job.crash_restarts == 0
+    wait_for(lambda: job_id not in our_jobs(), 30, what="the pending job to leave Slurm's queue")
+
+
+@pytest.mark.slurm
+def test_a_daemon_restart_re_adopts_the_running_allocation(slurm_daemon, fake_trainer, slurm_node):
+    d = slurm_daemon()
+    d.drop(cpu_job("adopt", FAKE_DATA, epochs=2))
+    d.wait_state("adopt", "running", timeout=120)
+    job_id = d.job("adopt").slurm_job_id
+    wait_for(lambda: (status_json(d, "adopt").get("slurm") or {}).get("state") == "RUNNING", 30,
+             what="Slurm to report the job running")
+
+    d.stop()  # SIGTERM: the daemon ends, the allocation goes on
+    assert our_jobs()[job_id][0] == "RUNNING"
+    d.start()
+    wait_socket(d)
+    wait_for(lambda: any(e.kind == "adopted" and job_id in e.reason for e in d.events("adopt")), 30,
+             what="the allocation re-adopted")
+    row = wait_for(lambda: (r := status_json(d, "adopt")).get("slurm") and r["slurm"].get("node") and r, 30,
+                   what="status with the Slurm job and node")
+    assert row["state"] == "running" and row["slurm"]["job_id"] == job_id and row["slurm"]["node"] == slurm_node
+    assert list(our_jobs()) == [job_id]  # not submitted again
+    assert len(d.attempts("adopt")) == 1
+
+    ok(ctl(d.home, "stop", "adopt", "--wait"))  # TERM through scancel --signal: the child saves and exits 75
+    job = d.wait_state("adopt", "stopped", timeout=60)
+    [attempt] = d.attempts("adopt")
+    assert attempt.slurm_job_id == job_id and attempt.slurm_node == slurm_node
+    assert attempt.exit_code == 75 and "Slurm state FAILED" in attempt.detail, attempt.detail  # it exited itself
+    assert job.crash_restarts == 0
+    history = ok(ctl(d.home, "history", "adopt"))
+    assert f"slurm:{job_id}@{slurm_node}" in history
+
+
+@pytest.mark.slurm
+def test_an_option_slurm_refuses_fails_the_job_with_sbatchs_reason(slurm_daemon, fake_trainer):
+    d = slurm_daemon()
+    d.drop(cpu_job("badpart", FAKE_DATA, epochs=2, slurm={"partition": "nosuchpartition"}))
+    job = d.wait_state("badpart", "failed", timeout=60)
+    assert "sbatch" in job.state_reason and "partition" in job.state_reason.lower(), job.state_reason
+    assert d.attempts("badpart") == [] and not our_jobs()
