@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from supervisor.store import AttemptRecord, JobRecord
 
 COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
+# Filesystems that compute nodes commonly mount from elsewhere (the home must be on one of them).
+SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "fuse.ceph-fuse",
+                                "fuse.glusterfs", "glusterfs", "panfs", "wekafs", "fuse.weka", "9p", "fuse.sshfs",
+                                "virtiofs", "orangefs", "fuse.juicefs", "cvmfs", "afs"})
 RETRY_S = 15.0  # a cancel the controller did not take is tried again after this (not every tick)
 MISSING_POLLS = 2  # polls in a row in which Slurm knows nothing of a job before it counts as ended
 
@@ -82,6 +86,11 @@ class SlurmExecutor:
         self._strays: dict[str, list[str]] = {}        # job name -> unwatched Slurm jobs found before a launch
         self._wake = threading.Event()
         self._last_warning = 0.0
+        fs = filesystem_type(daemon_id)
+        if fs not in SHARED_FILESYSTEMS:
+            self.log.warning(f"the daemon's home {daemon_id} is on {fs or 'an unknown filesystem'}, which compute "
+                             "nodes usually do not share: they must see it at the same path (a node that cannot "
+                             "read its plan fails the job's first attempt, saying so)")
         threading.Thread(target=self._poll_loop, name="slurm-poll", daemon=True).start()
 
     # -- naming -------------------------------------------------------------------------
@@ -155,11 +164,11 @@ class SlurmExecutor:
         except SlurmUnavailable as err:  # the grace runs out and the cancel is tried (and retried)
             self.log.error("scancel --signal failed", job=name, slurm_job_id=job_id, error=str(err))
             return []
-        except SlurmError as err:
-            if "pending" not in str(err).lower():
+        except SlurmError as err:  # pending ("Job can not be altered now"), or already ended
+            if child.last is not None and child.last.state == "RUNNING":
                 self.log.info("scancel --signal", job=name, slurm_job_id=job_id, note=str(err))
                 return []
-            return [job_id] if self._scancel(name, ["scancel", job_id]) else []  # it had not started yet
+            return [job_id] if self._scancel(name, ["scancel", job_id]) else []  # it may not have started yet
         self._wake.set()
         return [job_id]
 
@@ -232,7 +241,7 @@ class SlurmExecutor:
                 continue
             child.reported = key
             daemon.event(name, "slurm", last.describe(), job_id=child.slurm_job_id, state=last.state,
-                         reason=last.reason or None, node=last.node or None)
+                         pending_reason=last.reason if last.pending else None, node=last.node or None)
             if last.node:
                 daemon.store.update_attempt(run.attempt_id, slurm_node=last.node)
             job = daemon.store.get_job(name)
@@ -335,6 +344,22 @@ class SlurmExecutor:
                                                 "JobID,State,ExitCode,NodeList,Start"], timeout, env=env))
         except SlurmError:  # no accounting ("Slurm accounting storage is disabled"), or no sacct at all
             return None
+
+
+def filesystem_type(path: str) -> Optional[str]:
+    """The type of the filesystem ``path`` is on, from /proc/mounts (the longest mount point above it)."""
+    best, kind = "", None
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mount = parts[1].replace("\\040", " ")
+                    if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                        best, kind = mount, parts[2]
+    except OSError:
+        return None
+    return kind
 
 
 def gpu_count(spec: "JobSpec", options: SlurmOptions) -> int:

@@ -229,3 +229,24 @@ def test_an_option_slurm_refuses_fails_the_job_with_sbatchs_reason(slurm_daemon,
     job = d.wait_state("badpart", "failed", timeout=60)
     assert "sbatch" in job.state_reason and "partition" in job.state_reason.lower(), job.state_reason
     assert d.attempts("badpart") == [] and not our_jobs()
+
+
+@pytest.mark.slurm
+def test_a_silent_allocation_is_found_stalled_from_its_heartbeat_and_resubmitted(slurm_daemon, fake_trainer):
+    """The stall rule reads the heartbeat the node writes into the shared home, as locally."""
+    import signal
+
+    d = slurm_daemon()
+    d.drop(cpu_job("hush", FAKE_DATA, epochs=2, health={"stall_timeout": 8, "stop_grace": 2}))
+    d.wait_state("hush", "running", timeout=120)
+    first = d.job("hush").slurm_job_id
+    pid = wait_for(lambda: progress(d, "hush").get("pid"), 30, what="the child's pid in its progress file")
+    os.kill(pid, signal.SIGSTOP)  # the process on the node freezes: no more heartbeats
+
+    wait_for(lambda: len(d.attempts("hush")) >= 2, 120, what="a second attempt after the stall")
+    attempts = d.attempts("hush")
+    assert attempts[0].cause == "stalled" and attempts[0].slurm_job_id == first, attempts[0]
+    assert "no progress" in attempts[0].detail
+    assert attempts[1].slurm_job_id != first
+    assert_one_allocation_at_a_time(attempts)
+    assert first not in our_jobs()

@@ -170,3 +170,10 @@ def test_a_job_slurm_forgot_is_classified_from_its_exit_record():
 def test_node_failure_and_preemption_do_not_use_the_restart_budget():
     assert Cause.NODE_FAILURE.is_preemption and Cause.PREEMPTED.is_preemption
     assert not Cause.HOST_OOM.is_preemption and not Cause.KILLED.is_preemption
+
+
+def test_the_filesystem_of_the_home_is_read_from_the_mount_table():
+    from supervisor.process.slurm_executor import filesystem_type
+
+    assert filesystem_type("/proc/self") == "proc"
+    assert filesystem_type("/") is not None
