@@ -248,6 +248,8 @@ def outcome(job: Optional[SlurmJob], local: Classified, record: Optional[dict], 
                           (", after a save" if saved else ""))
     if state == "FAILED" and not started:
         return Classified(Cause.CONFIG_ERROR, _never_started(where, job, last_line))
+    if state == "FAILED" and local.cause is Cause.PREEMPTED:  # the notice save: Slurm calls any exit != 0 FAILED
+        return replace(local, detail=f"{local.detail} ({where}; exit 75, which Slurm records as FAILED)")
     return replace(local, detail=f"{local.detail} ({where}, Slurm state {state})")
 
 

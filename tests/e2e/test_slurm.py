@@ -132,17 +132,29 @@ def test_executor_slurm_without_sbatch_refuses_to_start_and_says_why(tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_a_training_longer_than_its_allocation_completes_across_allocations(slurm_daemon, dataset):
-    """time: 2 minutes, notice 40 s before: SIGTERM, a save, exit 75, the daemon verifies and resubmits."""
-    epochs = 40
+def test_a_training_longer_than_its_allocation_completes_across_allocations(slurm_daemon, tmp_path):
+    """time: 2 minutes, notice 40 s before: SIGTERM, a save, exit 75, the daemon verifies and resubmits.
+
+    Slurm sends the notice up to a minute early (its timer's resolution: 20 to 80 s into each
+    allocation; 53 to 60 s was seen), so the training needs more than the most one allocation
+    gives on a fast, idle 2-core machine: 80 epochs of 64 images at 1.3 to 3 s an epoch.
+    """
+    from supervisor.demo import make_dataset
+
+    epochs = 80
+    data = make_dataset(tmp_path / "data", images=64, size=64)
     d = slurm_daemon(signal_before_s=40)
-    d.drop(cpu_job("tl", dataset, epochs=epochs, slurm={"time": 2}))
+    d.drop(cpu_job("tl", data, epochs=epochs, slurm={"time": 2}))
     job = d.wait_state("tl", ["completed", "failed"], timeout=1200)
     attempts = d.attempts("tl")
+    causes = [a.cause for a in attempts]
     assert job.state == "completed", (job.state_reason, [(a.cause, a.detail) for a in attempts])
-    assert len(attempts) >= 2, [(a.cause, a.detail) for a in attempts]
-    assert [a.cause for a in attempts[:-1]] == ["preempted"] * (len(attempts) - 1), [a.detail for a in attempts]
-    assert attempts[-1].cause == "completed"
+    assert len(attempts) >= 2 and "preempted" in causes, [(a.cause, a.detail) for a in attempts]
+    # Every allocation but the last ended on its notice; the last one finished (or, rarely, got its
+    # notice after the last epoch was saved: then the next launch finds the training complete).
+    assert set(causes) <= {"preempted", "completed"}, [(a.cause, a.detail) for a in attempts]
+    assert all("after the notice" in a.detail or "resumable checkpoint saved" in a.detail
+               for a in attempts if a.cause == "preempted"), [a.detail for a in attempts]
     assert job.crash_restarts == 0  # the end of an allocation is not the job's fault
     assert all(a.resumed_from for a in attempts[1:])
     assert_one_allocation_at_a_time(attempts)
@@ -216,7 +228,7 @@ def test_a_daemon_restart_re_adopts_the_running_allocation(slurm_daemon, fake_tr
     job = d.wait_state("adopt", "stopped", timeout=60)
     [attempt] = d.attempts("adopt")
     assert attempt.slurm_job_id == job_id and attempt.slurm_node == slurm_node
-    assert attempt.exit_code == 75 and "Slurm state FAILED" in attempt.detail, attempt.detail  # it exited itself
+    assert attempt.exit_code == 75 and "which Slurm records as FAILED" in attempt.detail, attempt.detail  # not cancelled
     assert job.crash_restarts == 0
     history = ok(ctl(d.home, "history", "adopt"))
     assert f"slurm:{job_id}@{slurm_node}" in history
