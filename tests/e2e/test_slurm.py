@@ -17,6 +17,7 @@ import yaml
 
 from supervisor import results_csv
 from supervisor.child.progress import read_json
+from tests.accounts import account, open_dir  # noqa: F401 - fixtures
 from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
 
 
@@ -262,3 +263,41 @@ def test_a_silent_allocation_is_found_stalled_from_its_heartbeat_and_resubmitted
     assert attempts[1].slurm_job_id != first
     assert_one_allocation_at_a_time(attempts)
     assert first not in our_jobs()
+
+
+@pytest.mark.slurm
+def test_a_root_daemon_submits_each_job_as_its_owner(open_dir, account, slurm_node, monkeypatch):  # noqa: F811
+    """Slurm's accounts, fair share and limits apply to the person who submitted the job."""
+    from tests.accounts import SYSTEM_PYTHON
+    from tests.conftest import FAKE_TRAINER, DaemonProcess
+
+    if os.geteuid() != 0 or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"needs root and {SYSTEM_PYTHON} (a job run as another user)")
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    monkeypatch.setenv("YOLO_SUPERVISOR_CHILD_PYTHON", SYSTEM_PYTHON)  # root's venv is out of the user's reach
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # the node's cwd is the job folder
+    d = DaemonProcess(open_dir / "home")
+    d.home.mkdir(parents=True)
+    (d.home / "config.yaml").write_text(yaml.safe_dump({"executor": "slurm", "tick_s": 0.5, "slurm": {"poll_s": 1}}))
+    d.start()
+    try:
+        wait_socket(d)
+        tmp = d.home / "inbox" / ".owned.tmp"
+        tmp.write_text(yaml.safe_dump(cpu_job("owned", FAKE_DATA, epochs=2)))
+        os.chown(tmp, account.uid, account.gid)
+        tmp.rename(d.home / "inbox" / "owned.yaml")
+        d.wait_state("owned", "running", timeout=120)
+        job_id = d.job("owned").slurm_job_id
+        out = subprocess.run(["squeue", "--noheader", "--format=%u", f"--jobs={job_id}"], capture_output=True,
+                             text=True, timeout=15)
+        assert out.stdout.strip() == account.name  # submitted by the owner, not by root
+        pid = wait_for(lambda: progress(d, "owned").get("pid"), 30, what="the child's pid")
+        uid_line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
+        assert {int(v) for v in uid_line.split()[1:]} == {account.uid}
+        ok(ctl(d.home, "stop", "owned", "--wait"))
+        assert d.job("owned").state == "stopped"
+    finally:
+        d.stop()
+        for job_id in our_jobs():
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
+        wait_for(lambda: not our_jobs(), 60, interval=0.5, what="the test's Slurm jobs to end")
