@@ -301,3 +301,30 @@ def test_a_root_daemon_submits_each_job_as_its_owner(open_dir, account, slurm_no
         for job_id in our_jobs():
             subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
         wait_for(lambda: not our_jobs(), 60, interval=0.5, what="the test's Slurm jobs to end")
+
+
+def node_state(node: str) -> str:
+    out = subprocess.run(["sinfo", "--noheader", "--format=%T", f"--nodes={node}"], capture_output=True, text=True,
+                         timeout=15)
+    return out.stdout.strip()
+
+
+@pytest.mark.slurm
+def test_a_failed_node_is_node_failure_and_uses_no_budget(slurm_daemon, fake_trainer, slurm_node):
+    """The node under a running allocation goes down (Slurm: NODE_FAIL); the job waits for a node again."""
+    d = slurm_daemon()
+    d.drop(cpu_job("nf", FAKE_DATA, epochs=2, restart={"max_restarts": 0, "backoff": {"initial": 0.5, "max": 1}}))
+    d.wait_state("nf", "running", timeout=120)
+    try:
+        subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=down", "reason=yolo-supervisor test"],
+                       check=True, capture_output=True, timeout=15)
+        wait_for(lambda: len(d.attempts("nf")) >= 2, 60, what="the job submitted again after the node failed")
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=resume"], capture_output=True,
+                       timeout=15)  # refused when the node came back by itself (ReturnToService=2)
+        wait_for(lambda: node_state(slurm_node) in ("idle", "mixed", "allocated"), 60, interval=0.5,
+                 what="the node back")
+    first = d.attempts("nf")[0]
+    assert first.cause == "node_failure" and "NODE_FAIL" in first.detail, first.detail
+    job = d.wait_state("nf", "running", timeout=120)  # max_restarts 0, and still not failed: no budget used
+    assert job.crash_restarts == 0 and job.attempts == 2
