@@ -4,11 +4,10 @@ The daemon runs on a login or head node; each attempt runs the same child entry 
 local one on a compute node, reading its plan from and writing its progress, exit record,
 log and checkpoints to the daemon's home, which must be on a filesystem the nodes share.
 
-A poller thread asks ``squeue`` about every watched job in one call each ``poll_s`` seconds
-(the loop thread never waits for Slurm there) and, when a job has ended, closes the write
-end of that attempt's pipe: the read end is the ``pidfd`` the loop's selector watches, so
-the end of a Slurm job reaches ``on_child_exit`` exactly like the exit of a local child.
-sbatch and scancel run on the loop thread with a deadline (``command_timeout_s``).
+Which jobs are still running is asked by a thread (supervisor.process.slurm_watch), and the
+end of a Slurm job reaches the daemon's ``on_child_exit`` like the exit of a local child.
+sbatch, scancel and the look for strays before a submit run on the loop thread, each with a
+deadline (``command_timeout_s``).
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ import os
 import shutil
 import signal as _signal
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -30,6 +27,7 @@ from supervisor.observe.logging import get_logger
 from supervisor.process import launcher, slurm
 from supervisor.process.classify import Classified
 from supervisor.process.slurm import SlurmError, SlurmJob, SlurmUnavailable
+from supervisor.process.slurm_watch import SlurmChild, SlurmWatch
 from supervisor.safefs import Identity
 
 if TYPE_CHECKING:
@@ -42,30 +40,6 @@ SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs
                                 "fuse.glusterfs", "glusterfs", "panfs", "wekafs", "fuse.weka", "9p", "fuse.sshfs",
                                 "virtiofs", "orangefs", "fuse.juicefs", "cvmfs", "afs"})
 RETRY_S = 15.0  # a cancel the controller did not take is tried again after this (not every tick)
-MISSING_POLLS = 2  # polls in a row in which Slurm knows nothing of a job before it counts as ended
-
-
-@dataclass
-class SlurmChild(launcher.Child):
-    """An attempt that is a Slurm job. ``pidfd`` is the read end of a pipe that the poller
-    closes the write end of once the job has ended."""
-
-    slurm_job_id: str = ""
-    write_fd: int = -1
-    last: Optional[SlurmJob] = None      # Slurm's newest answer
-    final: Optional[SlurmJob] = None     # how it ended (None with ended: Slurm forgot it)
-    ended: bool = False
-    missing: int = 0
-    reported: Optional[tuple] = None     # (state, reason, node) last written to the history
-    owner: Any = None
-
-    def exit_status(self) -> tuple[Optional[int], Optional[int]]:
-        return (self.final.exit_code, self.final.signal) if self.final else (None, None)
-
-    def close(self) -> None:
-        if self.owner is not None:
-            self.owner.untrack(self)
-        super().close()
 
 
 class SlurmExecutor:
@@ -80,18 +54,14 @@ class SlurmExecutor:
         self.daemon_id = daemon_id
         self.tag = hashlib.sha1(daemon_id.encode()).hexdigest()[:8]
         self.log = get_logger()
-        self._lock = threading.Lock()
-        self._tracked: dict[str, SlurmChild] = {}      # by Slurm job id
         self._cancel_retry: dict[str, tuple[str, float]] = {}  # Slurm job id -> (job name, when): a failed cancel
         self._strays: dict[str, list[str]] = {}        # job name -> unwatched Slurm jobs found before a launch
-        self._wake = threading.Event()
-        self._last_warning = 0.0
         fs = filesystem_type(daemon_id)
         if fs not in SHARED_FILESYSTEMS:
             self.log.warning(f"the daemon's home {daemon_id} is on {fs or 'an unknown filesystem'}, which compute "
                              "nodes usually do not share: they must see it at the same path (a node that cannot "
                              "read its plan fails the job's first attempt, saying so)")
-        threading.Thread(target=self._poll_loop, name="slurm-poll", daemon=True).start()
+        self.watch = SlurmWatch(settings)
 
     # -- naming -------------------------------------------------------------------------
     def slurm_name(self, name: str) -> str:
@@ -116,7 +86,7 @@ class SlurmExecutor:
                         env=env, user=user)
         job_id = slurm.parse_job_id(out)
         self.log.info("submitted to Slurm", job=name, attempt=attempt, slurm_job_id=job_id)
-        return self._track(name, job_id, time.time())
+        return self.watch.track(name, job_id)
 
     def _sbatch_args(self, name: str, attempt: int, plan_path: Path, log_path: Path, spec: "JobSpec",
                      o: SlurmOptions, s: SlurmSettings) -> list[str]:
@@ -142,7 +112,7 @@ class SlurmExecutor:
     def adopt(self, job: "JobRecord", attempt: "AttemptRecord") -> Optional[SlurmChild]:
         """Watch the attempt's recorded Slurm job again; the poller finds out whether it still runs."""
         job_id = getattr(attempt, "slurm_job_id", None)
-        return self._track(job.name, job_id, time.time()) if job_id else None
+        return self.watch.track(job.name, job_id) if job_id else None
 
     def describe(self, job: "JobRecord", attempt: "AttemptRecord") -> str:
         return f"Slurm job {getattr(attempt, 'slurm_job_id', None)}"
@@ -169,7 +139,7 @@ class SlurmExecutor:
                 self.log.info("scancel --signal", job=name, slurm_job_id=job_id, note=str(err))
                 return []
             return [job_id] if self._scancel(name, ["scancel", job_id]) else []  # it may not have started yet
-        self._wake.set()
+        self.watch.wake()
         return [job_id]
 
     def kill_job_now(self, name: str, child: Optional[launcher.Child]) -> list:
@@ -184,8 +154,7 @@ class SlurmExecutor:
         s = self.settings()
         out = slurm.run(["squeue", "--noheader", f"--name={self.slurm_name(name)}", "--format=%i"],
                         s.command_timeout_s, env=slurm.env_for_commands())
-        with self._lock:
-            watched = set(self._tracked)
+        watched = self.watch.watched_ids()
         found = [i for i in out.split() if i.isdigit() and i not in watched]
         self._strays[name] = found
         return found
@@ -202,7 +171,7 @@ class SlurmExecutor:
         except SlurmError as err:  # already ended ("Job/step already completing or completed")
             self.log.info("scancel", job=name, slurm_job_id=job_id, note=str(err))
         self._cancel_retry.pop(job_id, None)
-        self._wake.set()
+        self.watch.wake()
         return True
 
     # -- classification ---------------------------------------------------------------------
@@ -217,7 +186,7 @@ class SlurmExecutor:
 
     # -- what status shows, and the history ----------------------------------------------------
     def view(self, name: str) -> Optional[dict[str, Any]]:
-        child = self._child_of(name)
+        child = self.watch.child_of(name)
         if child is None:
             return None
         last = child.last
@@ -232,7 +201,7 @@ class SlurmExecutor:
             if not isinstance(child, SlurmChild):
                 continue
             if not child.ended and daemon.home.job_exit_record(name).exists():
-                self._wake.set()  # the child has written its exit record: ask Slurm now, not in poll_s
+                self.watch.wake()  # the child has written its exit record: ask Slurm now, not in poll_s
             if child.last is None:
                 continue
             last = child.last
@@ -250,101 +219,6 @@ class SlurmExecutor:
         for job_id, (name, due) in list(self._cancel_retry.items()):
             if due <= time.monotonic():
                 self._scancel(name, ["scancel", job_id])
-
-    # -- the poller -------------------------------------------------------------------------
-    def _track(self, name: str, job_id: str, start: float) -> SlurmChild:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        child = SlurmChild(job=name, pid=0, start_time=start, pidfd=r, slurm_job_id=job_id, write_fd=w, owner=self)
-        with self._lock:
-            self._tracked[job_id] = child
-        self._wake.set()
-        return child
-
-    def untrack(self, child: SlurmChild) -> None:
-        with self._lock:
-            self._tracked.pop(child.slurm_job_id, None)
-            self._close_write(child)
-
-    def _child_of(self, name: str) -> Optional[SlurmChild]:
-        with self._lock:
-            return next((c for c in self._tracked.values() if c.job == name), None)
-
-    def _close_write(self, child: SlurmChild) -> None:
-        if child.write_fd >= 0:
-            os.close(child.write_fd)
-            child.write_fd = -1
-
-    def _end(self, child: SlurmChild, final: Optional[SlurmJob]) -> None:
-        """The job is over: the loop's selector sees EOF on the child's pidfd."""
-        with self._lock:
-            child.final, child.ended = final, True
-            self._close_write(child)
-
-    def _poll_loop(self) -> None:
-        while True:
-            self._wake.wait(self.settings().poll_s)
-            self._wake.clear()
-            try:
-                self.poll_once()
-            except SlurmUnavailable as err:
-                if time.monotonic() - self._last_warning > 60:  # once a minute, not every poll
-                    self._last_warning = time.monotonic()
-                    self.log.warning("Slurm does not answer; the jobs are asked about again", error=str(err))
-            except Exception as exc:  # the poller must outlive any one bad answer
-                self.log.exception("Slurm poll failed", error=repr(exc))
-
-    def poll_once(self) -> None:
-        """One squeue call for every watched job; ended ones are looked up in detail and ended."""
-        with self._lock:
-            children = [c for c in self._tracked.values() if not c.ended]
-        if not children:
-            return
-        timeout = self.settings().command_timeout_s
-        try:
-            seen = slurm.parse_squeue(slurm.run(slurm.squeue_args([c.slurm_job_id for c in children]), timeout,
-                                                env=slurm.env_for_commands()))
-        except SlurmUnavailable:
-            raise
-        except SlurmError:  # "Invalid job id specified": none of them is known any more
-            seen = {}
-        for child in children:
-            self._update(child, seen.get(child.slurm_job_id), timeout)
-
-    def _update(self, child: SlurmChild, job: Optional[SlurmJob], timeout: float) -> None:
-        if job is None or not job.active:
-            job = self._details(child.slurm_job_id, timeout) or job
-        if job is None:
-            child.missing += 1
-            if child.missing >= MISSING_POLLS:
-                self._end(child, None)
-            return
-        child.missing = 0
-        was_waiting = child.last is None or child.last.pending
-        child.last = job
-        if job.pending:  # the stall clock starts with the allocation, not with the submit
-            child.start_time = time.time()
-        elif was_waiting:
-            child.start_time = min(job.start_time or time.time(), time.time())
-        if not job.active:
-            self._end(child, job)
-
-    def _details(self, job_id: str, timeout: float) -> Optional[SlurmJob]:
-        """scontrol (exit code, node), then sacct where accounting exists; None: nobody knows it."""
-        env = slurm.env_for_commands()
-        try:
-            found = slurm.parse_scontrol(slurm.run(["scontrol", "show", "job", "-o", job_id], timeout, env=env))
-            if found is not None:
-                return found
-        except SlurmUnavailable:
-            raise
-        except SlurmError:
-            pass
-        try:
-            return slurm.parse_sacct(slurm.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o",
-                                                "JobID,State,ExitCode,NodeList,Start"], timeout, env=env))
-        except SlurmError:  # no accounting ("Slurm accounting storage is disabled"), or no sacct at all
-            return None
-
 
 def filesystem_type(path: str) -> Optional[str]:
     """The type of the filesystem ``path`` is on, from /proc/mounts (the longest mount point above it)."""
