@@ -254,12 +254,15 @@ def outcome(job: Optional[SlurmJob], local: Classified, record: Optional[dict], 
 
 
 def _never_started(where: str, job: SlurmJob, last_line: str) -> str:
+    how = f"exit {job.exit_code}" if job.signal is None else f"signal {job.signal}"
+    if job.reason and job.reason != "None":
+        how += f", Slurm reason {job.reason}"  # JobLaunchFailure: it could not even open the log or folder
     if job.exit_code == NOT_READABLE_EXIT or not last_line:
-        return (f"{where}: the node cannot read the attempt's plan (exit {job.exit_code}, nothing written into "
-                "the daemon's home): the home must be on a filesystem the compute nodes share, at the same "
-                "path (README: On a Slurm cluster)")
-    return (f"{where}: the training never started (exit {job.exit_code}): {last_line[:300]}; the interpreter "
-            "(slurm.python) and the daemon's home must be visible on the compute nodes at the same paths")
+        return (f"{where}: the node cannot read the attempt's plan ({how}; nothing written into the daemon's "
+                "home): the home must be on a filesystem the compute nodes share, at the same path "
+                "(README: On a Slurm cluster)")
+    return (f"{where}: the training never started ({how}): {last_line[:300]}; the interpreter (slurm.python) "
+            "and the daemon's home must be visible on the compute nodes at the same paths")
 
 
 def env_for_commands() -> dict[str, str]:

@@ -8,6 +8,7 @@ DAEMON_MODULES = [
     "supervisor.control.cli", "supervisor.control.server", "supervisor.control.handlers",
     "supervisor.probes.checkpoint", "supervisor.probes.vault", "supervisor.probes.gpu",
     "supervisor.jobs.spec", "supervisor.policy", "supervisor.store",
+    "supervisor.process.executor", "supervisor.process.slurm_executor", "supervisor.process.slurm_watch",
 ]
 
 

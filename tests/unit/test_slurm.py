@@ -177,3 +177,12 @@ def test_the_filesystem_of_the_home_is_read_from_the_mount_table():
 
     assert filesystem_type("/proc/self") == "proc"
     assert filesystem_type("/") is not None
+
+
+def test_a_node_that_cannot_open_the_jobs_folder_fails_the_job_clearly():
+    """What Slurm 22.05 reports when --chdir/--output are out of the node's reach (seen for real):
+    FAILED, Reason=JobLaunchFailure, ExitCode=0:53, and nothing in the home."""
+    job = SlurmJob("35", "FAILED", reason="JobLaunchFailure", node="node7", signal=53)
+    got = outcome(job, Classified(Cause.CRASHED, "killed by signal 53"), None, started=False, by_daemon=False)
+    assert got.cause is Cause.CONFIG_ERROR
+    assert "JobLaunchFailure" in got.detail and "filesystem the compute nodes share" in got.detail
