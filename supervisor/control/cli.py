@@ -315,26 +315,25 @@ def render_status(jobs: list[dict[str, Any]], now: float) -> str:
     rows = [("NAME", "STATE", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST CAUSE", "UPTIME",
              "DOWN", "GOODPUT")]
     for j in jobs:
+        j = with_slurm_cells(j)
         gp = j.get("goodput") or {}
-        rows.append((j["name"], shown_state(j), pid_cell(j), f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
+        rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
                      progress_bar(j), speed(j.get("batches_per_s")), duration(j.get("eta_s")),
                      restarts(j["restarts"], gp.get("restarts_by_cause")), j["last_cause"] or "-",
                      duration(j["uptime_s"]), duration(gp.get("down_s")), percent(gp.get("training_fraction"))))
     return (table(rows) + slurm_notes(jobs)) if jobs else "no jobs"
 
 
-def shown_state(job: dict[str, Any]) -> str:
-    """A job whose Slurm job waits for an allocation is shown ``queued`` (its state is ``starting``)."""
-    slurm = job.get("slurm") or {}
-    return "queued" if slurm.get("state") == "PENDING" else job["state"]
-
-
-def pid_cell(job: dict[str, Any]) -> str:
-    """The local pid, or ``slurm:JOBID@NODE`` for an attempt that is a Slurm job."""
+def with_slurm_cells(job: dict[str, Any]) -> dict[str, Any]:
+    """executor: slurm: the PID column shows ``slurm:JOBID@NODE``, and a job whose Slurm job waits
+    for an allocation is shown ``queued`` (its state is ``starting``: the job is submitted)."""
     slurm = job.get("slurm")
-    if slurm:
-        return f"slurm:{slurm['job_id']}" + (f"@{slurm['node']}" if slurm.get("node") else "")
-    return str(job["pid"] or "-")
+    if not slurm:
+        return job
+    shown = dict(job, pid=f"slurm:{slurm['job_id']}" + (f"@{slurm['node']}" if slurm.get("node") else ""))
+    if slurm.get("state") == "PENDING":
+        shown["state"] = "queued"
+    return shown
 
 
 def slurm_notes(jobs: list[dict[str, Any]]) -> str:
