@@ -53,6 +53,24 @@ def test_a_bad_slurm_option_is_refused_with_its_field(slurm_opts, field):
     assert any(p.startswith(field) for p in err.value.problems), err.value.problems
 
 
+def test_extra_args_keep_slurms_own_syntax():
+    job = spec(slurm={"extra_args": ["--constraint=(a100|h100)&ib", "--gres=gpu:a100:2", "--nodelist=n[1-4]",
+                                     "--exclusive", "--mail-type=END,FAIL"]})
+    assert len(job.slurm.extra_args) == 5
+
+
+def test_inside_an_allocation_the_jobs_gpus_are_0_to_n_minus_1():
+    from supervisor.process.slurm_executor import SlurmExecutor
+
+    two = spec(train={"model": "yolov8n.yaml", "data": "d.yaml", "epochs": 3, "device": "2,5"})
+    plan = {"train": {"device": "2,5"}, "overrides": {"device": "2,5"}}
+    SlurmExecutor.adjust_plan(None, plan, two)  # uses nothing of the executor itself
+    assert plan["train"]["device"] == plan["overrides"]["device"] == "0,1"
+    cpu = {"train": {"device": "cpu"}, "overrides": {"device": "cpu"}}
+    SlurmExecutor.adjust_plan(None, cpu, spec())
+    assert cpu["train"]["device"] == "cpu"
+
+
 def test_extra_args_say_why_an_owned_option_is_refused():
     with pytest.raises(SpecError) as err:
         spec(slurm={"extra_args": ["--exclusive", "--requeue"]})
