@@ -133,6 +133,7 @@ def test_executor_slurm_without_sbatch_refuses_to_start_and_says_why(tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 2.5 minutes here; a loaded machine trains slower and needs more allocations
 def test_a_training_longer_than_its_allocation_completes_across_allocations(slurm_daemon, tmp_path):
     """time: 2 minutes, notice 40 s before: SIGTERM, a save, exit 75, the daemon verifies and resubmits.
 
