@@ -43,6 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("names", nargs="*", metavar="NAME")
     s.add_argument("--json", action="store_true", help="a JSON list of objects instead of a table")
 
+    s = sub.add_parser("gpus", help="every GPU the daemon schedules: health, memory, utilization, job and pids")
+    s.add_argument("--json", action="store_true")
+
     s = sub.add_parser("submit", help="add a job from a YAML file ('-' reads stdin)")
     s.add_argument("file")
 
@@ -156,6 +159,12 @@ def cmd_status(conn: Connection, args: argparse.Namespace) -> int:
         print(json.dumps(jobs, indent=2))
     else:
         print(render_status(jobs, time.time()))
+    return 0
+
+
+def cmd_gpus(conn: Connection, args: argparse.Namespace) -> int:
+    gpus = call(conn, "gpus")
+    print(json.dumps(gpus, indent=2) if args.json else render_gpus(gpus))
     return 0
 
 
@@ -307,20 +316,42 @@ def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
             "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit,
-            "extend": cmd_extend}
+            "extend": cmd_extend, "gpus": cmd_gpus}
 
 
 # -- rendering ------------------------------------------------------------------------
+WAITING_STATES = ("queued", "held", "backoff")
+
+
 def render_status(jobs: list[dict[str, Any]], now: float) -> str:
-    rows = [("NAME", "STATE", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST CAUSE", "UPTIME",
-             "DOWN", "GOODPUT")]
+    rows = [("NAME", "STATE", "GPUS", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST CAUSE",
+             "UPTIME", "DOWN", "GOODPUT")]
     for j in jobs:
         gp = j.get("goodput") or {}
-        rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
+        rows.append((j["name"], j["state"], j.get("gpus") or "-", str(j["pid"] or "-"),
+                     f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
                      progress_bar(j), speed(j.get("batches_per_s")), duration(j.get("eta_s")),
                      restarts(j["restarts"], gp.get("restarts_by_cause")), j["last_cause"] or "-",
                      duration(j["uptime_s"]), duration(gp.get("down_s")), percent(gp.get("training_fraction"))))
-    return table(rows) if jobs else "no jobs"
+    if not jobs:
+        return "no jobs"
+    # Why a job is not training (waiting for a GPU, held, backing off), one line each under the table.
+    waiting = [f"  {j['name']}: {one_line(j['state_reason'])}" for j in jobs
+               if j["state"] in WAITING_STATES and j.get("state_reason")]
+    return table(rows) + ("\n\n" + "\n".join(waiting) if waiting else "")
+
+
+def render_gpus(gpus: list[dict[str, Any]]) -> str:
+    if not gpus:
+        return "no GPUs (none seen by NVML and none listed under `gpus` in config.yaml)"
+    rows = [("GPU", "HEALTH", "MEMORY", "UTIL", "JOB", "PIDS")]
+    for g in gpus:
+        memory = "-" if g["memory_used_mib"] is None else f"{g['memory_used_mib']}/{g['memory_total_mib']} MiB"
+        util = "-" if g["utilization_pct"] is None else f"{g['utilization_pct']}%"
+        health = g["health"] if not g["problems"] else f"{g['health']}: {'; '.join(g['problems'])}"
+        pids = ", ".join(f"{pid} ({mib} MiB)" for pid, mib in g["pids"].items()) or "-"
+        rows.append((str(g["index"]), health, memory, util, g["job"] or "-", pids))
+    return table(rows)
 
 
 def speed(batches_per_s: Optional[float]) -> str:

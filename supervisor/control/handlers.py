@@ -26,7 +26,7 @@ from supervisor.jobs.edit import EditRefused
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
 from supervisor.jobs.states import JobState
 from supervisor.observe.goodput import goodput
-from supervisor.observe.views import job_view  # noqa: F401 - status's view; also imported from here
+from supervisor.observe.views import gpu_views, job_view  # noqa: F401 - status's view; also imported from here
 from supervisor.store import JobRecord
 
 if TYPE_CHECKING:
@@ -106,6 +106,11 @@ def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[st
         raise RequestError(ErrorCode.USAGE, "'names' must be a list")
     jobs = [_job(daemon, {"name": n}) for n in names] if names else daemon.store.list_jobs()
     return [job_view(daemon, job) for job in jobs]
+
+
+def gpus(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[str, Any]]:
+    """Every GPU of the daemon's inventory: health, memory, utilization, the job and pids on it."""
+    return gpu_views(daemon)
 
 
 def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
@@ -326,6 +331,7 @@ def _purge(folder: Path, name: str) -> None:
 HANDLERS: dict[str, Handler] = {
     "status": Handler(status, mutates=False),
     "history": Handler(history, mutates=False),
+    "gpus": Handler(gpus, mutates=False),
     "results": Handler(results, mutates=False),
     "tail": Handler(tail, mutates=False),
     "log": Handler(log, mutates=False),

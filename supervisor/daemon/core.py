@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
+from supervisor.daemon import gpus as gpu_facts
 from supervisor.daemon import preflight
 from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, final_resumable_pt, last_pt,
                                       midepoch_pt, prepare_resume)
@@ -34,6 +35,7 @@ from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import Notifications
 from supervisor.paths import Home
+from supervisor.placement import Holder, Placement, Request, impossible, place
 from supervisor.policy import AttemptEnd, Budget, decide, next_state
 from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
@@ -93,6 +95,7 @@ class Daemon:
         self._snapshot_retry_at: dict[str, float] = {}
         # Jobs held because a path is missing or a checkpoint is not theirs: job -> when to look again.
         self.preflight_holds: dict[str, float] = {}
+        self._placed: dict[str, tuple[int, ...]] = {}  # job -> the GPUs placement just gave it (for launch)
         self.progress_files = ProgressFiles()
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -272,16 +275,77 @@ class Daemon:
             if self.retry_at.get(name, 0) <= now:
                 self._guarded(self._end_attempt, name)
 
-    def start_due_jobs(self) -> None:
-        now = time.time()
-        waiting = time.monotonic()
-        for job in self.store.list_jobs():
-            if job.name in self.running or self.retry_at.get(job.name, 0) > waiting:
+    def start_due_jobs(self) -> Placement:
+        """Start every due job that placement lets start (GPUs free, a slot left); the others wait
+        with a reason naming what they wait for."""
+        jobs = self.store.list_jobs()
+        requests = []
+        for job in (j for j in jobs if self._is_due(j)):
+            try:
+                spec = _parsed_spec(job.spec_yaml, job.name)
+            except SpecError:
+                self._guarded(self.launch, job.name)  # fails it once, with the reason
                 continue
-            due = job.state == S.QUEUED.value or (
-                job.state == S.BACKOFF.value and (job.next_start_at or 0) <= now)
-            if due and self._capacity_left():
-                self._guarded(self.launch, job.name)
+            if self._pinned_to_unhealthy(job, spec):
+                self._guarded(self.launch, job.name)  # holds it, naming the problem
+                continue
+            requests.append(gpu_facts.request_for(job, spec))
+        if not requests:
+            return Placement()
+        placement = place(requests, self.gpu_inventory(), self.gpus_held(jobs, requests), self._slots_left())
+        for name, gpus in placement.starts:
+            self._placed[name] = gpus
+            self._guarded(self.launch, name)
+            self._placed.pop(name, None)
+        for name, why in placement.waits.items():
+            self._note_waiting(name, why)
+        return placement
+
+    def _is_due(self, job: JobRecord) -> bool:
+        if job.name in self.running or job.name in self.ending or self.retry_at.get(job.name, 0) > time.monotonic():
+            return False
+        return job.state == S.QUEUED.value or (job.state == S.BACKOFF.value and (job.next_start_at or 0) <= time.time())
+
+    def gpu_inventory(self) -> list[int]:
+        return gpu_facts.inventory(self.config.gpus, self.health.probe)
+
+    def gpus_held(self, jobs: list[JobRecord], requests=()) -> dict:
+        """GPU -> Holder for every GPU that is not free: our jobs' sets, then (when a probe is
+        there and some request wants GPUs) memory held by processes and ill health."""
+        held = gpu_facts.held_by_jobs(self._with_specs(jobs), self.running.keys() | self.ending.keys())
+        probe = self.health.probe
+        if probe is None or not any(r.needs_gpus for r in requests):
+            return held
+        others = [g for g in self.gpu_inventory() if g not in held]
+        for gpu, why in gpu_facts.unhealthy(probe, others).items():
+            held[gpu] = Holder(None, f"unhealthy: {why}")
+        others = [g for g in others if g not in held]
+        held.update(gpu_facts.held_by_processes(probe, others, self.daemon_id, self.config.foreign_memory_mib))
+        return held
+
+    def _with_specs(self, jobs: list[JobRecord]) -> list[tuple[JobRecord, JobSpec]]:
+        found = []
+        for job in jobs:
+            try:
+                found.append((job, _parsed_spec(job.spec_yaml, job.name)))
+            except SpecError:
+                continue
+        return found
+
+    def _pinned_to_unhealthy(self, job: JobRecord, spec: JobSpec) -> bool:
+        gpus = gpu_facts.job_gpus(job, spec)
+        return bool(gpus) and bool(self.health.unhealthy_reasons(gpus))
+
+    def _slots_left(self) -> Optional[int]:
+        if not self.config.max_running:
+            return None
+        return max(0, self.config.max_running - len(self.running))
+
+    def _note_waiting(self, name: str, why: str) -> None:
+        """A due job that cannot start yet says why (``status``); no event: it changes as others come and go."""
+        job = self.store.get_job(name)
+        if job is not None and job.state_reason != why:
+            self.store.update_job(name, state_reason=why)
 
     def _guarded(self, fn: Callable[[str], None], name: str) -> None:
         """One job's failure (a full disk, an unexpected state) is reported, and the daemon keeps serving."""
@@ -301,9 +365,6 @@ class Daemon:
         except Exception as exc:  # a bug must not take every other job down with it
             self.log.exception("job step failed", job=name, step=fn.__name__, error=repr(exc))
 
-    def _capacity_left(self) -> bool:
-        return not self.config.max_running or len(self.running) < self.config.max_running
-
     # -- submitting ----------------------------------------------------------
     def submit(self, text: str, source: str, actor: Optional[str] = None,
                owner: Optional[tuple[int, int]] = None,
@@ -312,6 +373,12 @@ class Daemon:
         transaction that adds the job, so it happens before anyone sees the job (the drop
         directory moves the file to accepted/ there) and an exception from it adds nothing."""
         spec = parse_spec_text(text, source)
+        request = Request(job=spec.name, pinned=tuple(spec.gpu_indices), count=spec.gpus or 0)
+        problem = impossible(request, self.gpu_inventory())
+        if problem:
+            field = "gpus" if spec.gpus else "train.device"
+            raise SpecError(source, [f"{field}: {problem.removeprefix('waiting: ')} (the daemon's GPUs: every GPU "
+                                     "NVML sees, or the `gpus` list in its config.yaml)"])
         if self.store.get_job(spec.name) is not None:
             raise SpecError(source, [f"name: a job named '{spec.name}' already exists (change it with "
                                      f"`yolo-supervisorctl edit {spec.name} KEY=VALUE`, train it longer with "
@@ -374,13 +441,7 @@ class Daemon:
 
     def valid_specs(self) -> list[tuple[JobRecord, JobSpec]]:
         """Every job whose stored spec still validates, with it (for loops over all jobs)."""
-        found = []
-        for job in self.store.list_jobs():
-            try:
-                found.append((job, _parsed_spec(job.spec_yaml, job.name)))
-            except SpecError:
-                continue
-        return found
+        return self._with_specs(self.store.list_jobs())
 
     def _fail_unparseable(self, name: str, err: SpecError, actor: Optional[str] = None, **fields: Any) -> None:
         self.transition(name, S.FAILED, f"the stored job spec no longer validates: {'; '.join(err.problems)} "
@@ -398,7 +459,10 @@ class Daemon:
         except SpecError as err:  # once, with the reason, not a traceback every tick
             self._fail_unparseable(name, err, actor, next_start_at=None)
             return
-        if not self._devices_ready(name, spec, actor):
+        gpus = self._placed.get(name) or gpu_facts.job_gpus(job, spec)
+        if spec.gpus and len(gpus) != spec.gpus:
+            return  # a `gpus: N` job starts only through placement, which picks its set
+        if not self._devices_ready(name, gpus, spec, actor):
             return
         blocker = self.launch_blocker(job, spec)
         if blocker is not None:
@@ -423,7 +487,7 @@ class Daemon:
         if plan.epochs_done >= spec.epochs:
             self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
             return
-        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor)
+        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor, gpus)
 
     def launch_blocker(self, job: JobRecord, spec: JobSpec) -> Optional[str]:
         """Why the next attempt must not start (a missing path, another run's checkpoint), or None.
@@ -475,6 +539,8 @@ class Daemon:
         change = plan_edit(self.spec(name), values, force)
         with self.store.transaction():
             self.store.update_job(name, spec_yaml=spec_to_yaml(change.spec))
+            if "device" in change.changes:
+                self.store.update_job(name, devices=None)  # the edited device, not the recorded set
             for key, (old, new) in change.changes.items():
                 self.event(name, "edit", f"{key}: {old!r} -> {new!r}", actor, key=key, old=old, new=new)
             for warning in change.warnings:
@@ -528,10 +594,11 @@ class Daemon:
                        pids=[p.pid for p in strays], survivors=survivors)
 
     def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
-               position: tuple[int, int], actor: Optional[str]) -> None:
+               position: tuple[int, int], actor: Optional[str], gpus: tuple[int, ...] = ()) -> None:
         name = job.name
         epochs_before, batch_before = position
-        plan_path = self._write_plan(job, spec, attempt, resume)
+        devices = ",".join(str(g) for g in gpus) or None
+        plan_path = self._write_plan(job, spec, attempt, resume, devices)
         log_path = self.home.job_log(name)
         with self.as_owner(name):  # the log's folder is the job user's: look at it as them
             offset = log_path.stat().st_size if log_path.exists() else 0
@@ -544,12 +611,15 @@ class Daemon:
             return
         at = f"epoch {epochs_before + 1} batch {batch_before + 1}" if batch_before else f"epoch {epochs_before}"
         how = f"resume from {resume} ({at})" if resume else "fresh start"
+        how += f" on GPU {devices}" if devices else ""
         # One transaction: a daemon killed between the attempt row and the job's move would leave
         # an open attempt on a job in backoff, and every later launch would collide with it.
         try:
             with self.store.transaction():
                 attempt_id = self.store.start_attempt(name, attempt, child.pid, child.start_time, epochs_before,
-                                                      str(resume) if resume else None, batch_before)
+                                                      str(resume) if resume else None, batch_before, devices)
+                if devices != job.devices:
+                    self.store.update_job(name, devices=devices)  # the set every later attempt uses
                 if job.extend_pending:
                     self.store.update_job(name, extend_pending=None)  # the restored state is on disk now
                 self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid,
@@ -572,7 +642,8 @@ class Daemon:
         self.running[name] = run
         self.sel.register(run.child.pidfd, selectors.EVENT_READ, ("child", name))
 
-    def _write_plan(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path]) -> Path:
+    def _write_plan(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
+                    devices: Optional[str]) -> Path:
         """The attempt's instructions for the child; stale progress/exit files are removed first."""
         name = job.name
         for stale in (self.home.job_progress(name), self.home.job_exit_record(name)):
@@ -582,7 +653,9 @@ class Daemon:
         train.setdefault("name", "train")
         # data: a resume reads the job's dataset, not the one the checkpoint recorded (Ultralytics
         # allows this override), so a moved dataset is fixed by fixing the job.
-        overrides: dict[str, Any] = {"device": spec.device, "data": str(spec.train["data"])}
+        # device: the job's recorded set (Ultralytics accepts it on resume: a `move` after a GPU failure).
+        train["device"] = devices or spec.device or "cpu"
+        overrides: dict[str, Any] = {"device": train["device"], "data": str(spec.train["data"])}
         for key in sorted(RESUME_OVERRIDABLE & spec.train.keys()):  # what `edit` may have changed
             overrides[key] = spec.train[key]
         if job.batch_override:
@@ -809,11 +882,9 @@ class Daemon:
         self._launch_if_due(name)
 
     def _launch_if_due(self, name: str) -> None:
-        """A restart without delay is launched now, not at the next housekeeping tick."""
-        job = self.store.get_job(name)
-        if (job is not None and job.state == S.BACKOFF.value and (job.next_start_at or 0) <= time.time()
-                and self._capacity_left()):
-            self._guarded(self.launch, name)
+        """A restart without delay is launched now, not at the next housekeeping tick; so are the
+        jobs waiting for the GPUs or the slot an ended attempt gave back."""
+        self.start_due_jobs()
 
     def _classify(self, name, run: Running, exit_code, sig, progress):
         with self.as_owner(name):
@@ -896,15 +967,15 @@ class Daemon:
 
     # -- GPU health -------------------------------------------------------------
     def _devices_unhealthy(self, name: str, spec: JobSpec, run: Running) -> bool:
-        reasons = self.health.unhealthy_reasons(spec)
+        reasons = self.health.unhealthy_reasons(gpu_facts.job_gpus(self.store.get_job(name), spec))
         if reasons:
             run.extra["hold_reason"] = "; ".join(reasons)
             self.event(name, "gpu", run.extra["hold_reason"])
         return bool(reasons)
 
-    def _devices_ready(self, name: str, spec: JobSpec, actor: Optional[str]) -> bool:
+    def _devices_ready(self, name: str, gpus: tuple[int, ...], spec: JobSpec, actor: Optional[str]) -> bool:
         """Hold the job on unhealthy devices; wait until the last attempt's GPU memory is released."""
-        reasons = self.health.unhealthy_reasons(spec)
+        reasons = self.health.unhealthy_reasons(gpus)
         if reasons:
             self.event(name, "gpu", "; ".join(reasons))
             self.transition(name, S.HELD, "devices unhealthy: " + "; ".join(reasons), actor)
@@ -912,19 +983,51 @@ class Daemon:
         others = {r.child.pid for n, r in self.running.items() if n != name}
         others |= {p.pid for n in self.running if n != name
                    for p in launcher.job_processes(n, daemon_id=self.daemon_id)}
-        gate = self.health.release_gate(name, spec, others)
+        gate = self.health.release_gate(name, gpus, spec.health, others)
         if gate.note:
             self.event(name, "gpu", gate.note)
         return gate.ready
 
     def release_healthy_holds(self) -> None:
-        """A job held for its devices leaves ``held`` by itself once they are healthy again."""
+        """A job held for its devices leaves ``held`` by itself once they are healthy again; with
+        ``on_gpu_failure: move`` it moves to another free set once ``gpu_failure_wait`` has passed."""
         for job, spec in self.valid_specs():
             if job.state != S.HELD.value or job.name in self.preflight_holds:
                 continue
-            if not self.health.unhealthy_reasons(spec):
+            reasons = self.health.unhealthy_reasons(gpu_facts.job_gpus(job, spec))
+            if not reasons:
                 self.event(job.name, "gpu", "devices healthy again")
                 self.transition(job.name, S.QUEUED, "devices healthy again")
+            elif spec.on_gpu_failure == "move" and self._held_for(job) >= spec.gpu_failure_wait_s:
+                self._move_off_failed_gpus(job, spec, reasons)
+
+    def _held_for(self, job: JobRecord) -> float:
+        """Seconds since the job entered ``held`` (its last state change; kept across daemon restarts)."""
+        since = self.store.last_event_at(job.name, "state")
+        return time.time() - since if since is not None else 0.0
+
+    def _move_off_failed_gpus(self, job: JobRecord, spec: JobSpec, reasons: list[str]) -> None:
+        """Resume on another free set of the same size. Never another size: the number of GPUs fixes
+        the per-GPU batch and the data order (the DDP trap), so a move keeps the count."""
+        old = gpu_facts.job_gpus(job, spec)
+        request = Request(job=job.name, count=len(old))
+        held = self.gpus_held(self.store.list_jobs(), [request])
+        for gpu in old:
+            held.setdefault(gpu, Holder(None, "the failed set"))
+        placed = place([request], self.gpu_inventory(), held)
+        if not placed.starts:
+            why = f"{'; '.join(reasons)}; no free set of {len(old)} GPU(s) to move to yet"
+            if job.state_reason != why:
+                self.store.update_job(job.name, state_reason=why)
+            return
+        new = ",".join(str(g) for g in placed.starts[0][1])
+        what = f"moved from GPU {job.devices or spec.device} to GPU {new}: unhealthy for more than " \
+               f"{spec.gpu_failure_wait_s:g}s ({'; '.join(reasons)})"
+        with self.store.transaction():
+            self.store.update_job(job.name, devices=new)
+            self.event(job.name, "gpu", what, old=job.devices or spec.device, new=new)
+            self.transition(job.name, S.QUEUED, what)
+        self.start_due_jobs()
 
     def route_gpu_events(self) -> None:
         """Record XID events in the history of every job using that device."""
@@ -934,7 +1037,7 @@ class Daemon:
         for job, spec in self.valid_specs():
             if S(job.state).is_final:
                 continue
-            devices = set(spec.gpu_indices)
+            devices = set(gpu_facts.job_gpus(job, spec))
             for ev in events:
                 if ev.index in devices or ev.index == -1:
                     self.event(job.name, "gpu", f"GPU {ev.index}: XID {ev.xid} ({ev.description})",

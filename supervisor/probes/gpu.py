@@ -139,6 +139,7 @@ class DeviceReading:
     memory_used_mib: Optional[int] = None
     memory_total_mib: Optional[int] = None
     processes: Mapping[int, int] = field(default_factory=dict)  # pid -> MiB (0: unknown)
+    utilization_pct: Optional[int] = None      # GPU busy share over NVML's last sample period
 
 
 @dataclass(frozen=True)
@@ -445,6 +446,7 @@ class NvmlProbe(_ProbeBase):
                               fallback="nvmlDeviceGetCurrentClocksThrottleReasons")
             used, total = self._memory(h)
             procs = self._processes(h)
+            rates = self._q("nvmlDeviceGetUtilizationRates", h)
         except _Lost as lost:
             return DeviceReading(index=index, unreachable=lost.detail)
         remap_pending = remap_failed = None
@@ -459,7 +461,8 @@ class NvmlProbe(_ProbeBase):
             temperature_c=None if temp is None else int(temp),
             slowdown_c=None if slowdown is None else int(slowdown),
             clock_event_reasons=None if reasons is None else int(reasons),
-            memory_used_mib=used, memory_total_mib=total, processes=procs or {})
+            memory_used_mib=used, memory_total_mib=total, processes=procs or {},
+            utilization_pct=None if rates is None else int(rates.gpu))
 
     def _memory(self, h) -> tuple[Optional[int], Optional[int]]:
         nv = self._nvml
@@ -570,6 +573,7 @@ class _FakeDevice:
     base_used_mib: int = 0
     total_mib: int = 81920
     holders: dict[int, int] = field(default_factory=dict)
+    utilization: Optional[int] = 0
 
 
 class FakeGpuProbe(_ProbeBase):
@@ -588,6 +592,10 @@ class FakeGpuProbe(_ProbeBase):
 
     def available(self) -> bool:
         return not self.closed
+
+    @property
+    def device_count(self) -> int:
+        return len(self.devices)
 
     def close(self) -> None:
         self.closed = True
@@ -628,6 +636,9 @@ class FakeGpuProbe(_ProbeBase):
     def set_memory_holders(self, i: int, holders: Mapping[int, int]) -> None:
         self._dev(i).holders = dict(holders)
 
+    def set_utilization(self, i: int, pct: Optional[int]) -> None:
+        self._dev(i).utilization = pct
+
     def set_base_memory(self, i: int, mib: int) -> None:
         self._dev(i).base_used_mib = mib
 
@@ -646,7 +657,7 @@ class FakeGpuProbe(_ProbeBase):
             remap_pending=d.remap_pending, remap_failed=d.remap_failed,
             temperature_c=d.temperature, slowdown_c=d.slowdown, clock_event_reasons=d.throttle,
             memory_used_mib=d.base_used_mib + sum(d.holders.values()), memory_total_mib=d.total_mib,
-            processes=dict(d.holders))
+            processes=dict(d.holders), utilization_pct=d.utilization)
 
 
 # --------------------------------------------------------------------------- helpers
