@@ -297,8 +297,7 @@ class Daemon:
             self._placed[name] = gpus
             self._guarded(self.launch, name)
             self._placed.pop(name, None)
-        for name, why in placement.waits.items():
-            self._note_waiting(name, why)
+        self._note_waiting({j.name: j for j in jobs}, placement.waits)
         return placement
 
     def _is_due(self, job: JobRecord) -> bool:
@@ -341,11 +340,15 @@ class Daemon:
             return None
         return max(0, self.config.max_running - len(self.running))
 
-    def _note_waiting(self, name: str, why: str) -> None:
-        """A due job that cannot start yet says why (``status``); no event: it changes as others come and go."""
-        job = self.store.get_job(name)
-        if job is not None and job.state_reason != why:
-            self.store.update_job(name, state_reason=why)
+    def _note_waiting(self, jobs: dict[str, JobRecord], waits: dict[str, str]) -> None:
+        """A due job that cannot start yet says why (``status``). No event: the reason changes as
+        others come and go. One commit for all the changed ones (200 queued jobs, one freed GPU)."""
+        changed = {name: why for name, why in waits.items() if jobs[name].state_reason != why}
+        if not changed:
+            return
+        with self.store.transaction():
+            for name, why in changed.items():
+                self.store.update_job(name, state_reason=why)
 
     def _guarded(self, fn: Callable[[str], None], name: str) -> None:
         """One job's failure (a full disk, an unexpected state) is reported, and the daemon keeps serving."""
