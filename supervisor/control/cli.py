@@ -399,8 +399,8 @@ def render_history(hist: dict[str, Any]) -> str:
     if hist.get("goodput"):
         lines.append(render_goodput(hist["goodput"]))
     lines.append("")
-    rows = [("ATTEMPT", "START", "END", "PID", "EXIT", "CAUSE", "EPOCHS", "TRAINING", "DOWN AFTER", "REDONE",
-             "DETAIL")]
+    rows = [("ATTEMPT", "START", "END", "PID", "GPUS", "EXIT", "CAUSE", "EPOCHS", "TRAINING", "DOWN AFTER",
+             "REDONE", "DETAIL")]
     for a in hist["attempts"]:
         if a["ended_at"] is None:
             ended = "-"
@@ -411,7 +411,7 @@ def render_history(hist: dict[str, Any]) -> str:
         start = f"{a['epochs_before']}+{a['batch_before']}b" if a.get("batch_before") else str(a["epochs_before"])
         epochs = f"{start}->{a['epochs_after'] if a['epochs_after'] is not None else '?'}"
         rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), str(a["pid"] or "-"),
-                     ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
+                     a.get("devices") or "-", ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
                      duration(a.get("down_after_s")) if a["ended_at"] else "-", redone(a),
                      one_line(a["detail"] or "")))
     lines.append(table(rows) if hist["attempts"] else "no attempts yet")

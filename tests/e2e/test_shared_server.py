@@ -261,6 +261,9 @@ def test_status_and_gpus_show_each_jobs_gpus_and_who_waits_for_what(fake_daemon,
                                                                   (1, "first", "unknown (no NVML)")]
     table = ctl(fake_daemon.home, "gpus").stdout
     assert table.splitlines()[0].split() == ["GPU", "HEALTH", "MEMORY", "UTIL", "JOB", "PIDS"]
+    history = ctl(fake_daemon.home, "history", "first").stdout
+    header, attempt = history.splitlines()[3:5]
+    assert header.split()[4] == "GPUS" and attempt.split()[5] == "0,1", history  # START takes two columns
     ctl(fake_daemon.home, "stop", "first", "--wait", "--timeout", "60")
     wait_for(lambda: fake_daemon.job("second").state == "running", 60, what="second starts on the freed GPU")
     ctl(fake_daemon.home, "stop", "second", "--wait", "--timeout", "60")
