@@ -299,10 +299,8 @@ def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
     purged = bool(args.get("purge"))
     try:
         daemon.remove_job(job.name, purged, peer.actor)
-    except PurgeFailed as err:
+    except PurgeFailed as err:  # not the job's state: the daemon could not do it (a wrong state maps below)
         raise RequestError(ErrorCode.INTERNAL, str(err)) from None
-    except CommandError as err:
-        raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
     return {"name": job.name, "purged": purged, "job_dir": str(daemon.home.job_dir(job.name))}
 
 
