@@ -1,20 +1,17 @@
-"""The daemon's event loop and job lifecycle.
+"""The daemon's job lifecycle, on one thread that owns all job state.
 
-One thread owns all job state. Child exits arrive as readable pidfds on a
-selector; control requests arrive from other threads as callables on a queue
-plus a byte on a wake pipe; everything else (starting queued jobs, checkpoint
-snapshots, stall checks, kill escalation) runs in ``housekeeping`` once per
-tick. Every state change goes through ``transition``.
+The reactor (supervisor/daemon/reactor.py) hands it child exits and calls from other threads;
+everything else (starting due jobs through placement, checkpoint snapshots, stall checks, kill
+escalation) runs in ``housekeeping`` once per tick. Every state change goes through ``transition``;
+the policy (supervisor/policy.py) decides what an ended attempt leads to, placement
+(supervisor/placement.py) which waiting job starts on which GPUs.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import json
 import os
-import queue
-import selectors
 import shutil
 import signal
 import time
@@ -28,6 +25,7 @@ from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import gpus as gpu_facts
 from supervisor.daemon import preflight
+from supervisor.daemon.reactor import Reactor
 from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, final_resumable_pt, last_pt,
                                       midepoch_pt, prepare_resume)
 from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
@@ -102,10 +100,7 @@ class Daemon:
         self.preflight_holds: dict[str, float] = {}
         self._placed: dict[str, tuple[int, ...]] = {}  # job -> the GPUs placement just gave it (for launch)
         self.progress_files = ProgressFiles()
-        self.sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-        self._calls: "queue.Queue[tuple[Callable[[], Any], Future]]" = queue.Queue()
+        self.reactor = Reactor()  # child exits, and calls from the control and drop-directory threads
         self.stopping = False
         self.reload_requested = False
         self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
@@ -153,71 +148,22 @@ class Daemon:
 
     def step(self, timeout: float) -> None:
         """Wait for one batch of events (child exits, control calls) and handle them."""
-        for key, _ in self.sel.select(timeout):
-            kind, name = key.data
-            if kind == "wake":
-                self._drain_wake()
-            elif kind == "child":
-                self._guarded(self.on_child_exit, name)
-        self._run_calls()
+        for name in self.reactor.wait(timeout):
+            self._guarded(self.on_child_exit, name)
+        self.reactor.run_calls()
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
-        """Run ``fn`` on the loop thread and return its result (used by the control server).
-
-        ``TimeoutError`` when the loop did not get to it in time; it is then dropped, never run
-        later behind the caller's back. (concurrent.futures' own TimeoutError is not the
-        builtin one before Python 3.11.)
-        """
-        fut = self.post(fn)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            if fut.cancel():
-                raise TimeoutError(f"the daemon did not get to the request within {timeout:g}s; "
-                                   "it was dropped and nothing was done") from None
-        try:
-            return fut.result(timeout)  # it started meanwhile: its effects are happening, so wait
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"the request is still running after {2 * timeout:g}s; it may yet "
-                               "take effect") from None
+        """Run ``fn`` on the loop thread and return its result (used by the control server)."""
+        return self.reactor.call(fn, timeout)
 
     def post(self, fn: Callable[[], Any]) -> Future:
         """Queue ``fn`` for the loop thread without waiting (the drop-directory watcher's thread)."""
-        fut: Future = Future()
-        self._calls.put((fn, fut))
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass
-        return fut
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _run_calls(self) -> None:
-        while True:
-            try:
-                fn, fut = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            if not fut.set_running_or_notify_cancel():
-                continue  # its caller gave up waiting: dropped, as it was told
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # the caller gets it; the loop carries on
-                fut.set_exception(exc)
+        return self.reactor.post(fn)
 
     def request_stop(self) -> None:
         """Signal-handler safe: ask the loop to end (training keeps running)."""
         self.stopping = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self.reactor.wake()
 
     def shutdown(self) -> None:
         """Stop taking work and leave training running; a new daemon re-adopts it."""
@@ -648,7 +594,7 @@ class Daemon:
         """From now on the loop hears of the attempt's exit and housekeeping watches its progress."""
         run.progress_path = str(self.home.job_progress(name))
         self.running[name] = run
-        self.sel.register(run.child.pidfd, selectors.EVENT_READ, ("child", name))
+        self.reactor.watch(run.child.pidfd, name)
 
     def _write_plan(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
                     devices: Optional[str]) -> Path:
@@ -877,7 +823,7 @@ class Daemon:
     # -- an attempt ended ------------------------------------------------------
     def on_child_exit(self, name: str) -> None:
         run = self.running.pop(name)
-        self.sel.unregister(run.child.pidfd)
+        self.reactor.unwatch(run.child.pidfd)
         # The exit status exists only now: keep it until the attempt's end is on disk.
         run.exit_status, run.ended_at = run.child.exit_status(), time.time()
         run.child.close()
