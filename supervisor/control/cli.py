@@ -1,7 +1,6 @@
 """``yolo-supervisorctl``: talk to the daemon over its control socket.
 
-Exit status: 0 ok, 1 internal error, 2 usage or invalid job file, 3 daemon not
-running, 4 unknown job, 5 wrong state for the command, 6 permission denied.
+Exit status: the table ``EXIT_STATUSES`` in supervisor/control/protocol.py (``--help`` prints it).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import yaml
 
 from supervisor.control.protocol import (EXIT_CODES, one_line, Connection, ErrorCode, ProtocolError, Request, RequestError,
                                          connect)
+from supervisor.control.protocol import exit_status_text
 from supervisor.jobs.edit import EditRefused, parse_assignments
 from supervisor.jobs.spec import MAX_SPEC_BYTES
 from supervisor.paths import HOME_ENV, Home, default_home
@@ -32,8 +32,7 @@ BAR_WIDTH = 20
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description="Control a running yolo-supervisord.",
-                                epilog="exit status: 0 ok, 1 error, 2 usage/invalid job file, 3 daemon not "
-                                       "running, 4 unknown job, 5 wrong state, 6 permission denied")
+                                epilog=f"exit status: {exit_status_text()}")
     p.add_argument("--home", type=Path, default=None,
                    help=f"the daemon's home (default ${HOME_ENV}, else the per-user home, else {SYSTEM_HOME})")
     p.add_argument("--socket", type=Path, default=None, help="control socket (default HOME/supervisor.sock)")

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from supervisor.jobs.spec import Health
-from supervisor.probes.gpu import GpuEvent, GpuProbe
+from supervisor.probes.gpu_health import GpuEvent, memory_held, released
+from supervisor.probes.gpu_probe import GpuProbe
 
 
 @dataclass(frozen=True)
@@ -41,26 +42,23 @@ class DeviceHealth:
     def release_gate(self, name: str, gpus: Sequence[int], health: Health, other_jobs_pids: set[int]) -> ReleaseGate:
         """Whether the previous attempt's GPU memory is gone (as NVIDIA's ft_launcher waits for it).
 
-        Memory of processes that belong to other supervised jobs is not counted.
+        "Gone" is the probe rule's ``released`` (``memory_held`` over the job's GPUs, not counting
+        the processes of other supervised jobs, within ``gpu_release_tolerance_mib``).
         After ``gpu_release_timeout`` the launch goes ahead and the note names the
         pids still holding memory.
         """
         if self.probe is None or not gpus:
             return ReleaseGate(True)
-        holders = {i: {pid: mib for pid, mib in self.probe.memory_holders(i).items()
-                       if pid not in other_jobs_pids} for i in gpus}
-        held = sum(m for h in holders.values() for m in h.values())
+        held = memory_held((self.probe.read(i) for i in gpus), other_jobs_pids)
         started = self._waiting_since.setdefault(name, self.clock())
         waited = self.clock() - started
-        if held <= health.gpu_release_tolerance_mib:
+        if released(held, health.gpu_release_tolerance_mib):
             self._waiting_since.pop(name, None)
             return ReleaseGate(True, f"GPU memory released after {waited:.1f}s" if waited >= 1 else "")
         if waited < health.gpu_release_timeout:
             return ReleaseGate(False)
         self._waiting_since.pop(name, None)
-        who = "; ".join(f"GPU {i}: " + ", ".join(f"pid {p} ({m} MiB)" for p, m in h.items())
-                        for i, h in holders.items() if h)
-        return ReleaseGate(True, f"GPU memory still held after {waited:.0f}s by {who}; launching anyway")
+        return ReleaseGate(True, f"GPU memory still held after {waited:.0f}s by {held.describe()}; launching anyway")
 
     def forget(self, name: str) -> None:
         """The job stopped waiting (stopped, removed, ended): its next launch waits afresh."""
