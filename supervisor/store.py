@@ -86,6 +86,8 @@ ADDED_COLUMNS = (
     ("attempts", "stop_by_user", "INTEGER"),
     ("attempts", "stop_then", "TEXT"),
     ("attempts", "kill_at", "REAL"),
+    ("jobs", "devices", "TEXT"),
+    ("attempts", "devices", "TEXT"),
     ("attempts", "slurm_job_id", "TEXT"),
     ("attempts", "slurm_node", "TEXT"),
     ("jobs", "slurm_job_id", "TEXT"),
@@ -116,6 +118,8 @@ class JobRecord:
     batch_override: Optional[int]
     # Set by `extend` until the next attempt starts: its stripped last.pt does not mean "finished".
     extend_pending: Optional[int] = None
+    # The GPUs the job trains on ("2,3"), chosen at its first launch; every later attempt uses them.
+    devices: Optional[str] = None
     # executor: slurm: the Slurm job of the newest attempt (the attempt rows keep every one).
     slurm_job_id: Optional[str] = None
 
@@ -153,6 +157,7 @@ class AttemptRecord:
     stop_by_user: Optional[int] = None
     stop_then: Optional[str] = None
     kill_at: Optional[float] = None
+    devices: Optional[str] = None  # the GPUs this attempt was given ("2,3"); None: CPU
     # executor: slurm: the attempt's Slurm job (re-adopted by it after a daemon restart) and node.
     slurm_job_id: Optional[str] = None
     slurm_node: Optional[str] = None
@@ -368,11 +373,12 @@ class Store:
 
     # -- attempts -----------------------------------------------------------
     def start_attempt(self, job: str, number: int, pid: int, pid_start_time: float,
-                      epochs_before: int, resumed_from: Optional[str], batch_before: int = 0) -> int:
+                      epochs_before: int, resumed_from: Optional[str], batch_before: int = 0,
+                      devices: Optional[str] = None) -> int:
         cur = self._exec(
             "INSERT INTO attempts (job, number, started_at, pid, pid_start_time, epochs_before, resumed_from,"
-            " batch_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (job, number, time.time(), pid, pid_start_time, epochs_before, resumed_from, batch_before),
+            " batch_before, devices) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, number, time.time(), pid, pid_start_time, epochs_before, resumed_from, batch_before, devices),
         )
         return int(cur.lastrowid)
 

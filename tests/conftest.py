@@ -23,6 +23,15 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def pump(d, until, timeout: float = 30.0, what: str = "condition"):
+    """Run an in-process daemon's loop (housekeeping, then events) until ``until()`` is true."""
+    def once():
+        d.housekeeping()
+        d.step(0.05)
+        return until()
+    return wait_for(once, timeout, interval=0, what=what)
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """data.yaml of 16 generated 64x64 images with coloured boxes."""

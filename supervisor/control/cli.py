@@ -1,7 +1,6 @@
 """``yolo-supervisorctl``: talk to the daemon over its control socket.
 
-Exit status: 0 ok, 1 internal error, 2 usage or invalid job file, 3 daemon not
-running, 4 unknown job, 5 wrong state for the command, 6 permission denied.
+Exit status: the table ``EXIT_STATUSES`` in supervisor/control/protocol.py (``--help`` prints it).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import yaml
 
 from supervisor.control.protocol import (EXIT_CODES, one_line, Connection, ErrorCode, ProtocolError, Request, RequestError,
                                          connect)
+from supervisor.control.protocol import exit_status_text
 from supervisor.jobs.edit import EditRefused, parse_assignments
 from supervisor.jobs.spec import MAX_SPEC_BYTES
 from supervisor.paths import HOME_ENV, Home, default_home
@@ -32,8 +32,7 @@ BAR_WIDTH = 20
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description="Control a running yolo-supervisord.",
-                                epilog="exit status: 0 ok, 1 error, 2 usage/invalid job file, 3 daemon not "
-                                       "running, 4 unknown job, 5 wrong state, 6 permission denied")
+                                epilog=f"exit status: {exit_status_text()}")
     p.add_argument("--home", type=Path, default=None,
                    help=f"the daemon's home (default ${HOME_ENV}, else the per-user home, else {SYSTEM_HOME})")
     p.add_argument("--socket", type=Path, default=None, help="control socket (default HOME/supervisor.sock)")
@@ -42,6 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s = sub.add_parser("status", help="jobs: state, pid, epoch, speed, ETA, restarts, uptime, down time, goodput")
     s.add_argument("names", nargs="*", metavar="NAME")
     s.add_argument("--json", action="store_true", help="a JSON list of objects instead of a table")
+
+    s = sub.add_parser("gpus", help="every GPU the daemon schedules: health, memory, utilization, job and pids")
+    s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("submit", help="add a job from a YAML file ('-' reads stdin)")
     s.add_argument("file")
@@ -156,6 +158,12 @@ def cmd_status(conn: Connection, args: argparse.Namespace) -> int:
         print(json.dumps(jobs, indent=2))
     else:
         print(render_status(jobs, time.time()))
+    return 0
+
+
+def cmd_gpus(conn: Connection, args: argparse.Namespace) -> int:
+    gpus = call(conn, "gpus")
+    print(json.dumps(gpus, indent=2) if args.json else render_gpus(gpus))
     return 0
 
 
@@ -307,21 +315,30 @@ def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
             "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit,
-            "extend": cmd_extend}
+            "extend": cmd_extend, "gpus": cmd_gpus}
 
 
 # -- rendering ------------------------------------------------------------------------
+WAITING_STATES = ("queued", "held", "backoff")
+
+
 def render_status(jobs: list[dict[str, Any]], now: float) -> str:
-    rows = [("NAME", "STATE", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST CAUSE", "UPTIME",
-             "DOWN", "GOODPUT")]
+    rows = [("NAME", "STATE", "GPUS", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST CAUSE",
+             "UPTIME", "DOWN", "GOODPUT")]
     for j in jobs:
         j = with_slurm_cells(j)
         gp = j.get("goodput") or {}
-        rows.append((j["name"], j["state"], str(j["pid"] or "-"), f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
+        rows.append((j["name"], j["state"], j.get("gpus") or "-", str(j["pid"] or "-"),
+                     f"{j['epoch']}/{j['epochs'] if j['epochs'] is not None else '?'}",
                      progress_bar(j), speed(j.get("batches_per_s")), duration(j.get("eta_s")),
                      restarts(j["restarts"], gp.get("restarts_by_cause")), j["last_cause"] or "-",
                      duration(j["uptime_s"]), duration(gp.get("down_s")), percent(gp.get("training_fraction"))))
-    return (table(rows) + slurm_notes(jobs)) if jobs else "no jobs"
+    if not jobs:
+        return "no jobs"
+    # Why a job is not training (waiting for a GPU, held, backing off), one line each under the table.
+    waiting = [f"  {j['name']}: {one_line(j['state_reason'])}" for j in jobs
+               if j["state"] in WAITING_STATES and j.get("state_reason")] + slurm_waiting(jobs)
+    return table(rows) + ("\n\n" + "\n".join(waiting) if waiting else "")
 
 
 def with_slurm_cells(job: dict[str, Any]) -> dict[str, Any]:
@@ -336,11 +353,23 @@ def with_slurm_cells(job: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def slurm_notes(jobs: list[dict[str, Any]]) -> str:
-    """One line per job waiting in Slurm's queue: its job id and Slurm's reason."""
-    notes = [f"{j['name']}: Slurm job {j['slurm']['job_id']} pending ({j['slurm'].get('reason') or 'no reason given'})"
-             for j in jobs if (j.get("slurm") or {}).get("state") == "PENDING"]
-    return "".join("\n" + n for n in notes)
+def slurm_waiting(jobs: list[dict[str, Any]]) -> list[str]:
+    """executor: slurm: one line per job waiting in Slurm's queue, with its job id and Slurm's reason."""
+    return [f"  {j['name']}: Slurm job {j['slurm']['job_id']} pending ({j['slurm'].get('reason') or 'no reason given'})"
+            for j in jobs if (j.get("slurm") or {}).get("state") == "PENDING"]
+
+
+def render_gpus(gpus: list[dict[str, Any]]) -> str:
+    if not gpus:
+        return "no GPUs (none seen by NVML and none listed under `gpus` in config.yaml)"
+    rows = [("GPU", "HEALTH", "MEMORY", "UTIL", "JOB", "PIDS")]
+    for g in gpus:
+        memory = "-" if g["memory_used_mib"] is None else f"{g['memory_used_mib']}/{g['memory_total_mib']} MiB"
+        util = "-" if g["utilization_pct"] is None else f"{g['utilization_pct']}%"
+        health = g["health"] if not g["problems"] else f"{g['health']}: {'; '.join(g['problems'])}"
+        pids = ", ".join(f"{pid} ({mib} MiB)" for pid, mib in g["pids"].items()) or "-"
+        rows.append((str(g["index"]), health, memory, util, g["job"] or "-", pids))
+    return table(rows)
 
 
 def speed(batches_per_s: Optional[float]) -> str:
@@ -388,8 +417,8 @@ def render_history(hist: dict[str, Any]) -> str:
     if hist.get("goodput"):
         lines.append(render_goodput(hist["goodput"]))
     lines.append("")
-    rows = [("ATTEMPT", "START", "END", "PID", "EXIT", "CAUSE", "EPOCHS", "TRAINING", "DOWN AFTER", "REDONE",
-             "DETAIL")]
+    rows = [("ATTEMPT", "START", "END", "PID", "GPUS", "EXIT", "CAUSE", "EPOCHS", "TRAINING", "DOWN AFTER",
+             "REDONE", "DETAIL")]
     for a in hist["attempts"]:
         if a["ended_at"] is None:
             ended = "-"
@@ -403,7 +432,7 @@ def render_history(hist: dict[str, Any]) -> str:
         if a.get("slurm_job_id"):  # executor: slurm
             where = f"slurm:{a['slurm_job_id']}" + (f"@{a['slurm_node']}" if a.get("slurm_node") else "")
         rows.append((str(a["number"]), clock(a["started_at"]), clock(a["ended_at"]), where,
-                     ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
+                     a.get("devices") or "-", ended, a["cause"] or "(running)", epochs, duration(a.get("training_s")),
                      duration(a.get("down_after_s")) if a["ended_at"] else "-", redone(a),
                      one_line(a["detail"] or "")))
     lines.append(table(rows) if hist["attempts"] else "no attempts yet")

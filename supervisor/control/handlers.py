@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +20,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from supervisor import safefs
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
-from supervisor.daemon.core import CommandError
+from supervisor.daemon.core import CommandError, PurgeFailed
 from supervisor.jobs.edit import EditRefused
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
-from supervisor.jobs.states import JobState
 from supervisor.observe.goodput import goodput
-from supervisor.observe.views import job_view  # noqa: F401 - status's view; also imported from here
+from supervisor.observe.views import gpu_views, job_view  # noqa: F401 - status's view; also imported from here
 from supervisor.store import JobRecord
 
 if TYPE_CHECKING:
     from supervisor.control.server import Peer
     from supervisor.daemon.core import Daemon
 
-S = JobState
 # results.csv grows ~200 bytes an epoch: thousands of epochs, under the message limit once escaped.
 RESULTS_MAX_BYTES = 512 * 1024
 HandlerFn = Callable[["Daemon", dict[str, Any], "Peer"], Any]
@@ -94,10 +91,6 @@ def _int_arg(args: dict[str, Any], key: str, default: int, low: int = 0) -> int:
     return value
 
 
-def _wrong_state(job: JobRecord, what: str) -> RequestError:
-    return RequestError(ErrorCode.WRONG_STATE, f"{job.name}: cannot {what} a job that is {job.state}")
-
-
 # -- read-only requests ----------------------------------------------------------
 def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[str, Any]]:
     """Every job (or the named ones) with its state, progress and restart count."""
@@ -106,6 +99,11 @@ def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[st
         raise RequestError(ErrorCode.USAGE, "'names' must be a list")
     jobs = [_job(daemon, {"name": n}) for n in names] if names else daemon.store.list_jobs()
     return [job_view(daemon, job) for job in jobs]
+
+
+def gpus(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[str, Any]]:
+    """Every GPU of the daemon's inventory: health, memory, utilization, the job and pids on it."""
+    return gpu_views(daemon)
 
 
 def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
@@ -298,34 +296,18 @@ def extend(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
 def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Forget a job that has no process; its files stay unless ``purge``."""
     job = _job(daemon, args)
-    if job.name in daemon.running or S(job.state).has_process:
-        raise _wrong_state(job, "remove")
     purged = bool(args.get("purge"))
-    if purged:
-        _purge(daemon.home.job_dir(job.name), job.name)  # first: a failed purge keeps the job
-    daemon.store.remove_job(job.name)
-    daemon.health.forget(job.name)
-    daemon.log.info("removed", job=job.name, actor=peer.actor, purged=purged)
+    try:
+        daemon.remove_job(job.name, purged, peer.actor)
+    except PurgeFailed as err:  # not the job's state: the daemon could not do it (a wrong state maps below)
+        raise RequestError(ErrorCode.INTERNAL, str(err)) from None
     return {"name": job.name, "purged": purged, "job_dir": str(daemon.home.job_dir(job.name))}
-
-
-def _purge(folder: Path, name: str) -> None:
-    """Delete the job's folder (rmtree follows no link); ``RequestError`` naming what could not go."""
-    failed: list[str] = []
-
-    def note(_fn, path, exc_info) -> None:
-        if not isinstance(exc_info[1], FileNotFoundError):  # gone already is what we want
-            failed.append(f"{path}: {exc_info[1].strerror or exc_info[1]}")
-    shutil.rmtree(folder, onerror=note)
-    if failed:
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise RequestError(ErrorCode.INTERNAL, f"{name}: could not delete {failed[0]}{more}; the job is kept "
-                           "(remove again once fixed)")
 
 
 HANDLERS: dict[str, Handler] = {
     "status": Handler(status, mutates=False),
     "history": Handler(history, mutates=False),
+    "gpus": Handler(gpus, mutates=False),
     "results": Handler(results, mutates=False),
     "tail": Handler(tail, mutates=False),
     "log": Handler(log, mutates=False),

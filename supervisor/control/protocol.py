@@ -38,15 +38,30 @@ class ErrorCode(str, Enum):
     INTERNAL = "internal"        # the daemon failed or did not answer in time
 
 
-EXIT_CODES: dict[ErrorCode, int] = {
-    ErrorCode.INTERNAL: 1,
-    ErrorCode.USAGE: 2,
-    ErrorCode.INVALID: 2,
-    ErrorCode.NOT_RUNNING: 3,
-    ErrorCode.UNKNOWN_JOB: 4,
-    ErrorCode.WRONG_STATE: 5,
-    ErrorCode.PERMISSION: 6,
-}
+EXIT_OK = 0
+
+#: The one exit-status table: error code, the CLI's exit status, what it means. ``EXIT_CODES``
+#: and the CLI's ``--help`` text are derived from it; README's "Exit status" paragraph matches it.
+EXIT_STATUSES: tuple[tuple[ErrorCode, int, str], ...] = (
+    (ErrorCode.INTERNAL, 1, "internal error"),
+    (ErrorCode.USAGE, 2, "usage error"),
+    (ErrorCode.INVALID, 2, "invalid job file"),
+    (ErrorCode.NOT_RUNNING, 3, "the daemon is not running (no socket, or nobody listening)"),
+    (ErrorCode.UNKNOWN_JOB, 4, "unknown job"),
+    (ErrorCode.WRONG_STATE, 5, "the job is in the wrong state for the command"),
+    (ErrorCode.PERMISSION, 6, "permission denied"),
+)
+
+EXIT_CODES: dict[ErrorCode, int] = {code: status for code, status, _ in EXIT_STATUSES}
+
+
+def exit_status_text(quote: str = "") -> str:
+    """``0 ok, 1 internal error, 2 usage error or invalid job file, ...``: the table as one sentence
+    for ``--help`` (and, with ``quote="`"``, for README)."""
+    meanings: dict[int, list[str]] = {EXIT_OK: ["ok"]}
+    for _code, status, meaning in EXIT_STATUSES:
+        meanings.setdefault(status, []).append(meaning)
+    return ", ".join(f"{quote}{status}{quote} {' or '.join(words)}" for status, words in sorted(meanings.items()))
 
 
 class ProtocolError(Exception):

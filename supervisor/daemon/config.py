@@ -49,8 +49,19 @@ class DaemonConfig(BaseModel):
                                                                "is checked again")
     notify: NotifySettings = Field(default_factory=NotifySettings,
                                    description="notifications through apprise (docs in configs/daemon.yaml)")
+    gpus: Optional[list[int]] = Field(None, description="the GPUs jobs may use (NVML indices); default: every "
+                                                        "GPU NVML sees; also declares GPUs where NVML is absent")
+    foreign_memory_mib: int = Field(1024, ge=0, description="memory held on a GPU by processes that are not "
+                                                            "our jobs' above which the GPU counts as busy")
     executor: Literal["local", "slurm"] = Field("local", description="where attempts run (restart)")
     slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="executor: slurm: defaults and polling")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_indices(cls, value: Optional[list[int]]) -> Optional[list[int]]:
+        if value is not None and (any(i < 0 for i in value) or len(set(value)) != len(value)):
+            raise ValueError("must list distinct GPU indices >= 0")
+        return value
 
     @field_validator("log_level")
     @classmethod

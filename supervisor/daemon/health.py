@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
-from supervisor.jobs.spec import JobSpec
-from supervisor.probes.gpu import GpuEvent, GpuProbe
+from supervisor.jobs.spec import Health
+from supervisor.probes.gpu_health import GpuEvent, memory_held, released
+from supervisor.probes.gpu_probe import GpuProbe
 
 
 @dataclass(frozen=True)
@@ -26,41 +27,38 @@ class DeviceHealth:
         self.clock = clock
         self._waiting_since: dict[str, float] = {}
 
-    def unhealthy_reasons(self, spec: JobSpec, job_pids: set[int] = frozenset()) -> list[str]:
-        """Why the job's devices cannot be used now; empty when they can (or cannot be checked)."""
-        if self.probe is None or not spec.gpu_indices:
+    def unhealthy_reasons(self, gpus: Sequence[int], job_pids: set[int] = frozenset()) -> list[str]:
+        """Why the job's GPUs cannot be used now; empty when they can (or cannot be checked)."""
+        if self.probe is None or not gpus:
             return []
-        report = self.probe.check(spec.gpu_indices, set(job_pids))
+        report = self.probe.check(list(gpus), set(job_pids))
         return [p for h in report.values() if not h.healthy for p in h.problems]
 
-    def warnings(self, spec: JobSpec) -> list[str]:
-        if self.probe is None or not spec.gpu_indices:
+    def warnings(self, gpus: Sequence[int]) -> list[str]:
+        if self.probe is None or not gpus:
             return []
-        return [w for h in self.probe.check(spec.gpu_indices, set()).values() for w in h.warnings]
+        return [w for h in self.probe.check(list(gpus), set()).values() for w in h.warnings]
 
-    def release_gate(self, name: str, spec: JobSpec, other_jobs_pids: set[int]) -> ReleaseGate:
+    def release_gate(self, name: str, gpus: Sequence[int], health: Health, other_jobs_pids: set[int]) -> ReleaseGate:
         """Whether the previous attempt's GPU memory is gone (as NVIDIA's ft_launcher waits for it).
 
-        Memory of processes that belong to other supervised jobs is not counted.
+        "Gone" is the probe rule's ``released`` (``memory_held`` over the job's GPUs, not counting
+        the processes of other supervised jobs, within ``gpu_release_tolerance_mib``).
         After ``gpu_release_timeout`` the launch goes ahead and the note names the
         pids still holding memory.
         """
-        if self.probe is None or not spec.gpu_indices:
+        if self.probe is None or not gpus:
             return ReleaseGate(True)
-        holders = {i: {pid: mib for pid, mib in self.probe.memory_holders(i).items()
-                       if pid not in other_jobs_pids} for i in spec.gpu_indices}
-        held = sum(m for h in holders.values() for m in h.values())
+        held = memory_held((self.probe.read(i) for i in gpus), other_jobs_pids)
         started = self._waiting_since.setdefault(name, self.clock())
         waited = self.clock() - started
-        if held <= spec.health.gpu_release_tolerance_mib:
+        if released(held, health.gpu_release_tolerance_mib):
             self._waiting_since.pop(name, None)
             return ReleaseGate(True, f"GPU memory released after {waited:.1f}s" if waited >= 1 else "")
-        if waited < spec.health.gpu_release_timeout:
+        if waited < health.gpu_release_timeout:
             return ReleaseGate(False)
         self._waiting_since.pop(name, None)
-        who = "; ".join(f"GPU {i}: " + ", ".join(f"pid {p} ({m} MiB)" for p, m in h.items())
-                        for i, h in holders.items() if h)
-        return ReleaseGate(True, f"GPU memory still held after {waited:.0f}s by {who}; launching anyway")
+        return ReleaseGate(True, f"GPU memory still held after {waited:.0f}s by {held.describe()}; launching anyway")
 
     def forget(self, name: str) -> None:
         """The job stopped waiting (stopped, removed, ended): its next launch waits afresh."""

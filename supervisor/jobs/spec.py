@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from supervisor.jobs.slurm_options import SlurmOptions
 from supervisor.observe.notify import JobNotify
@@ -97,8 +97,15 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+DEFAULT_GPU_FAILURE_WAIT = "10m"
+
+
 class JobSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
+    # Any N free GPUs, chosen at the first launch and kept (declared before ``train``, whose
+    # validator needs it: such a job names no ``device``).
+    gpus: Optional[int] = Field(None, ge=1, description="any N free GPUs instead of train.device")
+    priority: int = Field(0, description="queue order: higher first, then submission time")
     train: dict[str, Any]
     # Mid-epoch checkpoints: at the first batch end after this much time since the last save.
     checkpoint_every: Union[str, float] = DEFAULT_CHECKPOINT_EVERY
@@ -107,10 +114,12 @@ class JobSpec(_Strict):
     on_oom: Literal["retry", "reduce_batch"] = "retry"
     min_batch: int = Field(2, ge=1, description="floor for on_oom: reduce_batch")
     keep_checkpoints: int = Field(2, ge=1, description="verified copies kept outside weights/")
+    on_gpu_failure: Literal["wait", "move"] = "wait"
+    gpu_failure_wait: Union[str, float] = DEFAULT_GPU_FAILURE_WAIT
     notify: Optional[JobNotify] = Field(None, description="more notification targets, events to report")
     slurm: Optional[SlurmOptions] = Field(None, description="sbatch options (executor: slurm); ignored locally")
 
-    @field_validator("checkpoint_every", mode="before")
+    @field_validator("checkpoint_every", "gpu_failure_wait", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         parse_duration(value)
@@ -120,9 +129,13 @@ class JobSpec(_Strict):
     def checkpoint_every_s(self) -> float:
         return parse_duration(self.checkpoint_every)
 
+    @property
+    def gpu_failure_wait_s(self) -> float:
+        return parse_duration(self.gpu_failure_wait)
+
     @field_validator("train")
     @classmethod
-    def _train_args(cls, train: dict[str, Any]) -> dict[str, Any]:
+    def _train_args(cls, train: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         missing = [k for k in ("model", "data", "epochs") if k not in train]
         if missing:
             raise ValueError(f"missing required key(s): {', '.join(missing)}")
@@ -138,7 +151,15 @@ class JobSpec(_Strict):
             if not isinstance(train[key], str) or not train[key]:
                 raise ValueError(f"'{key}' must be a non-empty string")
         out = dict(train)
+        if info.data.get("gpus"):
+            if "device" in train:
+                raise ValueError("'device' and the top-level 'gpus' both choose GPUs: name them "
+                                 "(device: 0,1) or ask for a number of free ones (gpus: 2), not both")
+            return out  # the daemon picks the set at the first launch
         out["device"] = normalize_device(train.get("device", "cpu"))
+        if any(part.startswith("-") for part in out["device"].split(",")):
+            raise ValueError("'device: -1' lets Ultralytics pick idle GPUs behind the daemon's back; ask the "
+                             "daemon for free ones instead (top-level gpus: N)")
         return out
 
     @property
@@ -147,12 +168,18 @@ class JobSpec(_Strict):
 
     @property
     def device(self) -> str:
-        return self.train["device"]
+        """The spec's device string; empty for a ``gpus: N`` job (its set is the daemon's choice)."""
+        return self.train.get("device", "")
 
     @property
     def gpu_indices(self) -> list[int]:
-        """NVML indices of the job's devices; empty for CPU/MPS jobs."""
+        """NVML indices the spec names; empty for CPU/MPS jobs and ``gpus: N`` jobs."""
         return [int(d) for d in self.device.split(",") if d.strip().isdigit()]
+
+    @property
+    def gpu_count(self) -> int:
+        """How many GPUs the job trains on (0: CPU)."""
+        return self.gpus or len(self.gpu_indices)
 
 
 _DEVICE_PROBLEM = "'device' must be cpu, a GPU index or a list of them"

@@ -114,18 +114,9 @@ class SupervisorCollector(Collector):
         healthy = _gauge("gpu_healthy", "1 when the GPU is fit to run training (NVML), 0 when not", ("gpu",))
         probe = self.daemon.health.probe
         if probe is not None:
-            for index, health in sorted(probe.check(self._gpu_indices(probe), set()).items()):
+            for index, health in sorted(probe.check(self.daemon.gpu_inventory(), set()).items()):
                 healthy.add_metric([str(index)], 1 if health.healthy else 0)
         yield healthy
-
-    def _gpu_indices(self, probe) -> list[int]:
-        """Every device the probe sees; failing that, every device a job names."""
-        count = getattr(probe, "device_count", None)
-        if count is None and hasattr(probe, "devices"):
-            count = len(probe.devices)
-        if count:
-            return list(range(count))
-        return sorted({i for _job, spec in self.daemon.valid_specs() for i in spec.gpu_indices})
 
 
 class MetricsService:

@@ -18,6 +18,7 @@ from supervisor.store import JobRecord
 
 if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
+    from supervisor.jobs.spec import JobSpec
 
 S = JobState
 
@@ -27,9 +28,10 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
     now = time.time() if now is None else now
     state = S(job.state)
     try:
-        epochs, spec_problem = daemon.spec(job.name).epochs, None
+        spec = daemon.spec(job.name)
+        epochs, spec_problem, gpus = spec.epochs, None, _gpus_shown(job, spec)
     except SpecError as err:  # shown with its problem; the listing of every other job goes on
-        epochs, spec_problem = None, "; ".join(err.problems)
+        epochs, spec_problem, gpus = None, "; ".join(err.problems), job.devices or "?"
     progress = (read_json(daemon.home.job_progress(job.name)) or {}) if state.has_process else {}
     if state is S.COMPLETED:
         epoch = epochs
@@ -41,7 +43,7 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
     attempt = next((a for a in reversed(attempts) if a.ended_at is None), None) if state.has_process else None
     rate = training_rate(progress, epochs, now) if progress and epochs else None
     return {
-        "name": job.name, "state": job.state, "state_reason": job.state_reason,
+        "name": job.name, "state": job.state, "state_reason": job.state_reason, "gpus": gpus,
         "pid": job.pid, "epoch": epoch, "epochs": epochs, "epochs_done": job.epochs_done,
         "batch": progress.get("batch"), "batches": progress.get("batches"), "phase": progress.get("phase"),
         "batches_per_s": _round(rate.batches_per_s, 3) if rate else None,
@@ -54,6 +56,39 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
         "goodput": goodput(job, attempts, now).summary(), "spec_problem": spec_problem,
         "slurm": daemon.executor.view(job.name) if state.has_process else None,  # executor: slurm
     }
+
+
+def _gpus_shown(job: JobRecord, spec: "JobSpec") -> str:
+    """``2,3`` (its set), ``any 2`` (a ``gpus: N`` job not placed yet) or the spec's device (``cpu``)."""
+    if job.devices:
+        return job.devices
+    if spec.gpus:
+        return f"any {spec.gpus}"
+    return spec.device or "cpu"
+
+
+def gpu_views(daemon: "Daemon") -> list[dict[str, Any]]:
+    """What ``gpus`` shows per GPU of the daemon's inventory: health, memory, utilization, the job
+    of ours on it and the processes holding memory (ours and foreign)."""
+    probe = daemon.health.probe
+    inventory = daemon.gpu_inventory()
+    held = daemon.gpus_held(daemon.store.list_jobs())
+    report = probe.check(inventory, set()) if probe is not None and inventory else {}
+    rows = []
+    for gpu in inventory:
+        row: dict[str, Any] = {"index": gpu, "job": held[gpu].job if gpu in held else None,
+                               "health": "unknown (no NVML)", "problems": [], "memory_used_mib": None,
+                               "memory_total_mib": None, "utilization_pct": None, "pids": {}}
+        if probe is not None:
+            reading = probe.read(gpu)
+            health = report.get(gpu)
+            row.update(health="healthy" if health is not None and health.healthy else "unhealthy",
+                       problems=list(health.problems) if health is not None else [],
+                       memory_used_mib=reading.memory_used_mib, memory_total_mib=reading.memory_total_mib,
+                       utilization_pct=reading.utilization_pct,
+                       pids={str(pid): mib for pid, mib in sorted(reading.processes.items())})
+        rows.append(row)
+    return rows
 
 
 def _round(value: Optional[float], digits: int) -> Optional[float]:

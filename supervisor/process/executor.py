@@ -27,6 +27,7 @@ class LocalExecutor:
     """Attempts as child processes of the daemon, found by pid and by their environment marker."""
 
     kind = "local"
+    places_gpus = True  # the daemon's placement gives each job GPUs of this host (supervisor/placement.py)
 
     def __init__(self, daemon_id: str):
         self.daemon_id = daemon_id

@@ -44,6 +44,7 @@ RETRY_S = 15.0  # a cancel the controller did not take is tried again after this
 
 class SlurmExecutor:
     kind = "slurm"
+    places_gpus = False  # Slurm allocates and places; the daemon's own GPU placement stands aside
 
     def __init__(self, settings: Callable[[], SlurmSettings], daemon_id: str):
         missing = [c for c in COMMANDS if shutil.which(c) is None]
@@ -100,8 +101,9 @@ class SlurmExecutor:
             comment=f"yolo-supervisor:{name}:attempt-{attempt}")
 
     def adjust_plan(self, plan: dict[str, Any], spec: "JobSpec") -> None:
-        """Inside an allocation the job's GPUs are 0..N-1, whatever indices the job file names."""
-        n = len(spec.gpu_indices)
+        """Inside an allocation the job's GPUs are 0..N-1, whatever indices the job file names
+        (``train.device: 2,5``) or however many it asks for (``gpus: 2``)."""
+        n = spec.gpu_count
         if n:
             plan["train"]["device"] = plan["overrides"]["device"] = ",".join(str(i) for i in range(n))
 
@@ -237,12 +239,13 @@ def filesystem_type(path: str) -> Optional[str]:
 
 
 def gpu_count(spec: "JobSpec", options: SlurmOptions) -> int:
-    """GPUs per allocation: ``slurm.gpus``, else as many as the job's device list names."""
-    n = len(spec.gpu_indices)
+    """GPUs per allocation: ``slurm.gpus``, else as many as the job trains on (train.device, or gpus: N)."""
+    n = spec.gpu_count
     if options.gpus is None:
         return n
     if n and options.gpus != n:
-        raise SlurmError(f"slurm.gpus: {options.gpus} does not match train.device {spec.device!r} ({n} GPU(s))")
+        where = "gpus" if spec.gpus else f"train.device {spec.device!r}"
+        raise SlurmError(f"slurm.gpus: {options.gpus} does not match the job's {where} ({n} GPU(s))")
     return options.gpus
 
 

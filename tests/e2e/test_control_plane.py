@@ -84,8 +84,9 @@ def test_cli_drives_a_real_training(daemon, dataset, tmp_path):
 
     wait_training_in_epoch(daemon, "ctl", 3)
     table = ok(ctl(home, "status"))
-    assert table.splitlines()[0].split()[:4] == ["NAME", "STATE", "PID", "EPOCH"]
+    assert table.splitlines()[0].split()[:5] == ["NAME", "STATE", "GPUS", "PID", "EPOCH"]
     line = next(ln for ln in table.splitlines() if ln.startswith("ctl "))
+    assert line.split()[:3] == ["ctl", "running", "cpu"]
     assert "running" in line and "/8" in line and "[" in line and str(daemon.job("ctl").pid) in line
 
     tail = ok(ctl(home, "tail", "-n", "3", "ctl", text=False))  # bytes: Ultralytics' bars use \r too

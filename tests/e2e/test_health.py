@@ -20,7 +20,7 @@ from supervisor.daemon.core import Daemon
 from supervisor.jobs.states import Cause
 from supervisor.paths import Home
 from supervisor.probes.gpu import FakeGpuProbe
-from tests.conftest import cpu_job, kill_job_processes, wait_for
+from tests.conftest import cpu_job, kill_job_processes, pump, wait_for
 
 
 def progress(home: Path, name: str) -> dict:
@@ -135,15 +135,6 @@ def local(tmp_path, monkeypatch):
         for name in list(d.running):
             kill_job_processes(name)
         d.shutdown()
-
-
-def pump(d: Daemon, until, timeout=30.0, what="condition"):
-    """Run the daemon's loop until ``until()`` is true."""
-    def once():
-        d.housekeeping()
-        d.step(0.05)
-        return until()
-    return wait_for(once, timeout, interval=0, what=what)
 
 
 def gpu_job(name="g", device="0", **extra):

@@ -330,3 +330,17 @@ def test_a_failed_node_is_node_failure_and_uses_no_budget(slurm_daemon, fake_tra
     assert first.cause == "node_failure" and "NODE_FAIL" in first.detail, first.detail
     job = d.wait_state("nf", "running", timeout=120)  # max_restarts 0, and still not failed: no budget used
     assert job.crash_restarts == 0 and job.attempts == 2
+
+
+@pytest.mark.slurm
+def test_gpu_jobs_go_to_slurm_not_to_the_daemons_own_placement(slurm_daemon, fake_trainer):
+    """With executor: slurm the daemon's host has no GPUs to place: a `gpus: 2` job is neither
+    refused at submit nor left waiting for local GPUs, its request reaches sbatch (--gpus=2), and
+    this GPU-less test cluster refuses it with Slurm's own reason."""
+    d = slurm_daemon()
+    spec = cpu_job("twogpus", FAKE_DATA, epochs=2)
+    del spec["train"]["device"]
+    spec["gpus"] = 2
+    d.drop(spec)
+    job = d.wait_state("twogpus", "failed", timeout=60)
+    assert "sbatch" in job.state_reason and "gres" in job.state_reason, job.state_reason

@@ -7,6 +7,7 @@ DAEMON_MODULES = [
     "supervisor.daemon.main", "supervisor.daemon.core", "supervisor.daemon.services",
     "supervisor.control.cli", "supervisor.control.server", "supervisor.control.handlers",
     "supervisor.probes.checkpoint", "supervisor.probes.vault", "supervisor.probes.gpu",
+    "supervisor.probes.gpu_health", "supervisor.probes.gpu_probe", "supervisor.probes.nvml",
     "supervisor.jobs.spec", "supervisor.policy", "supervisor.store",
     "supervisor.process.executor", "supervisor.process.slurm_executor", "supervisor.process.slurm_watch",
 ]

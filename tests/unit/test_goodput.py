@@ -167,12 +167,13 @@ def test_status_and_history_show_speed_eta_and_goodput():
 
     g = goodput(job("running"), [att(1, 0, 10, 100, "killed", after=2, reached=2),
                                  att(2, 105, 120, None, None, before=2)], now=220)
-    row = {"name": "j", "state": "running", "pid": 42, "epoch": 3, "epochs": 4, "epochs_done": 2, "batch": 1,
+    row = {"name": "j", "state": "running", "gpus": "0,1", "pid": 42, "epoch": 3, "epochs": 4, "epochs_done": 2, "batch": 1,
            "batches": 2, "restarts": 1, "last_cause": "killed", "uptime_s": 115, "batches_per_s": 2.5,
            "eta_s": 75, "goodput": g.summary()}
     header, line = render_status([row], 0).splitlines()
-    assert header.split() == ["NAME", "STATE", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST",
+    assert header.split() == ["NAME", "STATE", "GPUS", "PID", "EPOCH", "PROGRESS", "SPEED", "ETA", "RESTARTS", "LAST",
                               "CAUSE", "UPTIME", "DOWN", "GOODPUT"]
+    assert line.split()[:3] == ["j", "running", "0,1"]
     assert "[#####" in line and " 62%" in line and "2.50 it/s" in line and "1m15s" in line
     assert "1 (killed)" in line and "0m20s" in line and "86%" in line  # down 20 s, training 190 of 220 s
     assert "2.5 s/it" in render_status([dict(row, batches_per_s=0.4)], 0)  # slow jobs: seconds per batch

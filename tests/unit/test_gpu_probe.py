@@ -1,4 +1,5 @@
-"""GPU health rules through FakeGpuProbe (the same ``evaluate`` the NVML probe uses),
+"""GPU health rules through FakeGpuProbe (the same ``evaluate`` the NVML probe uses), the one
+definition of "memory released" (the daemon's release gate and ``wait_for_memory_release`` agree),
 NvmlProbe's query handling against a stub NVML module, and the no-driver path."""
 
 from __future__ import annotations
@@ -9,15 +10,20 @@ import types
 
 import pytest
 
+from supervisor.daemon.health import DeviceHealth
+from supervisor.jobs.spec import Health
 from supervisor.probes import gpu as gpu_mod
 from supervisor.probes.gpu import (
     CRITICAL_XIDS,
+    DeviceReading,
     FakeGpuProbe,
     GpuHealth,
     GpuProbe,
     GpuUnavailable,
     NvmlProbe,
+    memory_held,
     open_probe,
+    released,
     wait_for_memory_release,
 )
 
@@ -306,14 +312,14 @@ def test_wait_for_memory_release_succeeds(probe, clock):
 
     r = wait_for_memory_release(probe, [0, 1], tolerance_mib=256, timeout_s=30, clock=clock, sleep=sleep)
     assert r.ok
-    assert r.holders == {}
+    assert r.held.mib == 0 and r.held.holders == {0: {}, 1: {}}
     assert r.waited_s == pytest.approx(2.5)
     assert len(sleeps) == 5 and all(s == 0.5 for s in sleeps)
 
 
 def test_wait_for_memory_release_immediate(probe, clock):
-    probe.set_base_memory(0, 100)
-    r = wait_for_memory_release(probe, [0], tolerance_mib=256, timeout_s=30, clock=clock,
+    probe.set_base_memory(0, 100)   # the driver's own reservation is not a holder
+    r = wait_for_memory_release(probe, [0], tolerance_mib=0, timeout_s=30, clock=clock,
                                 sleep=lambda s: pytest.fail("no need to sleep"))
     assert r.ok and r.waited_s == 0
 
@@ -323,16 +329,79 @@ def test_wait_for_memory_release_times_out_with_holders(probe, clock):
     r = wait_for_memory_release(probe, [0, 1], tolerance_mib=256, timeout_s=10, clock=clock, sleep=clock.sleep)
     assert not r.ok
     assert r.waited_s == pytest.approx(10)
-    assert r.holders == {0: {4242: 1500, 4243: 200}}
-    assert r.used_mib == {0: 1700, 1: 0}
+    assert r.held.holders == {0: {4242: 1500, 4243: 200}, 1: {}}
+    assert r.held.mib == 1700
+    assert r.held.describe() == "GPU 0: pid 4242 (1500 MiB), pid 4243 (200 MiB)"
+
+
+def test_wait_for_memory_release_ignores_other_jobs_pids(probe, clock):
+    probe.set_memory_holders(0, {4242: 1500, 77: 10})
+    r = wait_for_memory_release(probe, [0], tolerance_mib=256, timeout_s=10, ignore_pids={4242},
+                                clock=clock, sleep=lambda s: pytest.fail("no need to sleep"))
+    assert r.ok and r.held.holders == {0: {77: 10}}
 
 
 def test_wait_for_memory_release_lost_device_times_out(probe, clock):
     probe.set_lost(1)
     r = wait_for_memory_release(probe, [0, 1], tolerance_mib=256, timeout_s=3, clock=clock, sleep=clock.sleep)
     assert not r.ok
-    assert r.holders == {1: {}}
-    assert r.used_mib[1] is None
+    assert r.held.mib == 0
+    assert r.held.unreadable == {1: "lost (NVML: GPU is lost)"}
+    assert r.held.describe() == "GPU 1: lost (NVML: GPU is lost)"
+
+
+# ---------------------------------------------------------------- one definition of "memory released"
+
+def test_memory_held_is_pure_over_readings():
+    readings = [DeviceReading(0, processes={1: 100, 2: 200, 3: 50}), DeviceReading(1, processes={2: 900}),
+                DeviceReading(2, unreachable="lost (NVML: GPU is lost)")]
+    held = memory_held(readings, ignore_pids={2})
+    assert held.holders == {0: {1: 100, 3: 50}, 1: {}, 2: {}}
+    assert held.mib == 150
+    assert held.unreadable == {2: "lost (NVML: GPU is lost)"}
+    assert not released(held, tolerance_mib=10_000)   # an unreadable GPU is never "released"
+    held = memory_held(readings[:2], ignore_pids={2})
+    assert released(held, 150) and not released(held, 149)   # tolerance is for all the GPUs together
+
+
+# (holders per GPU, GPUs asked, pids of other jobs, lost GPUs, tolerance) -> released?
+RELEASE_CASES = [
+    ({}, [0], set(), set(), 256, True),
+    ({0: {10: 300}}, [0], set(), set(), 256, False),
+    ({0: {10: 256}}, [0], set(), set(), 256, True),
+    ({0: {10: 200}, 1: {11: 200}}, [0, 1], set(), set(), 256, False),   # summed over the job's GPUs
+    ({0: {10: 200}, 1: {11: 200}}, [0], set(), set(), 256, True),       # GPU 1 is not the job's
+    ({0: {10: 5000}}, [0], {10}, set(), 0, True),                        # another job's process
+    ({0: {10: 5000, 11: 1}}, [0], {10}, set(), 0, False),
+    ({}, [0, 1], set(), {1}, 256, False),                                # lost: cannot tell
+]
+
+
+@pytest.mark.parametrize("holders,gpus,others,lost,tolerance,expected", RELEASE_CASES)
+def test_release_gate_and_wait_for_memory_release_agree(holders, gpus, others, lost, tolerance, expected, clock):
+    probe = FakeGpuProbe(2, clock=clock)
+    for i, procs in holders.items():
+        probe.set_memory_holders(i, procs)
+    for i in lost:
+        probe.set_lost(i)
+    gate = DeviceHealth(probe, clock=clock).release_gate(
+        "job", gpus, Health(gpu_release_tolerance_mib=tolerance, gpu_release_timeout=60), others)
+    waited = wait_for_memory_release(probe, gpus, tolerance_mib=tolerance, timeout_s=0, ignore_pids=others,
+                                     clock=clock, sleep=lambda s: pytest.fail("timeout 0: no sleep"))
+    assert gate.ready is expected
+    assert waited.ok is expected
+
+
+def test_release_gate_gives_up_after_its_timeout_naming_the_holders(clock):
+    probe = FakeGpuProbe(2, clock=clock)
+    probe.set_memory_holders(1, {4242: 1500})
+    devices = DeviceHealth(probe, clock=clock)
+    health = Health(gpu_release_tolerance_mib=256, gpu_release_timeout=10)
+    assert not devices.release_gate("job", [0, 1], health, set()).ready
+    clock.t += 10
+    gate = devices.release_gate("job", [0, 1], health, set())
+    assert gate.ready
+    assert gate.note == "GPU memory still held after 10s by GPU 1: pid 4242 (1500 MiB); launching anyway"
 
 
 # ---------------------------------------------------------------- NvmlProbe against a stub NVML

@@ -1,13 +1,19 @@
 """The control protocol: framing, size limit, error codes, over a real socket pair."""
 
 import json
+import re
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
-from supervisor.control.protocol import (EXIT_CODES, MAX_MESSAGE_BYTES, Connection, ErrorCode, ProtocolError,
-                                         Request, RequestError, Response, connect, decode, encode)
+from supervisor.control import cli
+from supervisor.control.protocol import (EXIT_CODES, EXIT_OK, EXIT_STATUSES, MAX_MESSAGE_BYTES, Connection, ErrorCode,
+                                         ProtocolError, Request, RequestError, Response, connect, decode, encode,
+                                         exit_status_text)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
@@ -95,6 +101,34 @@ def test_exit_codes_are_the_documented_ones():
     assert {c.value: EXIT_CODES[c] for c in ErrorCode} == {
         "internal": 1, "usage": 2, "invalid": 2, "not_running": 3, "unknown_job": 4, "wrong_state": 5,
         "permission": 6}
+
+
+def test_the_exit_status_table_has_every_error_code_once():
+    codes = [code for code, _status, _meaning in EXIT_STATUSES]
+    assert sorted(codes) == sorted(ErrorCode) and len(codes) == len(set(codes))
+    assert EXIT_OK not in EXIT_CODES.values()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_cli_help_lists_exactly_the_tables_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    help_text = _one_line(capsys.readouterr().out)
+    assert f"exit status: {exit_status_text()}" in help_text
+    epilog = help_text[help_text.index("exit status: "):]
+    listed = [int(n) for n in re.findall(r"(?:^exit status: |, )(\d+) ", epilog)]
+    assert listed == sorted({EXIT_OK} | {status for _code, status, _meaning in EXIT_STATUSES})
+    for _code, _status, meaning in EXIT_STATUSES:
+        assert meaning in epilog
+
+
+def test_readme_exit_status_paragraph_is_the_table():
+    paragraphs = [_one_line(p) for p in README.read_text().split("\n\n")]
+    documented = [p for p in paragraphs if p.startswith("Exit status:")]
+    assert documented == [f"Exit status: {exit_status_text('`')}. Errors are one line on stderr."]
 
 
 def test_connect_says_not_running_for_a_missing_or_dead_socket(tmp_path):

@@ -136,3 +136,31 @@ def test_nan_and_infinity_are_refused(field, value):
     with pytest.raises(SpecError) as err:
         parse_spec_text(f"name: a\ntrain: {{model: m, data: d, epochs: 1}}\nhealth: {{{field}: {value}}}\n")
     assert any(p.startswith(f"health.{field}") for p in err.value.problems), err.value.problems
+
+
+def test_gpus_asks_for_any_n_free_gpus_and_names_no_device():
+    s = parse_spec(with_(gpus=2, priority=5))
+    assert (s.gpus, s.gpu_count, s.gpu_indices, s.device, s.priority) == (2, 2, [], "", 5)
+    assert "device" not in s.train, "the daemon picks the set at the first launch"
+    assert parse_spec(with_(train={**GOOD["train"], "device": "0,1"})).gpu_count == 2
+    assert parse_spec(GOOD).gpu_count == 0
+
+
+def test_gpus_and_a_device_together_are_refused():
+    found = problems(with_(gpus=2, train={**GOOD["train"], "device": "0,1"}))
+    assert any(p.startswith("train:") and "not both" in p for p in found), found
+    assert any(p.startswith("gpus:") for p in problems(with_(gpus=0)))
+
+
+def test_device_minus_one_is_refused_for_gpus_n():
+    found = problems(with_(train={**GOOD["train"], "device": -1}))
+    assert any("gpus: N" in p for p in found), found
+
+
+def test_on_gpu_failure_and_its_wait():
+    s = parse_spec(GOOD)
+    assert (s.on_gpu_failure, s.gpu_failure_wait_s) == ("wait", 600.0)
+    s = parse_spec(with_(on_gpu_failure="move", gpu_failure_wait="90s"))
+    assert (s.on_gpu_failure, s.gpu_failure_wait_s) == ("move", 90.0)
+    assert any(p.startswith("on_gpu_failure:") for p in problems(with_(on_gpu_failure="reboot")))
+    assert any(p.startswith("gpu_failure_wait:") for p in problems(with_(gpu_failure_wait="soon")))

@@ -1,0 +1,174 @@
+"""Which due jobs start now, and GPU health holds: the daemon's side of placement.
+
+A part of ``Daemon`` (a mixin: it uses the daemon's store, config, health and launch). The rule
+itself is the pure ``supervisor.placement.place``; the facts it needs come from
+``supervisor.daemon.gpus``. Every attempt end and every housekeeping tick runs
+``start_due_jobs``, so a freed GPU is given to the next waiting job at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Optional
+
+from supervisor.daemon import gpus as gpu_facts
+from supervisor.jobs.spec import JobSpec, SpecError
+from supervisor.jobs.states import JobState
+from supervisor.placement import Holder, Placement, Request, place
+from supervisor.process import launcher
+from supervisor.store import JobRecord
+
+if TYPE_CHECKING:
+    from supervisor.daemon.core import Running
+
+S = JobState
+
+
+class GpuScheduling:
+    """Placement of due jobs onto free GPUs, and holds while a job's GPUs are unhealthy."""
+
+    def start_due_jobs(self) -> Placement:
+        """Start every due job that placement lets start (GPUs free, a slot left); the others wait
+        with a reason naming what they wait for."""
+        jobs = self.store.list_jobs()
+        requests = []
+        for job in (j for j in jobs if self._is_due(j)):
+            try:
+                spec = self.spec_of(job)
+            except SpecError:
+                self._guarded(self.launch, job.name)  # fails it once, with the reason
+                continue
+            if self._pinned_to_unhealthy(job, spec):
+                self._guarded(self.launch, job.name)  # holds it, naming the problem
+                continue
+            requests.append(gpu_facts.request_for(job, spec))
+        if not self.executor.places_gpus:  # executor: slurm: Slurm allocates and places the GPUs
+            requests = [dataclasses.replace(r, pinned=(), count=0) for r in requests]
+        if not requests:
+            return Placement()
+        placement = place(requests, self.gpu_inventory(), self.gpus_held(jobs, requests), self._slots_left())
+        for name, gpus in placement.starts:
+            self._placed[name] = gpus
+            self._guarded(self.launch, name)
+            self._placed.pop(name, None)
+        self._note_waiting({j.name: j for j in jobs}, placement.waits)
+        return placement
+
+    def _is_due(self, job: JobRecord) -> bool:
+        if job.name in self.running or job.name in self.ending or self.retry_at.get(job.name, 0) > time.monotonic():
+            return False
+        return job.state == S.QUEUED.value or (job.state == S.BACKOFF.value and (job.next_start_at or 0) <= time.time())
+
+    def gpu_inventory(self) -> list[int]:
+        return gpu_facts.inventory(self.config.gpus, self.health.probe)
+
+    def gpus_held(self, jobs: list[JobRecord], requests=()) -> dict:
+        """GPU -> Holder for every GPU that is not free: our jobs' sets, then (when a probe is
+        there and some request wants GPUs) memory held by processes and ill health."""
+        held = gpu_facts.held_by_jobs(self._with_specs(jobs), self.running.keys() | self.ending.keys())
+        probe = self.health.probe
+        if probe is None or not any(r.needs_gpus for r in requests):
+            return held
+        others = [g for g in self.gpu_inventory() if g not in held]
+        for gpu, why in gpu_facts.unhealthy(probe, others).items():
+            held[gpu] = Holder(None, f"unhealthy: {why}")
+        others = [g for g in others if g not in held]
+        held.update(gpu_facts.held_by_processes(probe, others, self.daemon_id, self.config.foreign_memory_mib))
+        return held
+
+    def _pinned_to_unhealthy(self, job: JobRecord, spec: JobSpec) -> bool:
+        gpus = gpu_facts.job_gpus(job, spec)
+        return bool(gpus) and bool(self.health.unhealthy_reasons(gpus))
+
+    def _slots_left(self) -> Optional[int]:
+        if not self.config.max_running:
+            return None
+        return max(0, self.config.max_running - len(self.running))
+
+    def _note_waiting(self, jobs: dict[str, JobRecord], waits: dict[str, str]) -> None:
+        """A due job that cannot start yet says why (``status``). No event: the reason changes as
+        others come and go. One commit for all the changed ones (200 queued jobs, one freed GPU)."""
+        changed = {name: why for name, why in waits.items() if jobs[name].state_reason != why}
+        if not changed:
+            return
+        with self.store.transaction():
+            for name, why in changed.items():
+                self.store.update_job(name, state_reason=why)
+
+    def _devices_unhealthy(self, name: str, spec: JobSpec, run: "Running") -> bool:
+        reasons = self.health.unhealthy_reasons(gpu_facts.job_gpus(self.store.get_job(name), spec))
+        if reasons:
+            run.extra["hold_reason"] = "; ".join(reasons)
+            self.event(name, "gpu", run.extra["hold_reason"])
+        return bool(reasons)
+
+    def _devices_ready(self, name: str, gpus: tuple[int, ...], spec: JobSpec, actor: Optional[str]) -> bool:
+        """Hold the job on unhealthy devices; wait until the last attempt's GPU memory is released."""
+        reasons = self.health.unhealthy_reasons(gpus)
+        if reasons:
+            self.event(name, "gpu", "; ".join(reasons))
+            self.transition(name, S.HELD, "devices unhealthy: " + "; ".join(reasons), actor)
+            return False
+        others = {r.child.pid for n, r in self.running.items() if n != name}
+        others |= {p.pid for n in self.running if n != name
+                   for p in launcher.job_processes(n, daemon_id=self.daemon_id)}
+        gate = self.health.release_gate(name, gpus, spec.health, others)
+        if gate.note:
+            self.event(name, "gpu", gate.note)
+        return gate.ready
+
+    def release_healthy_holds(self) -> None:
+        """A job held for its devices leaves ``held`` by itself once they are healthy again; with
+        ``on_gpu_failure: move`` it moves to another free set once ``gpu_failure_wait`` has passed."""
+        for job, spec in self.valid_specs():
+            if job.state != S.HELD.value or job.name in self.preflight_holds:
+                continue
+            reasons = self.health.unhealthy_reasons(gpu_facts.job_gpus(job, spec))
+            if not reasons:
+                self.event(job.name, "gpu", "devices healthy again")
+                self.transition(job.name, S.QUEUED, "devices healthy again")
+            elif spec.on_gpu_failure == "move" and self._held_for(job) >= spec.gpu_failure_wait_s:
+                self._move_off_failed_gpus(job, spec, reasons)
+
+    def _held_for(self, job: JobRecord) -> float:
+        """Seconds since the job entered ``held`` (its last state change; kept across daemon restarts)."""
+        since = self.store.last_event_at(job.name, "state")
+        return time.time() - since if since is not None else 0.0
+
+    def _move_off_failed_gpus(self, job: JobRecord, spec: JobSpec, reasons: list[str]) -> None:
+        """Resume on another free set of the same size. Never another size: the number of GPUs fixes
+        the per-GPU batch and the data order (the DDP trap), so a move keeps the count."""
+        old = gpu_facts.job_gpus(job, spec)
+        request = Request(job=job.name, count=len(old))
+        held = self.gpus_held(self.store.list_jobs(), [request])
+        for gpu in old:
+            held.setdefault(gpu, Holder(None, "the failed set"))
+        placed = place([request], self.gpu_inventory(), held)
+        if not placed.starts:
+            why = f"{'; '.join(reasons)}; no free set of {len(old)} GPU(s) to move to yet"
+            if job.state_reason != why:
+                self.store.update_job(job.name, state_reason=why)
+            return
+        new = ",".join(str(g) for g in placed.starts[0][1])
+        what = f"moved from GPU {job.devices or spec.device} to GPU {new}: unhealthy for more than " \
+               f"{spec.gpu_failure_wait_s:g}s ({'; '.join(reasons)})"
+        with self.store.transaction():
+            self.store.update_job(job.name, devices=new)
+            self.event(job.name, "gpu", what, old=job.devices or spec.device, new=new)
+            self.transition(job.name, S.QUEUED, what)
+        self.start_due_jobs()
+
+    def route_gpu_events(self) -> None:
+        """Record XID events in the history of every job using that device."""
+        events = self.health.drain_events()
+        if not events:
+            return
+        for job, spec in self.valid_specs():
+            if S(job.state).is_final:
+                continue
+            devices = set(gpu_facts.job_gpus(job, spec))
+            for ev in events:
+                if ev.index in devices or ev.index == -1:
+                    self.event(job.name, "gpu", f"GPU {ev.index}: XID {ev.xid} ({ev.description})",
+                               xid=ev.xid, critical=ev.critical)
