@@ -177,10 +177,39 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+# How torch's DDP launcher appears on a command line: Ultralytics runs ``python -m torch.distributed.run``
+# (``torch.distributed.launch`` before torch 1.9); people also run the ``torchrun`` script.
+TORCH_LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch")
+
+
+def is_torch_launcher(cmdline: list[str]) -> bool:
+    """Whether ``cmdline`` runs torch's DDP launcher (torchrun), which starts and watches the ranks."""
+    if not cmdline:
+        return False
+    if Path(cmdline[0]).name == "torchrun" or (len(cmdline) > 1 and Path(cmdline[1]).name == "torchrun"):
+        return True
+    return any(a == "-m" and b in TORCH_LAUNCHER_MODULES for a, b in zip(cmdline, cmdline[1:]))
+
+
+def _is_torch_launcher_process(p: psutil.Process) -> bool:
+    try:
+        return is_torch_launcher(p.cmdline())
+    except psutil.Error:
+        return False
+
+
 def signal_job(job: str, root_pid: Optional[int], sig: int, daemon_id: Optional[str] = None) -> list[int]:
-    """Send ``sig`` to every process of the job; return the pids signalled."""
+    """Send ``sig`` to every process of the job; return the pids signalled.
+
+    A SIGTERM skips torchrun: on a TERM it TERMs its workers itself and SIGKILLs them 30 s later,
+    which could cut rank 0's save on preemption short. The workers get this TERM directly, stop at
+    the same batch, save and exit (supervisor/child/ddp.py); torchrun then exits by itself. The
+    SIGKILL after the grace period (``kill_job_now``) still reaches it.
+    """
     sent = []
     for p in job_processes(job, root_pid, daemon_id):
+        if sig == signal.SIGTERM and _is_torch_launcher_process(p):
+            continue
         try:
             p.send_signal(sig)
             sent.append(p.pid)
