@@ -3,14 +3,16 @@
 The training child is started as the daemon starts it (launcher.spawn: its own session, the job's
 environment markers) with a plan for ``device: "0,1"``. tests/ddp_cpu/sitecustomize.py lets that
 device string through on a machine without GPUs and puts the ranks on gloo (read it: three small
-changes, nothing else). Everything else is real: Ultralytics writes its DDP script and cloudpickled
+changes, and a counter of saves). Everything else is real: Ultralytics writes its DDP script and cloudpickled
 state with our callbacks, runs ``python -m torch.distributed.run --nproc_per_node 2``, and the two
 ranks train yolov8n with DistributedDataParallel, their gradients all-reduced by gloo.
 
 What these tests show, and the GPU tests (tests/gpu/test_ddp_gpu.py) must show again with NCCL:
 a SIGTERM as the daemon sends it (launcher.signal_job: every process of the job but torchrun),
 a TERM to one rank, or a TERM to the parent alone, stops every rank after the same batch; rank 0
-saves once; the attempt exits 75 through the parent; nothing of the job is left running.
+saves once (a TERM during the epoch-end save: no second save) and no rank exits before that save
+is done; the attempt exits 75 through the parent; nothing of the job is left running; a hung rank
+silences rank 0's heartbeat, so the stall rule fires.
 """
 
 from __future__ import annotations
@@ -157,23 +159,24 @@ def ddp_job(tmp_path, ddp_dataset, monkeypatch, request):
     job.cleanup()
 
 
-def assert_preempted_at_one_batch(job: DdpJob, rc: int, saves_before: list) -> str:
-    """The attempt's end as the daemon would see it: 75, both ranks after one batch, one save by rank 0."""
+def assert_preempted_at_one_batch(job: DdpJob, rc: int, saves_before: list, epochs_done: int = 1) -> str:
+    """The attempt's end as the daemon would see it: 75, both ranks after one batch, one save by rank 0
+    (``epochs_done - 1``: the trainer's epoch in a checkpoint of ``epochs_done`` completed epochs)."""
     log = job.log_text()
     assert rc == PREEMPTED_EXIT_CODE, log[-4000:]
     stops = dict((int(r), where) for r, where in STOP_LINE.findall(log))
     assert sorted(stops) == [0, 1], log[-4000:]
     assert stops[0] == stops[1], f"the ranks stopped at different batches: {stops}"
     new_saves = job.save_lines()[len(saves_before):]
-    assert new_saves == [(0, 0)], f"saves after the SIGTERM (rank, epoch): {new_saves}"  # epoch 1 complete
+    assert new_saves == [(0, epochs_done - 1)], f"saves after the SIGTERM (rank, epoch): {new_saves}"
     record = read_json(job.exit_record)
     assert record["exit_code"] == PREEMPTED_EXIT_CODE and record["rank"] == 0, record
     assert f"stopped after {stops[0]}" in record["preempted"]
-    assert "epoch-level checkpoint, epochs done: 1" in record["preempted"]
+    assert f"epoch-level checkpoint, epochs done: {epochs_done}" in record["preempted"]
     outcome = classify(rc, None, record, read_log_tail(job.log), True, False)
     assert outcome.cause is Cause.PREEMPTED, outcome
     last = inspect_checkpoint(job.dir / "runs" / "train" / "weights" / "last.pt")
-    assert last.is_resumable and last.epochs_done == 1, last
+    assert last.is_resumable and last.epochs_done == epochs_done, last
     assert job.processes() == [], "a process of the job outlived the attempt"
     return stops[0]
 
@@ -212,6 +215,19 @@ def test_no_rank_exits_before_rank_zeros_save_is_on_disk(slow_save, ddp_job):
     assert ended[1] >= saved_at, f"rank 1 ended {saved_at - ended[1]:.2f}s before rank 0's save was done"
 
 
+def test_a_sigterm_during_the_epoch_end_save_stops_every_rank_after_it_with_no_other_save(slow_save, ddp_job):
+    def saving_epoch_2():  # rank 0 reports "validating" just before validation and the 3 s save
+        p = read_json(ddp_job.progress) or {}
+        ddp_job.assert_running()
+        return p.get("epoch") == 2 and p.get("phase") == "validating"
+    wait_for(saving_epoch_2, 240, interval=0.01, what="the end of epoch 2")
+    saves_before = ddp_job.save_lines()
+    launcher.signal_job(ddp_job.name, ddp_job.child.pid, signal.SIGTERM, ddp_job.daemon_id)
+
+    where = assert_preempted_at_one_batch(ddp_job, ddp_job.wait_exit(), saves_before, epochs_done=2)
+    assert where == "epoch 2 batch 8/8"  # the epoch-end agreement, after the save in progress
+
+
 def test_a_sigterm_that_reaches_one_rank_stops_all_of_them_at_the_same_batch(ddp_job):
     ddp_job.wait_in_epoch(2, 1)
     saves_before = ddp_job.save_lines()
@@ -227,3 +243,18 @@ def test_a_sigterm_to_the_parent_alone_reaches_the_ranks_and_the_parent_waits_fo
 
     assert_preempted_at_one_batch(ddp_job, ddp_job.wait_exit(), saves_before)
     assert "ranks ended; exiting 75 as rank 0 recorded" in ddp_job.log_text()
+
+
+def test_a_hung_rank_silences_rank_zeros_heartbeat_and_the_stall_rule_fires(ddp_job):
+    from supervisor.probes.progress import stall_verdict
+
+    before = ddp_job.wait_in_epoch(2, 1)
+    os.kill(ddp_job.ranks()[1].pid, signal.SIGSTOP)  # rank 0 waits for it in the next all_reduce
+
+    def stalled():
+        p = read_json(ddp_job.progress) or {}
+        return stall_verdict(p, time.time(), ddp_job.child.start_time, 3, 3, 600).stalled and p
+    last = wait_for(stalled, 60, interval=0.1, what="the stall rule to fire on rank 0's heartbeat")
+    assert last["ddp"]["rank"] == 0 and last["first_batch_at"] == before["first_batch_at"]
+    assert last["phase"] == "training" and ddp_job.child.popen.poll() is None
+
