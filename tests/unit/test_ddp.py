@@ -228,3 +228,37 @@ def test_sigkill_still_reaches_torchrun(tmp_path):
         assert launcher.job_processes(job, daemon_id=daemon_id) == []
     finally:
         launcher.kill_job_now(job, None, daemon_id=daemon_id)
+
+
+PARENT_WITH_HELPER = r"""
+import multiprocessing, os, sys, time
+
+def helper():  # like a DataLoader worker: forked, same command line and environment
+    time.sleep(600)
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("fork")
+    worker = multiprocessing.Process(target=helper)
+    worker.start()
+    print(worker.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_sigterm_reaches_the_trainer_but_not_its_dataloader_workers(tmp_path):
+    # PyTorch has a DataLoader worker die of a TERM, and its trainer then fails before it could save.
+    job, daemon_id = "helpers", f"test-{os.getpid()}-helpers"
+    script = tmp_path / "trainer.py"
+    script.write_text(PARENT_WITH_HELPER)
+    run = subprocess.Popen([sys.executable, str(script)], env=launcher.child_env(job, 1, tmp_path, daemon_id),
+                           start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        helper = int(run.stdout.readline())
+        wait_for(lambda: len(launcher.job_processes(job, run.pid, daemon_id)) == 2, 30, what="the helper")
+        assert launcher.signal_job(job, run.pid, signal.SIGTERM, daemon_id) == [run.pid]
+        assert run.wait(30) == -signal.SIGTERM
+        assert psutil.Process(helper).status() != psutil.STATUS_ZOMBIE  # its parent's to end, or the SIGKILL's
+        assert launcher.signal_job(job, run.pid, signal.SIGTERM, daemon_id) == [helper]  # now an orphan: TERMed
+    finally:
+        launcher.kill_job_now(job, None, daemon_id=daemon_id)
+
