@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Optional
 
 from supervisor import safefs
-from supervisor.process.launcher import is_torch_launcher
+from supervisor.process.torchrun import is_torch_launcher
 
 STOP_REQUEST_NAME = "ddp-stop-request"    # beside the exit record; removed at each attempt's start
 
@@ -98,8 +98,10 @@ def _constants(module, function: str) -> list[str]:
 
 def launcher_running() -> bool:
     """Whether this process has a live torch DDP launcher child (Ultralytics' multi-GPU launch)."""
-    import psutil
-
+    try:
+        import psutil  # not at the top: the child may run on an interpreter without it
+    except ImportError:
+        return False
     try:
         children = psutil.Process().children()
     except psutil.Error:

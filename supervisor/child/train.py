@@ -29,7 +29,7 @@ from supervisor.child import ddp
 from supervisor.child.midepoch import MidEpoch, support_problem
 from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE
-from supervisor.process.launcher import is_torch_launcher
+from supervisor.process.torchrun import is_torch_launcher
 from supervisor.probes.checkpoint import inspect_checkpoint
 
 PROGRESS_INTERVAL_S = 2.0

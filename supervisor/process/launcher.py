@@ -22,6 +22,7 @@ from typing import Optional
 import psutil
 
 from supervisor import safefs
+from supervisor.process.torchrun import is_torch_launcher
 from supervisor.safefs import Identity
 
 JOB_ENV = "YOLO_SUPERVISOR_JOB"
@@ -175,20 +176,6 @@ def _alive(p: psutil.Process) -> bool:
         return p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-# How torch's DDP launcher appears on a command line: Ultralytics runs ``python -m torch.distributed.run``
-# (``torch.distributed.launch`` before torch 1.9); people also run the ``torchrun`` script.
-TORCH_LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch")
-
-
-def is_torch_launcher(cmdline: list[str]) -> bool:
-    """Whether ``cmdline`` runs torch's DDP launcher (torchrun), which starts and watches the ranks."""
-    if not cmdline:
-        return False
-    if Path(cmdline[0]).name == "torchrun" or (len(cmdline) > 1 and Path(cmdline[1]).name == "torchrun"):
-        return True
-    return any(a == "-m" and b in TORCH_LAUNCHER_MODULES for a, b in zip(cmdline, cmdline[1:]))
 
 
 def _is_torch_launcher_process(p: psutil.Process) -> bool:

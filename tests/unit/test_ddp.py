@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from supervisor.child import ddp
-from supervisor.process import launcher
+from supervisor.process import launcher, torchrun
 from tests.conftest import offline_env, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
     ([], False),
 ])
 def test_what_counts_as_torchrun(cmdline, expected):
-    assert launcher.is_torch_launcher(cmdline) is expected
+    assert torchrun.is_torch_launcher(cmdline) is expected
 
 
 @pytest.mark.parametrize("env, rank", [
