@@ -3,8 +3,9 @@
 What tests/e2e/test_ddp_cpu.py shows on the CPU (gloo, Ultralytics' DDP launch let through on a
 machine without GPUs) is checked here again where it matters: NCCL collectives on the trainer's
 CUDA device, ``device=0,1`` selected by Ultralytics itself, the daemon's own restart and stall paths.
-Marked ``gpu``; skipped unless NVML sees at least two GPUs. Not run in this project yet: its
-machines have at most one GPU.
+Marked ``gpu``; the DDP tests skip unless NVML sees two GPUs, the single-GPU one (found with them)
+unless it sees one. None of them has run yet: this project's machines have at most one GPU, and
+the session that wrote them had none.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def _gpu_count() -> int:
         return 0
 
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(_gpu_count() < 2, reason="needs two NVIDIA GPUs visible to NVML")]
+GPUS = _gpu_count()
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+two_gpus = pytest.mark.skipif(GPUS < 2, reason="needs two NVIDIA GPUs visible to NVML")
+one_gpu = pytest.mark.skipif(GPUS < 1, reason="needs an NVIDIA GPU visible to NVML")
 
 STOP_LINE = re.compile(r"yolo-supervisor \(rank (\d)\): SIGTERM: all 2 ranks stop after (epoch \d+ batch \d+/\d+)")
 
@@ -47,7 +50,8 @@ def ddp_job(name: str, tmp_path: Path, **extra) -> dict:
 
     data = make_dataset(tmp_path / "ds", images=512, size=64)
     spec = cpu_job(name, data, epochs=3, **extra)
-    spec["train"].update(device="0,1", batch=8)  # 4 images a rank, 64 batches an epoch on each
+    # 4 images a rank, 64 batches an epoch on each; DataLoader workers, which must not get the TERM
+    spec["train"].update(device="0,1", batch=8, workers=2)
     return spec
 
 
@@ -59,6 +63,7 @@ def in_ddp_epoch(home: Path, name: str, epoch: int, batch: int):
     return check
 
 
+@two_gpus
 def test_a_restart_stops_both_ranks_at_one_batch_saves_once_and_the_job_resumes(daemon, tmp_path):
     daemon.start()
     wait_socket(daemon)
@@ -80,6 +85,7 @@ def test_a_restart_stops_both_ranks_at_one_batch_saves_once_and_the_job_resumes(
     assert launcher.job_processes("ddp") == []
 
 
+@two_gpus
 def test_a_hung_rank_stops_rank_zeros_heartbeat_and_is_killed_as_stalled(daemon, tmp_path):
     daemon.start()
     wait_socket(daemon)
@@ -95,3 +101,24 @@ def test_a_hung_rank_stops_rank_zeros_heartbeat_and_is_killed_as_stalled(daemon,
     assert rest[-1].cause == "completed" and rest[0].epochs_before >= 1
     assert not psutil.pid_exists(rank1.pid) or psutil.Process(rank1.pid).status() == psutil.STATUS_ZOMBIE
     assert results_csv.read_epochs(Path(job.run_dir) / "results.csv") == [1, 2, 3]
+
+
+@one_gpu
+def test_a_single_gpu_job_with_dataloader_workers_saves_on_sigterm(daemon, tmp_path):
+    # The daemon's TERM used to reach the DataLoader workers too; PyTorch has them die of it, and the
+    # trainer then failed ("DataLoader worker ... is killed by signal: Terminated") before its save.
+    spec = ddp_job("one-gpu", tmp_path)
+    spec["train"].update(device="0", workers=4)
+    daemon.start()
+    wait_socket(daemon)
+    daemon.drop(spec)
+    wait_for(lambda: ((read_json(daemon.home / "jobs" / "one-gpu" / "progress.json") or {}).get("epoch") or 0) >= 2,
+             600, interval=0.02, what="epoch 2 under way on the GPU")
+    result = ctl(daemon.home, "restart", "one-gpu")
+    assert result.returncode == 0, result.stderr
+
+    daemon.wait_state("one-gpu", "completed", timeout=900)
+    first, *rest = daemon.attempts("one-gpu")
+    assert first.cause == "preempted" and first.exit_code == 75, (first.cause, first.detail)
+    assert rest and rest[0].resumed_from
+
