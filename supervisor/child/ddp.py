@@ -140,6 +140,8 @@ def clear_stop_request(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:  # then the ranks stop at their first batch: say why
+        print(f"yolo-supervisor: could not remove {path}: {exc!r}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- collectives

@@ -77,6 +77,43 @@ def test_the_child_environment_numbers_gpus_as_nvml_does(tmp_path):
     assert launcher.child_env("j", 1, tmp_path)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
+# -- the launcher parent, after torchrun failed --------------------------------------------------
+
+TORCHRUN_FAILED = subprocess.CalledProcessError(1, ["/venv/bin/python", "-m", "torch.distributed.run",
+                                                    "--nproc_per_node", "2", "/cfg/DDP/_temp_1.py"])
+
+
+def _parent(tmp_path: Path):
+    from supervisor.child import train
+
+    return train, train.Reporter({"progress_file": str(tmp_path / "progress.json"),
+                                  "exit_record": str(tmp_path / "exit.json"), "attempt": 1, "epochs": 3})
+
+
+def test_the_parent_ends_with_the_exit_record_rank_zero_wrote(tmp_path):
+    train, rep = _parent(tmp_path)
+    rank0 = {"exit_code": 75, "rank": 0, "preempted": "DDP: all 2 ranks stopped after epoch 2 batch 3/8"}
+    (tmp_path / "exit.json").write_text(json.dumps(rank0))
+    assert train._ddp_launch_failed(rep, TORCHRUN_FAILED) == 75
+    assert json.loads((tmp_path / "exit.json").read_text()) == rank0  # kept as rank 0 wrote it
+
+
+def test_a_ddp_crash_is_recorded_as_one_that_reached_training(tmp_path):
+    # e.g. a CUDA OOM in a rank: no record from rank 0, and the parent's own state never saw a batch
+    train, rep = _parent(tmp_path)
+    (tmp_path / "progress.json").write_text(json.dumps({"ddp": {"rank": 0}, "first_batch_at": 123.0,
+                                                        "phase": "training"}))
+    assert train._ddp_launch_failed(rep, TORCHRUN_FAILED) is None  # the caller records the failure
+    rep.exit_record(1, exception="CalledProcessError")
+    assert json.loads((tmp_path / "exit.json").read_text())["reached_training"] is True
+
+
+def test_another_failed_command_is_no_ddp_launch(tmp_path):
+    train, rep = _parent(tmp_path)
+    (tmp_path / "exit.json").write_text(json.dumps({"exit_code": 75, "rank": 0}))
+    assert train._ddp_launch_failed(rep, subprocess.CalledProcessError(1, ["git", "status"])) is None
+
+
 # -- our callbacks in Ultralytics' DDP state ----------------------------------------------------
 
 MAKE_DDP_FILE = r"""
