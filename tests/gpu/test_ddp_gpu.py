@@ -21,23 +21,10 @@ import pytest
 from supervisor import results_csv
 from supervisor.child.progress import read_json
 from supervisor.process import launcher
-from tests.conftest import cpu_job, ctl, wait_for, wait_socket
+from tests.conftest import cpu_job, ctl, gpu_count, wait_for, wait_socket
 
 
-def _gpu_count() -> int:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return 0
-
-
-GPUS = _gpu_count()
+GPUS = gpu_count()
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 two_gpus = pytest.mark.skipif(GPUS < 2, reason="needs two NVIDIA GPUs visible to NVML")
 one_gpu = pytest.mark.skipif(GPUS < 1, reason="needs an NVIDIA GPU visible to NVML")
