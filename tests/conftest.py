@@ -23,6 +23,20 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def gpu_count() -> int:
+    """NVIDIA GPUs NVML sees here (0 without a driver): GPU tests skip on 0."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return 0
+
+
 def pump(d, until, timeout: float = 30.0, what: str = "condition"):
     """Run an in-process daemon's loop (housekeeping, then events) until ``until()`` is true."""
     def once():

@@ -26,8 +26,9 @@ save was taken. What "exactly" needs, and how each piece is restored (see ../sha
 
 All of this depends on trainer internals, so ``support_problem`` checks the installed version and
 the shape of ``_do_train``; on anything else the child falls back to epoch-level checkpoints and says
-so once. Multi-GPU (DDP) jobs always use epoch-level checkpoints: the ranks would all have to stop
-at the same batch, which is not built.
+so once. Multi-GPU (DDP) jobs always use epoch-level checkpoints: the ranks do stop at the same batch
+on SIGTERM (supervisor/child/ddp.py), but every rank would also have to rebuild its sampler and
+restore its loop state alike, which is not built.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path, PosixPath
 from typing import Any, Callable, Optional
 
+from supervisor.child.ddp import requested_gpus
+
 RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything the resume restores
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
 GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
@@ -55,7 +58,7 @@ _DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
 
 def support_problem(device: str = "cpu") -> Optional[str]:
     """None when mid-epoch checkpoints work here; otherwise the one line that says why not."""
-    if len([d for d in str(device).split(",") if d.strip().isdigit()]) > 1:
+    if requested_gpus(device) > 1:
         return "multi-GPU (DDP) jobs use epoch-level checkpoints: mid-epoch saves are single-process only"
     try:
         import ultralytics

@@ -8,7 +8,9 @@ Runs Ultralytics in this process and adds what the daemon needs from inside:
   optimizer step) and exit with PREEMPTED_EXIT_CODE (Ultralytics itself saves nothing
   on SIGTERM, and ``trainer.stop`` would strip last.pt, so it is never used);
 - an exit record (exit code, exception, whether training was reached) so a
-  re-adopted attempt's end can still be classified.
+  re-adopted attempt's end can still be classified;
+- multi-GPU (DDP): our callbacks run in every rank; rank 0 reports, all ranks stop at the same batch
+  on SIGTERM, rank 0 saves once, and this process waits for them (supervisor/child/ddp.py).
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+from supervisor.child import ddp
 from supervisor.child.midepoch import MidEpoch, support_problem
-from supervisor.child.progress import write_json_atomic
+from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE
+from supervisor.process.torchrun import is_torch_launcher
 from supervisor.probes.checkpoint import inspect_checkpoint
 
 PROGRESS_INTERVAL_S = 2.0
@@ -54,6 +59,26 @@ class Reporter:
         self._epoch_start = None
         self.preempt_requested = False
         self.failed_callbacks: set[str] = set()
+        self.rank: Optional[int] = None  # None: this process trains alone, or launches the DDP ranks
+        self.stop_path = ddp.stop_request_path(self.exit_path)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy unpickled in a DDP rank (Ultralytics ships our callbacks to every rank): the first code
+        of ours that runs there, and before any trainer setup, so each rank gets its SIGTERM handler here."""
+        self.__dict__.update(state)
+        self.rank = ddp.current_rank()
+        if self.rank is not None:
+            self.state["ddp"] = {"rank": self.rank, "world_size": ddp.world_size(), "pid": os.getpid()}
+            _install_sigterm(self)
+
+    @property
+    def writes(self) -> bool:
+        """Only one process writes the progress file and the exit record: rank 0 under DDP."""
+        return self.rank in (None, 0)
+
+    @property
+    def tag(self) -> str:
+        return "yolo-supervisor" if self.rank is None else f"yolo-supervisor (rank {self.rank})"
 
     def beat(self, force: bool = False, **values: Any) -> None:
         now = time.time()
@@ -61,7 +86,7 @@ class Reporter:
         if self.state["phase"] in ("training", "validating"):
             self.state["max_gap_s"] = max(self.state["max_gap_s"], gap)
         self.state.update(values, last_beat_at=now, updated_at=now)
-        if force or now - self._last_write >= PROGRESS_INTERVAL_S:
+        if self.writes and (force or now - self._last_write >= PROGRESS_INTERVAL_S):
             write_json_atomic(self.path, self.state)
             self._last_write = now
 
@@ -71,19 +96,36 @@ class Reporter:
             self.state["startup"][step] = round(time.time() - self._born, 3)
 
     def note(self, line: str) -> None:
-        print(f"yolo-supervisor: {line}", file=sys.stderr, flush=True)
+        if self.writes:  # one line per job, not one per rank
+            print(f"{self.tag}: {line}", file=sys.stderr, flush=True)
         self.state["notes"] = (self.state["notes"] + [line])[-20:]
         self.beat(force=True)
 
     def exit_record(self, code: int, **extra: Any) -> None:
+        if not self.writes:
+            return
         record = {"exit_code": code, "at": time.time(), "reached_training": self.state["first_batch_at"] is not None,
                   "phase": self.state["phase"], **extra}
+        if self.rank is not None:
+            record["rank"] = self.rank  # the launcher parent keeps a record rank 0 wrote (ddp_launch_failed)
         write_json_atomic(self.exit_path, record)
 
+    def adopt_rank_progress(self) -> None:
+        """In the launcher parent: what rank 0 reported (its batches are this attempt's training)."""
+        reported = read_json(self.path) or {}
+        if reported.get("ddp"):
+            self.state.update(first_batch_at=reported.get("first_batch_at"), phase=reported.get("phase"))
 
-def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
+
+def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> None:
+    def single(m: Optional[MidEpoch]) -> Optional[MidEpoch]:
+        # A DDP rank never runs the mid-epoch machinery (single-process only: every rank would have to
+        # rebuild its sampler alike), whatever the plan's device string made support_problem think.
+        return m if rep.rank is None else None
+
     def on_pretrain_routine_start(trainer):
         rep.mark("trainer_created")
+        mid = single(mid_epoch)
         if mid is not None:
             mid.install(trainer)
         rep.beat(force=True, save_dir=str(trainer.save_dir), batch_size=int(trainer.args.batch))
@@ -94,6 +136,7 @@ def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
     def on_train_epoch_start(trainer):
         rep.mark("first_epoch_start")
         rep._epoch_start = time.time()
+        mid = single(mid_epoch)
         first = mid.enumerate_start(trainer.train_loader) if mid is not None else 0
         if rep.state["resumed_at"] is None:
             rep.state["resumed_at"] = {"epoch": trainer.epoch + 1, "batch": first}
@@ -101,10 +144,22 @@ def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
                  save_dir=str(trainer.save_dir), epoch_started_at=rep._epoch_start)
 
     def on_train_batch_start(trainer):
+        mid = single(mid_epoch)
         if mid is not None:
             mid.on_batch_start(trainer)
 
     def on_train_batch_end(trainer):
+        try:
+            report_batch(trainer)
+        finally:
+            # Even when reporting failed: every rank must take part in every agreement, or the later
+            # ones pair up wrongly and the last one waits forever.
+            if rep.rank is not None and _ranks_agree_to_stop(trainer, rep):
+                _stop_ranks_and_exit(trainer, rep, save=True)
+        if rep.rank is None:
+            stop_single_process_if_asked(trainer)
+
+    def report_batch(trainer):
         first_of_attempt = rep.state["first_batch_at"] is None
         if first_of_attempt:
             rep.state["first_batch_at"] = time.time()
@@ -113,6 +168,9 @@ def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
         losses = _losses(getattr(trainer, "tloss", None))
         # The first batch of each epoch is always written: it marks the epoch as under way.
         rep.beat(force=first_of_attempt or i == 1, batch=i, batches=len(trainer.train_loader), losses=losses)
+
+    def stop_single_process_if_asked(trainer):
+        mid = mid_epoch
         if mid is None:
             if rep.preempt_requested:
                 _save_resumable_and_exit(trainer, rep)
@@ -129,15 +187,21 @@ def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
         rep.beat()
 
     def on_model_save(trainer):
+        mid = single(mid_epoch)
         if mid is not None:
             mid.epoch_saved()
         rep.beat(force=True, saved_epochs_done=trainer.epoch + 1, last_save_at=time.time())
 
     def on_fit_epoch_end(trainer):
-        if rep._epoch_start is not None:
-            rep.state["epoch_times"] = (rep.state["epoch_times"] + [round(time.time() - rep._epoch_start, 3)])[-50:]
-        rep.beat(force=True, phase="epoch_end")
-        if rep.preempt_requested:
+        try:
+            if rep._epoch_start is not None:
+                rep.state["epoch_times"] = (rep.state["epoch_times"]
+                                            + [round(time.time() - rep._epoch_start, 3)])[-50:]
+            rep.beat(force=True, phase="epoch_end")
+        finally:
+            if rep.rank is not None and _ranks_agree_to_stop(trainer, rep):
+                _stop_ranks_and_exit(trainer, rep, save=False)  # rank 0 saved this epoch moments ago
+        if rep.rank is None and rep.preempt_requested:
             # The checkpoint just saved holds this whole epoch: leave now.
             _exit_preempted(rep, "after epoch save")
 
@@ -149,6 +213,7 @@ def _install_callbacks(model, rep: Reporter, mid: Optional[MidEpoch]) -> None:
             # Saving is the point of a preemption: a failure there must end the attempt, not be swallowed.
             wrap = _raises_loudly if event in ("on_pretrain_routine_start", "on_train_batch_start") else _never_raises
             model.add_callback(event, wrap(fn, rep))
+
 
 
 def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch) -> Optional[dict]:
@@ -190,7 +255,7 @@ def _losses(tloss) -> dict[str, float] | None:
     return {str(i): round(float(v), 5) for i, v in enumerate(tloss.reshape(-1))}
 
 
-def _save_resumable_and_exit(trainer, rep: Reporter) -> None:
+def _save_resumable(trainer, rep: Reporter) -> None:
     """Save a checkpoint whose epoch is the last *completed* one, so resume redoes this epoch."""
     rep.beat(force=True, phase="saving_for_preemption")
     trainer.epoch -= 1
@@ -198,11 +263,58 @@ def _save_resumable_and_exit(trainer, rep: Reporter) -> None:
         if trainer.epoch >= 0:  # nothing completed yet in epoch 1: nothing worth saving
             trainer.save_model()
             rep.state["saved_epochs_done"] = trainer.epoch + 1
-    except Exception as exc:  # noqa: BLE001 - raised out of the callback, _never_raises would swallow it
-        _exit_save_failed(rep, exc)
     finally:
         trainer.epoch += 1
+
+
+def _save_resumable_and_exit(trainer, rep: Reporter) -> None:
+    try:
+        _save_resumable(trainer, rep)
+    except Exception as exc:  # noqa: BLE001 - raised out of the callback, _never_raises would swallow it
+        _exit_save_failed(rep, exc)
     _exit_preempted(rep, "mid-epoch save")
+
+
+def _ranks_agree_to_stop(trainer, rep: Reporter) -> bool:
+    """Every DDP rank calls this at the same point; True on all of them when any was asked to stop
+    (its own SIGTERM, or the launcher parent's stop request for a TERM that missed the ranks)."""
+    local = rep.preempt_requested or ddp.stop_requested(rep.stop_path)
+    rep.preempt_requested = ddp.agree(local, trainer.device)
+    return rep.preempt_requested
+
+
+def _stop_ranks_and_exit(trainer, rep: Reporter, save: bool) -> None:
+    """All ranks stop here, after the same batch (or epoch end): rank 0 saves once, all wait until its
+    save and exit record are on disk (a rank that exits makes torchrun tear the others down), then
+    every rank exits 75 (rank 0: 1 when its save failed)."""
+    where = f"epoch {rep.state['epoch']} batch {rep.state['batch']}/{rep.state['batches']}"
+    print(f"{rep.tag}: SIGTERM: all {ddp.world_size()} ranks stop after {where}", file=sys.stderr, flush=True)
+    code = _save_and_record_for_all_ranks(trainer, rep, save, where) if rep.writes else PREEMPTED_EXIT_CODE
+    ddp.barrier(trainer.device)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _save_and_record_for_all_ranks(trainer, rep: Reporter, save: bool, where: str) -> int:
+    """Rank 0's part: the epoch-level save (as a single process without mid-epoch support does) and
+    the exit record the launcher parent will end with."""
+    try:
+        if save:
+            _save_resumable(trainer, rep)
+    except Exception as exc:  # noqa: BLE001 - the other ranks still wait at the barrier
+        message = f"save on SIGTERM failed: {exc}"[:2000]
+        rep.beat(force=True, phase="preempted")
+        rep.exit_record(1, exception=type(exc).__name__, message=message)
+        print(f"{rep.tag}: {message}; exiting 1", file=sys.stderr, flush=True)
+        return 1
+    done = rep.state["saved_epochs_done"]
+    how = (f"DDP: all {ddp.world_size()} ranks stopped after {where}; "
+           + (f"epoch-level checkpoint, epochs done: {done}" if done else "no epoch completed yet"))
+    rep.beat(force=True, phase="preempted")
+    rep.exit_record(PREEMPTED_EXIT_CODE, preempted=how)
+    print(f"{rep.tag}: {how}; exiting {PREEMPTED_EXIT_CODE}", file=sys.stderr, flush=True)
+    return PREEMPTED_EXIT_CODE
 
 
 def _exit_save_failed(rep: Reporter, exc: BaseException) -> None:
@@ -218,19 +330,47 @@ def _exit_preempted(rep: Reporter, how: str) -> None:
     rep.exit_record(PREEMPTED_EXIT_CODE, preempted=how)
     sys.stdout.flush()
     sys.stderr.flush()
-    print(f"yolo-supervisor: SIGTERM received; resumable checkpoint saved ({how}); exiting "
+    print(f"{rep.tag}: SIGTERM received; resumable checkpoint saved ({how}); exiting "
           f"{PREEMPTED_EXIT_CODE}", file=sys.stderr, flush=True)
     os._exit(PREEMPTED_EXIT_CODE)
 
 
 def _install_sigterm(rep: Reporter) -> None:
     def handler(signum, frame):
+        if rep.rank is None and _ddp_launched(rep):
+            # The launcher parent: the ranks save and stop, torchrun exits after them and Ultralytics'
+            # subprocess.run returns here. Exiting now would get the ranks SIGKILLed mid-save as leftovers.
+            rep.preempt_requested = True
+            ddp.request_stop(rep.stop_path)
+            return
         if rep.state["first_batch_at"] is None and rep.state["phase"] == "setup":
             # Nothing trained in this attempt yet: nothing to save.
             _exit_preempted(rep, "before training")
         rep.preempt_requested = True  # acted on at the next batch end (or epoch end)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def _ddp_launched(rep: Reporter) -> bool:
+    """Whether Ultralytics launched DDP ranks from this process: torchrun runs, or it has run (rank 0
+    reported). Decided from what runs, not from the device string, which Ultralytics interprets."""
+    return ddp.launcher_running() or bool((read_json(rep.path) or {}).get("ddp"))
+
+
+def _ddp_launch_failed(rep: Reporter, exc: BaseException) -> Optional[int]:
+    """Ultralytics' DDP launch (torchrun) exited non-zero: the code this attempt ends with, or None for
+    an ordinary failure (recorded by the caller). Rank 0's exit record, when it wrote one (75 after a
+    save on SIGTERM, 1 when that save failed), is this attempt's record and is kept as it is."""
+    if not (isinstance(exc, subprocess.CalledProcessError) and is_torch_launcher([str(a) for a in exc.cmd or ()])):
+        return None
+    record = read_json(rep.exit_path) or {}
+    if record.get("rank") == 0 and isinstance(record.get("exit_code"), int):
+        return record["exit_code"]
+    rep.adopt_rank_progress()
+    if rep.preempt_requested and rep.state["first_batch_at"] is None:
+        # Our SIGTERM ended the ranks before any batch (their handler was not installed yet): nothing to save.
+        _exit_preempted(rep, "before training (DDP ranks stopped during setup)")
+    return None
 
 
 # TEST ONLY: a script to run instead of Ultralytics, for control-plane tests that need a cheap
@@ -266,6 +406,13 @@ def _midepoch_controller(plan: dict[str, Any], rep: Reporter) -> tuple[Optional[
     return MidEpoch(interval, record, on_saved=saved, note=rep.note), record
 
 
+def _note_ddp_support(plan: dict[str, Any], rep: Reporter) -> None:
+    if ddp.requested_gpus(plan["train"].get("device", "cpu")) > 1:
+        problem = ddp.support_problem()
+        if problem is not None:
+            rep.note(problem)
+
+
 def _set_checkpoint_epochs(path: Path, epochs: int, rep: Reporter) -> None:
     """``extend``: Ultralytics takes ``epochs`` from the checkpoint on resume and ignores an override,
     so the checkpoint itself is rewritten (atomically) to the new total. The LR schedule is then
@@ -299,6 +446,7 @@ def _process_start_time() -> float:
 
 def run(plan: dict[str, Any]) -> int:
     rep = Reporter(plan)
+    ddp.clear_stop_request(rep.stop_path)
     _install_sigterm(rep)
     rep.beat(force=True)
     if os.environ.get(FAKE_TRAINER_ENV):
@@ -308,6 +456,7 @@ def run(plan: dict[str, Any]) -> int:
         from ultralytics import YOLO
 
         rep.mark("ultralytics_imported")
+        _note_ddp_support(plan, rep)
         mid, record = _midepoch_controller(plan, rep)
         resume = plan.get("resume")
         if resume and plan.get("extend_epochs"):
@@ -325,6 +474,11 @@ def run(plan: dict[str, Any]) -> int:
             _install_callbacks(model, rep, mid)
             model.train(**{k: v for k, v in plan["train"].items() if k != "model"})
     except BaseException as exc:  # record every way out, then let Python print the traceback
+        ranks_code = _ddp_launch_failed(rep, exc)
+        if ranks_code is not None:
+            print(f"yolo-supervisor: the DDP ranks ended; exiting {ranks_code} as rank 0 recorded",
+                  file=sys.stderr, flush=True)
+            return ranks_code
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         rep.exit_record(code, exception=type(exc).__name__, message=str(exc)[:2000],
                         traceback=traceback.format_exc()[-4000:])

@@ -22,6 +22,7 @@ from typing import Optional
 import psutil
 
 from supervisor import safefs
+from supervisor.process.torchrun import is_torch_launcher
 from supervisor.safefs import Identity
 
 JOB_ENV = "YOLO_SUPERVISOR_JOB"
@@ -177,16 +178,53 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+def _is_torch_launcher_process(p: psutil.Process) -> bool:
+    try:
+        return is_torch_launcher(p.cmdline())
+    except psutil.Error:
+        return False
+
+
 def signal_job(job: str, root_pid: Optional[int], sig: int, daemon_id: Optional[str] = None) -> list[int]:
-    """Send ``sig`` to every process of the job; return the pids signalled."""
+    """Send ``sig`` to every process of the job; return the pids signalled.
+
+    A SIGTERM goes only to the processes that act on it (``term_recipients``); the SIGKILL after
+    the grace period (``kill_job_now``) reaches every process.
+    """
+    procs = job_processes(job, root_pid, daemon_id)
+    if sig == signal.SIGTERM:
+        procs = term_recipients(procs)
     sent = []
-    for p in job_processes(job, root_pid, daemon_id):
+    for p in procs:
         try:
             p.send_signal(sig)
             sent.append(p.pid)
         except psutil.Error:
             pass
     return sent
+
+
+def term_recipients(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Of a job's processes, those a SIGTERM is for: the attempt itself, the DDP ranks (torchrun's
+    children), and any process whose parent is not the job's (nobody else would stop it). Not:
+
+    - torchrun: on a TERM it TERMs its workers and SIGKILLs them 30 s later, which could cut rank
+      0's save short; it exits by itself once they have (supervisor/child/ddp.py).
+    - the helpers of a trainer, DataLoader workers above all: PyTorch makes a worker die on TERM,
+      and its trainer then fails at once ("DataLoader worker ... is killed by signal: Terminated"),
+      before it could save. They end with their trainer.
+    """
+    pids = {p.pid for p in procs}
+    launchers = {p.pid for p in procs if _is_torch_launcher_process(p)}
+    chosen = []
+    for p in procs:
+        try:
+            parent = p.ppid()
+        except psutil.Error:
+            continue
+        if p.pid not in launchers and (parent in launchers or parent not in pids):
+            chosen.append(p)
+    return chosen
 
 
 def kill_job_now(job: str, root_pid: Optional[int], timeout: float = 5.0,

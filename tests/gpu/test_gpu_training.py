@@ -15,23 +15,10 @@ from supervisor import results_csv
 from supervisor.child.progress import read_json
 from supervisor.jobs.states import Cause
 from supervisor.process.classify import classify, read_log_tail
-from tests.conftest import cpu_job, wait_for
+from tests.conftest import cpu_job, gpu_count, wait_for
 
 
-def _gpu_count() -> int:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return 0
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_count() == 0, reason="no NVIDIA GPU visible to NVML")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() == 0, reason="no NVIDIA GPU visible to NVML")]
 
 ALLOCATE_UNTIL_OOM = """
 import torch
