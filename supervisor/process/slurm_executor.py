@@ -121,9 +121,11 @@ class SlurmExecutor:
 
     # -- signals ----------------------------------------------------------------------------
     def signal_job(self, name: str, child: Optional[launcher.Child], sig: int) -> list:
-        """``sig`` to every process of the running job through scancel --signal (the grace before
-        the cancel is the daemon's); a job that waits for an allocation has nothing to save and
-        is cancelled at once."""
+        """``sig`` to the training process through ``scancel --batch --signal`` (the grace before
+        the cancel is the daemon's): the batch shell only, as the --signal=B: notice does, so a DDP
+        parent hands it to its ranks (its stop request) and torchrun and DataLoader workers get
+        none, as locally. A job that waits for an allocation has nothing to save and is cancelled
+        at once."""
         if not isinstance(child, SlurmChild):
             return []
         job_id = child.slurm_job_id
@@ -131,7 +133,7 @@ class SlurmExecutor:
             return [job_id] if self._scancel(name, ["scancel", job_id]) else []
         sig_name = _signal.Signals(sig).name.removeprefix("SIG")
         try:
-            slurm.run(["scancel", "--full", f"--signal={sig_name}", job_id], self.settings().command_timeout_s,
+            slurm.run(["scancel", "--batch", f"--signal={sig_name}", job_id], self.settings().command_timeout_s,
                       env=slurm.env_for_commands())
         except SlurmUnavailable as err:  # the grace runs out and the cancel is tried (and retried)
             self.log.error("scancel --signal failed", job=name, slurm_job_id=job_id, error=str(err))
