@@ -15,6 +15,7 @@ Runs Ultralytics in this process and adds what the daemon needs from inside:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -27,12 +28,14 @@ from typing import Any, Optional
 
 from supervisor.child import ddp
 from supervisor.child.midepoch import MidEpoch, support_problem
+from supervisor.contract import ExitRecord, Plan, Progress, from_json, to_json
 from supervisor.child.progress import read_json, write_json_atomic
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE
 from supervisor.process.torchrun import is_torch_launcher
 from supervisor.probes.checkpoint import inspect_checkpoint
 
 PROGRESS_INTERVAL_S = 2.0
+PROGRESS_FIELDS = frozenset(f.name for f in dataclasses.fields(Progress))
 
 
 class Reporter:
@@ -41,19 +44,10 @@ class Reporter:
     def __init__(self, plan: dict[str, Any]):
         self.path = Path(plan["progress_file"])
         self.exit_path = Path(plan["exit_record"])
-        self.state: dict[str, Any] = {
-            "pid": os.getpid(), "attempt": plan["attempt"], "phase": "setup",
-            "started_at": time.time(), "epochs": plan.get("epochs"),
-            "epoch": None, "batch": None, "batches": None, "losses": None,
-            "first_batch_at": None, "last_beat_at": time.time(), "max_gap_s": 0.0,
-            "saved_epochs_done": None, "last_save_at": None, "epoch_times": [],
-            "save_dir": None, "batch_size": None, "epoch_started_at": None,
-            "midepoch": None,          # {"supported": bool, "why": str}: once, for the job's history
-            "last_midepoch": None,     # {"epoch", "next_batch", "at", "seconds", "size"} of the last save
-            "resumed_at": None,        # {"epoch", "batch"}: where this attempt's training began (1-based epoch)
-            "notes": [],               # one-line notes for the history (fallbacks, inexact resumes)
-            "startup": {},             # seconds from the process start to each setup step (where restarts go)
-        }
+        # The fields are the contract's (supervisor/contract.py: Progress); beat() refuses others.
+        now = time.time()
+        self.state: dict[str, Any] = to_json(Progress(pid=os.getpid(), attempt=plan["attempt"], started_at=now,
+                                                      epochs=plan.get("epochs"), last_beat_at=now))
         self._born = _process_start_time()
         self._last_write = 0.0
         self._epoch_start = None
@@ -85,6 +79,9 @@ class Reporter:
         gap = now - self.state["last_beat_at"]
         if self.state["phase"] in ("training", "validating"):
             self.state["max_gap_s"] = max(self.state["max_gap_s"], gap)
+        unknown = values.keys() - PROGRESS_FIELDS
+        if unknown:
+            raise ValueError(f"not fields of the progress contract: {sorted(unknown)}")
         self.state.update(values, last_beat_at=now, updated_at=now)
         if self.writes and (force or now - self._last_write >= PROGRESS_INTERVAL_S):
             write_json_atomic(self.path, self.state)
@@ -104,11 +101,10 @@ class Reporter:
     def exit_record(self, code: int, **extra: Any) -> None:
         if not self.writes:
             return
-        record = {"exit_code": code, "at": time.time(), "reached_training": self.state["first_batch_at"] is not None,
-                  "phase": self.state["phase"], **extra}
-        if self.rank is not None:
-            record["rank"] = self.rank  # the launcher parent keeps a record rank 0 wrote (ddp_launch_failed)
-        write_json_atomic(self.exit_path, record)
+        # rank: the launcher parent keeps a record rank 0 wrote (ddp_launch_failed)
+        record = ExitRecord(exit_code=code, at=time.time(), reached_training=self.state["first_batch_at"] is not None,
+                            phase=self.state["phase"], rank=self.rank, **extra)
+        write_json_atomic(self.exit_path, to_json(record))
 
     def adopt_rank_progress(self) -> None:
         """In the launcher parent: what rank 0 reported (its batches are this attempt's training)."""
@@ -490,6 +486,8 @@ def run(plan: dict[str, Any]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     plan = json.loads(Path(argv[0]).read_text())
+    if from_json(Plan, plan) is None:  # the daemon writes it from the contract: anything else is not ours
+        raise SystemExit(f"{argv[0]}: not an attempt plan (see supervisor/contract.py: Plan)")
     return run(plan)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from supervisor.child.progress import read_json, write_json_atomic
+from supervisor.contract import ExitRecord, Plan, Progress, from_json, to_json
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import gpus as gpu_facts
@@ -564,15 +565,15 @@ class Daemon(GpuScheduling):
             overrides[key] = spec.train[key]
         if job.batch_override:
             overrides["batch"] = train["batch"] = job.batch_override
-        plan = {
-            "job": name, "attempt": attempt, "epochs": spec.epochs, "train": train,
-            "resume": str(resume) if resume else None, "overrides": overrides,
-            "checkpoint_every_s": spec.checkpoint_every_s,
+        plan = to_json(Plan(
+            job=name, attempt=attempt, epochs=spec.epochs, train=train,
+            resume=str(resume) if resume else None, overrides=overrides,
+            checkpoint_every_s=spec.checkpoint_every_s,
             # extended: the child rewrites the checkpoint's epochs (Ultralytics ignores an override)
-            "extend_epochs": spec.epochs if "epochs" in self.edited_keys(name) else None,
-            "progress_file": str(self.home.job_progress(name)),
-            "exit_record": str(self.home.job_exit_record(name)),
-        }
+            extend_epochs=spec.epochs if "epochs" in self.edited_keys(name) else None,
+            progress_file=str(self.home.job_progress(name)),
+            exit_record=str(self.home.job_exit_record(name)),
+        ))
         self.executor.adjust_plan(plan, spec)
         path = self.home.job_plan(name)
         write_json_atomic(path, plan)
@@ -605,7 +606,7 @@ class Daemon(GpuScheduling):
                 return  # the attempt runs on; its end fails the job with the reason
             self._check_stall(name, run, progress, spec)
 
-    def _check_stall(self, name: str, run: Running, progress: Optional[dict[str, Any]], spec: JobSpec) -> None:
+    def _check_stall(self, name: str, run: Running, progress: Optional[Progress], spec: JobSpec) -> None:
         """A hung attempt (NCCL deadlock, frozen process) is killed and restarted as ``stalled``."""
         health = spec.health
         verdict = stall_verdict(progress, time.time(), run.child.start_time, health.stall_timeout,
@@ -614,14 +615,14 @@ class Daemon(GpuScheduling):
             run.extra["stall_reason"] = verdict.reason
             self.terminate(name, Cause.STALLED, f"stalled: {verdict.reason}", health.stop_grace)
 
-    def _note_progress(self, name: str, run: Running, progress: dict[str, Any]) -> None:
+    def _note_progress(self, name: str, run: Running, progress: Progress) -> None:
         self._note_child_lines(name, run, progress)
         job = self.store.get_job(name)
-        if progress.get("save_dir") and progress["save_dir"] != job.run_dir:
-            self._take_run_dir(job, run, progress["save_dir"])
-        if progress.get("first_batch_at") and not run.first_batch_seen:
+        if progress.save_dir and progress.save_dir != job.run_dir:
+            self._take_run_dir(job, run, progress.save_dir)
+        if progress.first_batch_at and not run.first_batch_seen:
             run.first_batch_seen = True
-            self.store.mark_first_batch(run.attempt_id, progress["first_batch_at"])
+            self.store.mark_first_batch(run.attempt_id, progress.first_batch_at)
             if job.state == S.STARTING.value:
                 self.transition(name, S.RUNNING, f"attempt {run.attempt_no}: first batch trained")
 
@@ -645,9 +646,9 @@ class Daemon(GpuScheduling):
         if str(inside) != job.run_dir:
             self.store.update_job(job.name, run_dir=str(inside))
 
-    def _note_child_lines(self, name: str, run: Running, progress: dict[str, Any]) -> None:
+    def _note_child_lines(self, name: str, run: Running, progress: Progress) -> None:
         """The child's one-line notes (an epoch-level fallback, an inexact resume) go to the history once."""
-        notes = progress.get("notes") or []
+        notes = [line for line in progress.notes if isinstance(line, str)]
         seen = run.extra.get("notes_seen", 0)
         for line in notes[seen:]:
             self.event(name, "checkpoint", f"attempt {run.attempt_no}: {line}")
@@ -789,10 +790,11 @@ class Daemon(GpuScheduling):
         if leftovers:
             self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
                        pids=leftovers)
-        progress = self.progress_files.read(run.progress_path)[0] or {}
+        reported = self.progress_files.read(run.progress_path)[0]
+        progress = reported or Progress()
         self._note_progress(name, run, progress)
         self._snapshot(name)
-        outcome = self._classify(name, run, exit_code, sig, progress)
+        outcome = self._classify(name, run, exit_code, sig, reported)
         self._finish_attempt(name, run, exit_code, sig, outcome, progress)
         del self.ending[name]
         self.retry_at.pop(name, None)
@@ -803,12 +805,12 @@ class Daemon(GpuScheduling):
         jobs waiting for the GPUs or the slot an ended attempt gave back."""
         self.start_due_jobs()
 
-    def _classify(self, name, run: Running, exit_code, sig, progress):
+    def _classify(self, name, run: Running, exit_code, sig, progress: Optional[Progress]):
         with self.as_owner(name):
-            record = read_json(self.home.job_exit_record(name))
+            record = from_json(ExitRecord, read_json(self.home.job_exit_record(name)))  # the job user's file
             tail = read_log_tail(self.home.job_log(name), since_offset=run.log_offset)
         tail = tail[max(0, tail.rfind(launcher.LOG_BANNER)):]  # this attempt's output only
-        reached = bool(progress.get("first_batch_at")) or bool((record or {}).get("reached_training"))
+        reached = bool(progress and progress.first_batch_at) or bool(record and record.reached_training)
         oom = sig == signal.SIGKILL and kernel_oom_killed(run.child.pid)
         outcome = classify(exit_code, sig, record, tail, reached, oom)
         outcome = self.executor.refine(name, run.child, outcome, record, progress, tail, run.kill_cause is not None)
@@ -831,7 +833,7 @@ class Daemon(GpuScheduling):
         epochs_after = best.epochs_done if best else None
         batch_after = best.position[1] if best else 0
         if finished:  # last.pt is stripped: the epochs it held are the ones last saved
-            epochs_after = progress.get("saved_epochs_done") or spec.epochs
+            epochs_after = progress.saved_epochs_done or spec.epochs
         end = AttemptEnd(
             cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
             batch_before=run.batch_before, batch_after=batch_after,

@@ -83,16 +83,16 @@ class Services:
         """
         for job in daemon.store.list_jobs():
             progress = daemon.progress_files.read(daemon.home.job_progress(job.name))[0]  # cached: a stat
-            if progress and isinstance(progress.get("attempt"), int):
+            if progress and progress.attempt is not None:
                 trained = epochs_trained(progress)
                 batches = batches_trained(progress)
-                noted = (progress["attempt"], trained, batches)
+                noted = (progress.attempt, trained, batches)
                 if (trained or batches) and self._epochs_noted.get(job.name) != noted:  # heartbeats repeat it
                     self._epochs_noted[job.name] = noted
                     if trained:
-                        daemon.store.note_epochs_reached(job.name, progress["attempt"], trained)
+                        daemon.store.note_epochs_reached(job.name, progress.attempt, trained)
                     if batches:
-                        daemon.store.note_batches_reached(job.name, progress["attempt"], *batches)
+                        daemon.store.note_batches_reached(job.name, progress.attempt, *batches)
 
     def reload_if_requested(self, daemon: Daemon) -> None:
         """SIGHUP: re-read HOME/config.yaml; on any error keep the old config."""

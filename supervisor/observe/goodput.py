@@ -62,6 +62,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
+from supervisor.contract import Progress
+
 COMPLETED = "completed"
 USER_STOP = "stopped"
 FINAL_STATES = ("completed", "failed")
@@ -301,23 +303,23 @@ def _interruptions(attempts: Sequence[AttemptLike], per_attempt: Sequence[Attemp
     return out
 
 
-def epochs_trained(progress: dict[str, Any]) -> int:
+def epochs_trained(progress: Progress) -> int:
     """Whole epochs whose training pass finished, from a child's progress file (saved or not).
 
     ``epoch`` is the 1-based epoch under way; it counts as trained once the child
     moved on to validating it (or further); ``saved_epochs_done`` counts what was saved.
     """
-    epoch = _int(progress.get("epoch"))
-    trained = epoch if progress.get("phase") in ("validating", "epoch_end", "finished") else max(0, epoch - 1)
-    return max(trained, _int(progress.get("saved_epochs_done")))
+    epoch = _int(progress.epoch)
+    trained = epoch if progress.phase in ("validating", "epoch_end", "finished") else max(0, epoch - 1)
+    return max(trained, _int(progress.saved_epochs_done))
 
 
-def batches_trained(progress: dict[str, Any]) -> Optional[tuple[int, int]]:
+def batches_trained(progress: Progress) -> Optional[tuple[int, int]]:
     """(batches trained from the start of training, batches per epoch) from a progress file."""
-    epoch, batch, per_epoch = _int(progress.get("epoch")), _int(progress.get("batch")), _int(progress.get("batches"))
+    epoch, batch, per_epoch = _int(progress.epoch), _int(progress.batch), _int(progress.batches)
     if not epoch or not per_epoch:
         return None
-    if progress.get("phase") in ("validating", "epoch_end", "finished"):
+    if progress.phase in ("validating", "epoch_end", "finished"):
         batch = per_epoch
     return (epoch - 1) * per_epoch + min(batch, per_epoch), per_epoch
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from supervisor.contract import Progress
+
 RECENT_EPOCHS = 5  # the ETA follows the last few epochs: speed changes (warmup, mosaic off, other jobs)
 TRAINED_PHASES = ("validating", "epoch_end", "finished", "preempted")
 
@@ -23,15 +25,15 @@ class Rate:
     epochs_done: float              # epochs finished plus the fraction of the one under way
 
 
-def training_rate(progress: dict[str, Any], epochs: int, now: float) -> Rate:
+def training_rate(progress: Progress, epochs: int, now: float) -> Rate:
     """Speed from the epoch under way, ETA from observed epoch times (from the speed before any finished)."""
-    epoch, batch, batches = _num(progress.get("epoch")), _num(progress.get("batch")), _num(progress.get("batches"))
+    epoch, batch, batches = _num(progress.epoch), _num(progress.batch), _num(progress.batches)
     bps = _batches_per_s(progress, batch)
-    times = [t for t in progress.get("epoch_times") or [] if isinstance(t, (int, float)) and t > 0]
+    times = [t for t in progress.epoch_times if isinstance(t, (int, float)) and t > 0]
     epoch_s = sum(times[-RECENT_EPOCHS:]) / len(times[-RECENT_EPOCHS:]) if times else None
     if not epoch:
         done = 0.0
-    elif progress.get("phase") in TRAINED_PHASES:
+    elif progress.phase in TRAINED_PHASES:
         done = float(epoch)
     else:
         done = epoch - 1 + (min(1.0, batch / batches) if batches else 0.0)
@@ -45,9 +47,9 @@ def training_rate(progress: dict[str, Any], epochs: int, now: float) -> Rate:
     return Rate(batches_per_s=bps, epoch_s=epoch_s, eta_s=eta, epochs_done=done)
 
 
-def _batches_per_s(progress: dict[str, Any], batch: float) -> Optional[float]:
-    started, at = progress.get("epoch_started_at"), progress.get("updated_at")
-    if progress.get("phase") != "training" or not batch or not isinstance(started, (int, float)) \
+def _batches_per_s(progress: Progress, batch: float) -> Optional[float]:
+    started, at = progress.epoch_started_at, progress.updated_at
+    if progress.phase != "training" or not batch or not isinstance(started, (int, float)) \
             or not isinstance(at, (int, float)) or at <= started:
         return None
     return batch / (at - started)

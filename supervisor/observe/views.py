@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from supervisor.child.progress import read_json
+from supervisor.contract import Progress, from_json
 from supervisor.jobs.spec import SpecError
 from supervisor.jobs.states import JobState
 from supervisor.observe.goodput import goodput
@@ -32,20 +33,22 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
         epochs, spec_problem, gpus = spec.epochs, None, _gpus_shown(job, spec)
     except SpecError as err:  # shown with its problem; the listing of every other job goes on
         epochs, spec_problem, gpus = None, "; ".join(err.problems), job.devices or "?"
-    progress = (read_json(daemon.home.job_progress(job.name)) or {}) if state.has_process else {}
+    reported = from_json(Progress, read_json(daemon.home.job_progress(job.name))) if state.has_process else None
+    progress = reported or Progress()
     if state is S.COMPLETED:
         epoch = epochs
-    elif progress.get("epoch"):
-        epoch = int(progress["epoch"])  # the epoch being trained now (1-based)
+    elif progress.epoch:
+        epoch = progress.epoch  # the epoch being trained now (1-based)
     else:
         epoch = job.epochs_done
     attempts = daemon.store.attempts(job.name)
     attempt = next((a for a in reversed(attempts) if a.ended_at is None), None) if state.has_process else None
-    rate = training_rate(progress, epochs, now) if progress and epochs else None
+    rate = training_rate(progress, epochs, now) if reported and epochs else None
     return {
         "name": job.name, "state": job.state, "state_reason": job.state_reason, "gpus": gpus,
         "pid": job.pid, "epoch": epoch, "epochs": epochs, "epochs_done": job.epochs_done,
-        "batch": progress.get("batch"), "batches": progress.get("batches"), "phase": progress.get("phase"),
+        "batch": progress.batch, "batches": progress.batches,
+        "phase": reported.phase if reported else None,
         "batches_per_s": _round(rate.batches_per_s, 3) if rate else None,
         "epoch_s": _round(rate.epoch_s, 1) if rate else None,
         "eta_s": _round(rate.eta_s, 0) if rate else None,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from supervisor.child.progress import read_json
+from supervisor.contract import Progress, from_json
 
 # How many times the longest quiet interval seen so far the daemon waits
 # before calling a process stalled. Slow batches, validation and saves are all
@@ -27,7 +28,7 @@ class StallVerdict:
     reason: str
 
 
-def stall_timeout(progress: dict[str, Any], stall_timeout: Any, floor: float, first_batch_timeout: float) -> float:
+def stall_timeout(progress: Progress, stall_timeout: Any, floor: float, first_batch_timeout: float) -> float:
     """The allowed silence for this attempt now.
 
     Before the first batch (dataset scan, caching, DDP setup) the longer
@@ -35,19 +36,19 @@ def stall_timeout(progress: dict[str, Any], stall_timeout: Any, floor: float, fi
     with ``auto`` a multiple of the longest observed heartbeat gap, never
     below ``floor``.
     """
-    if not progress.get("first_batch_at"):
+    if not progress.first_batch_at:
         return first_batch_timeout
     if stall_timeout != "auto":
         return float(stall_timeout)
-    longest = float(progress.get("max_gap_s") or 0.0)
+    longest = progress.max_gap_s
     return max(floor, AUTO_MULTIPLE * longest)
 
 
-def stall_verdict(progress: Optional[dict[str, Any]], now: float, started_at: float, stall_timeout_cfg: Any,
+def stall_verdict(progress: Optional[Progress], now: float, started_at: float, stall_timeout_cfg: Any,
                   floor: float, first_batch_timeout: float) -> StallVerdict:
     """Whether the attempt has been silent for longer than allowed (``now`` is wall time)."""
-    progress = progress or {}
-    last = max(float(progress.get("updated_at") or 0.0), started_at)
+    progress = progress or Progress()
+    last = max(progress.updated_at or 0.0, started_at)
     timeout = stall_timeout(progress, stall_timeout_cfg, floor, first_batch_timeout)
     silent = now - last
     if silent <= timeout:
@@ -57,11 +58,10 @@ def stall_verdict(progress: Optional[dict[str, Any]], now: float, started_at: fl
                         f"no progress for {silent:.0f}s (limit {timeout:.0f}s) {where}".strip())
 
 
-def _where(progress: dict[str, Any]) -> str:
-    if not progress.get("first_batch_at"):
+def _where(progress: Progress) -> str:
+    if not progress.first_batch_at:
         return "before the first batch"
-    phase = progress.get("phase", "?")
-    return f"in epoch {progress.get('epoch')} batch {progress.get('batch')}/{progress.get('batches')} ({phase})"
+    return f"in epoch {progress.epoch} batch {progress.batch}/{progress.batches} ({progress.phase})"
 
 
 class ProgressFiles:
@@ -74,9 +74,9 @@ class ProgressFiles:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[tuple[int, int, int], Optional[dict[str, Any]]]] = {}
+        self._cache: dict[str, tuple[tuple[int, int, int], Optional[Progress]]] = {}
 
-    def read(self, path: "os.PathLike[str] | str") -> tuple[Optional[dict[str, Any]], Optional[tuple[int, int, int]]]:
+    def read(self, path: "os.PathLike[str] | str") -> tuple[Optional[Progress], Optional[tuple[int, int, int]]]:
         path = os.fspath(path)
         try:
             st = os.stat(path)
@@ -87,6 +87,6 @@ class ProgressFiles:
         hit = self._cache.get(path)
         if hit is not None and hit[0] == key:
             return hit[1], key
-        data = read_json(path)
+        data = from_json(Progress, read_json(path))  # written by the job's user: typed, or None
         self._cache[path] = (key, data)
         return data, key

@@ -10,9 +10,10 @@ import re
 import signal as _signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from supervisor import safefs
+from supervisor.contract import ExitRecord
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE, Cause
 
 CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
@@ -33,15 +34,15 @@ def signal_name(sig: Optional[int]) -> str:
         return f"signal {sig}"
 
 
-def classify(exit_code: Optional[int], sig: Optional[int], exit_record: Optional[dict[str, Any]],
+def classify(exit_code: Optional[int], sig: Optional[int], exit_record: Optional[ExitRecord],
              log_tail: str, reached_training: bool, kernel_oom_kill: bool) -> Classified:
     """The cause of an attempt's end; ``detail`` is a one-line human reason."""
     if exit_code is None and sig is None and exit_record is not None:
-        exit_code = exit_record.get("exit_code")  # re-adopted: the child's own record
+        exit_code = exit_record.exit_code  # re-adopted: the child's own record
     if exit_code == 0:
         return Classified(Cause.COMPLETED, "exit 0")
     if exit_code == PREEMPTED_EXIT_CODE:
-        how = (exit_record or {}).get("preempted", "")
+        how = (exit_record.preempted if exit_record else None) or ""
         return Classified(Cause.PREEMPTED, f"SIGTERM: resumable checkpoint saved ({how})".replace(" ()", ""))
     oom_line = _last_match(CUDA_OOM, log_tail)
     if oom_line:
@@ -54,7 +55,7 @@ def classify(exit_code: Optional[int], sig: Optional[int], exit_record: Optional
     if sig == _signal.SIGTERM:
         return Classified(Cause.TERMINATED, "SIGTERM before a checkpoint could be saved")
     error = _error_line(exit_record, log_tail)
-    if sig is None and not reached_training and (TRACEBACK in log_tail or (exit_record or {}).get("exception")):
+    if sig is None and not reached_training and (TRACEBACK in log_tail or (exit_record and exit_record.exception)):
         return Classified(Cause.CONFIG_ERROR, f"failed before the first epoch: {error}")
     if sig is not None:
         return Classified(Cause.CRASHED, f"killed by {signal_name(sig)}")
@@ -68,10 +69,10 @@ def _last_match(pattern: re.Pattern, text: str) -> Optional[str]:
     return None
 
 
-def _error_line(exit_record: Optional[dict[str, Any]], log_tail: str) -> str:
+def _error_line(exit_record: Optional[ExitRecord], log_tail: str) -> str:
     """The exception line: from the exit record when there is one, else the log's last line."""
-    if exit_record and exit_record.get("exception"):
-        return f"{exit_record['exception']}: {exit_record.get('message', '')}".strip()[:500]
+    if exit_record and exit_record.exception:
+        return f"{exit_record.exception}: {exit_record.message or ''}".strip()[:500]
     lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
     return lines[-1][:500] if lines else "no output"
 

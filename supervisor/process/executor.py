@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from supervisor.process import launcher
+from supervisor.contract import ExitRecord, Progress
 from supervisor.process.classify import Classified
 from supervisor.safefs import Identity
 
@@ -61,8 +62,8 @@ class LocalExecutor:
     def adjust_plan(self, plan: dict[str, Any], spec: "JobSpec") -> None:
         """Change the child's plan where this executor needs it (nothing locally)."""
 
-    def refine(self, name: str, child: launcher.Child, local: Classified, record: Optional[dict],
-               progress: dict[str, Any], tail: str, by_daemon: bool) -> Classified:
+    def refine(self, name: str, child: launcher.Child, local: Classified, record: Optional[ExitRecord],
+               progress: Optional[Progress], tail: str, by_daemon: bool) -> Classified:
         """The cause of an ended attempt: locally, what exit status, exit record and log say."""
         return local
 

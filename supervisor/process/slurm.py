@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
+from supervisor.contract import ExitRecord
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE, Cause
 from supervisor.process.classify import Classified
 from supervisor.safefs import Identity, needs_switch
@@ -210,7 +211,7 @@ def parse_time(text: str) -> Optional[float]:
 
 
 # -- what an ended Slurm job means ------------------------------------------------------------
-def outcome(job: Optional[SlurmJob], local: Classified, record: Optional[dict], started: bool,
+def outcome(job: Optional[SlurmJob], local: Classified, record: Optional[ExitRecord], started: bool,
             by_daemon: bool, last_line: str = "") -> Classified:
     """The cause of an attempt that ran as Slurm job ``job``.
 
@@ -223,7 +224,7 @@ def outcome(job: Optional[SlurmJob], local: Classified, record: Optional[dict], 
     if job is None:  # forgotten by the controller and no accounting: the exit record decides
         return replace(local, detail=f"{local.detail} (Slurm no longer knows the job)")
     where = f"Slurm job {job.job_id}" + (f" on {job.node}" if job.node else "")
-    saved = (record or {}).get("exit_code") == PREEMPTED_EXIT_CODE
+    saved = record is not None and record.exit_code == PREEMPTED_EXIT_CODE
     state = job.state
     if state in ("NODE_FAIL", "BOOT_FAIL"):
         return Classified(Cause.NODE_FAILURE, f"{where}: {state}: the node failed")
@@ -238,7 +239,7 @@ def outcome(job: Optional[SlurmJob], local: Classified, record: Optional[dict], 
         return Classified(Cause.KILLED, f"{where}: {state} before the notice save finished (give the save "
                                         "more time: slurm.signal_before_s)")
     if state == "CANCELLED":
-        if by_daemon and local.cause is Cause.COMPLETED and (record or {}).get("exit_code") != 0:
+        if by_daemon and local.cause is Cause.COMPLETED and (record is None or record.exit_code != 0):
             # A job cancelled before it ran reports exit 0: that is not a finished training.
             return Classified(Cause.TERMINATED, f"{where}: cancelled by the daemon" +
                               ("" if started else " before it started"))

@@ -25,6 +25,7 @@ from supervisor.jobs.slurm_options import SlurmOptions, SlurmSettings, time_seco
 from supervisor.jobs.states import JobState
 from supervisor.observe.logging import get_logger
 from supervisor.process import launcher, slurm
+from supervisor.contract import ExitRecord, Progress
 from supervisor.process.classify import Classified
 from supervisor.process.slurm import SlurmError, SlurmJob, SlurmUnavailable
 from supervisor.process.slurm_watch import SlurmChild, SlurmWatch
@@ -179,12 +180,12 @@ class SlurmExecutor:
         return True
 
     # -- classification ---------------------------------------------------------------------
-    def refine(self, name: str, child: launcher.Child, local: Classified, record: Optional[dict],
-               progress: dict[str, Any], tail: str, by_daemon: bool) -> Classified:
+    def refine(self, name: str, child: launcher.Child, local: Classified, record: Optional[ExitRecord],
+               progress: Optional[Progress], tail: str, by_daemon: bool) -> Classified:
         """Slurm's end of the job, mapped onto the daemon's causes (supervisor.process.slurm.outcome)."""
         if not isinstance(child, SlurmChild):
             return local
-        started = bool(progress) or record is not None
+        started = progress is not None or record is not None
         lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and launcher.LOG_BANNER not in ln]
         return slurm.outcome(child.final, local, record, started, by_daemon, lines[-1] if lines else "")
 

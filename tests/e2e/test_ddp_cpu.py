@@ -28,6 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from supervisor.contract import ExitRecord, Progress, from_json
 from supervisor.child.progress import read_json
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE, Cause
 from supervisor.probes.checkpoint import inspect_checkpoint
@@ -180,7 +181,7 @@ def assert_preempted_at_one_batch(job: DdpJob, rc: int, saves_before: list, epoc
     assert record["exit_code"] == PREEMPTED_EXIT_CODE and record["rank"] == 0, record
     assert f"stopped after {stops[0]}" in record["preempted"]
     assert f"epoch-level checkpoint, epochs done: {epochs_done}" in record["preempted"]
-    outcome = classify(rc, None, record, read_log_tail(job.log), True, False)
+    outcome = classify(rc, None, from_json(ExitRecord, record), read_log_tail(job.log), True, False)
     assert outcome.cause is Cause.PREEMPTED, outcome
     last = inspect_checkpoint(job.dir / "runs" / "train" / "weights" / "last.pt")
     assert last.is_resumable and last.epochs_done == epochs_done, last
@@ -264,7 +265,7 @@ def test_a_hung_rank_silences_rank_zeros_heartbeat_and_the_stall_rule_fires(ddp_
 
     def stalled():
         p = read_json(ddp_job.progress) or {}
-        return stall_verdict(p, time.time(), ddp_job.child.start_time, 3, 3, 600).stalled and p
+        return stall_verdict(from_json(Progress, p), time.time(), ddp_job.child.start_time, 3, 3, 600).stalled and p
     last = wait_for(stalled, 60, interval=0.1, what="the stall rule to fire on rank 0's heartbeat")
     assert last["ddp"]["rank"] == 0 and last["first_batch_at"] == before["first_batch_at"]
     assert last["phase"] == "training" and ddp_job.child.popen.poll() is None

@@ -5,6 +5,7 @@ import signal
 import pytest
 
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE, Cause
+from supervisor.contract import ExitRecord, Progress, from_json
 from supervisor.probes.progress import AUTO_MULTIPLE, stall_verdict
 from supervisor.process.classify import classify
 
@@ -30,19 +31,19 @@ OOM = "Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of m
     (None, None, None, "", True, False, Cause.KILLED),
 ])
 def test_classify(code, sig, record, tail, reached, kernel_oom, cause):
-    assert classify(code, sig, record, tail, reached, kernel_oom).cause is cause
+    assert classify(code, sig, from_json(ExitRecord, record), tail, reached, kernel_oom).cause is cause
 
 
 def test_config_error_names_the_exception():
-    out = classify(1, None, {"exception": "FileNotFoundError", "message": "Dataset 'd.yaml' not found"},
-                   TRACE, False, False)
+    record = ExitRecord(exception="FileNotFoundError", message="Dataset 'd.yaml' not found")
+    out = classify(1, None, record, TRACE, False, False)
     assert out.cause is Cause.CONFIG_ERROR and "Dataset 'd.yaml' not found" in out.detail
 
 
 def verdict(progress, now, **kw):
     args = dict(stall_timeout_cfg="auto", floor=60.0, first_batch_timeout=600.0)
     args.update(kw)
-    return stall_verdict(progress, now, started_at=0.0, **args)
+    return stall_verdict(from_json(Progress, progress), now, started_at=0.0, **args)
 
 
 def test_before_the_first_batch_the_long_allowance_applies():

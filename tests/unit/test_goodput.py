@@ -5,6 +5,7 @@ from typing import Optional
 
 import pytest
 
+from supervisor.contract import Progress, from_json
 from supervisor.observe.goodput import epochs_trained, goodput
 from supervisor.observe.rate import training_rate
 from supervisor.store import AttemptRecord, JobRecord
@@ -141,7 +142,7 @@ def test_completed_attempts_are_not_interruptions_and_json_is_plain():
     ({"epoch": True, "phase": "validating"}, 0),         # garbage is ignored
 ])
 def test_epochs_trained_from_progress(progress, trained):
-    assert epochs_trained(progress) == trained
+    assert epochs_trained(from_json(Progress, progress)) == trained
 
 
 @pytest.mark.parametrize("progress,epochs,now,bps,epoch_s,eta", [
@@ -158,7 +159,7 @@ def test_epochs_trained_from_progress(progress, trained):
     ({"phase": "setup"}, 4, 0, None, None, None),
 ])
 def test_training_rate(progress, epochs, now, bps, epoch_s, eta):
-    r = training_rate(progress, epochs, now)
+    r = training_rate(from_json(Progress, progress), epochs, now)
     assert (r.batches_per_s, r.epoch_s, r.eta_s) == (bps, epoch_s, pytest.approx(eta) if eta is not None else None)
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from supervisor.contract import ExitRecord
 from supervisor.daemon.config import DaemonConfig
 from supervisor.jobs.slurm_options import SlurmOptions, SlurmSettings, time_seconds
 from supervisor.jobs.spec import SpecError, parse_spec
@@ -148,14 +149,14 @@ def test_scontrol_show_job_gives_the_exit_code_and_node():
 
 
 # -- the outcome table (issue 13, point 4) --------------------------------------------------------------
-PREEMPT_RECORD = {"exit_code": 75, "preempted": "mid-epoch save"}
+PREEMPT_RECORD = ExitRecord(exit_code=75, preempted="mid-epoch save")
 LOCAL_CRASH = Classified(Cause.CRASHED, "exit 1: RuntimeError: boom")
 LOCAL_PREEMPTED = Classified(Cause.PREEMPTED, "SIGTERM: resumable checkpoint saved")
 LOCAL_OK = Classified(Cause.COMPLETED, "exit 0")
 
 OUTCOMES = [
     # (Slurm state, exit code, local classification, exit record, cancelled by the daemon, cause)
-    ("COMPLETED", 0, LOCAL_OK, {"exit_code": 0}, False, Cause.COMPLETED),
+    ("COMPLETED", 0, LOCAL_OK, ExitRecord(exit_code=0), False, Cause.COMPLETED),
     ("TIMEOUT", None, LOCAL_CRASH, PREEMPT_RECORD, False, Cause.PREEMPTED),
     ("TIMEOUT", None, LOCAL_CRASH, None, False, Cause.KILLED),          # no save after the notice: charged
     ("PREEMPTED", None, LOCAL_CRASH, PREEMPT_RECORD, False, Cause.PREEMPTED),
@@ -167,7 +168,7 @@ OUTCOMES = [
     ("CANCELLED", None, LOCAL_PREEMPTED, PREEMPT_RECORD, True, Cause.PREEMPTED),  # the daemon's own stop
     ("CANCELLED", 0, LOCAL_OK, None, True, Cause.TERMINATED),  # stopped while pending: exit 0 is no success
     ("FAILED", 75, LOCAL_PREEMPTED, PREEMPT_RECORD, False, Cause.PREEMPTED),   # the notice save, then exit 75
-    ("FAILED", 1, LOCAL_CRASH, {"exit_code": 1}, False, Cause.CRASHED),        # the child's own classification
+    ("FAILED", 1, LOCAL_CRASH, ExitRecord(exit_code=1), False, Cause.CRASHED),       # the child's own classification
     ("FAILED", 78, LOCAL_CRASH, None, False, Cause.CONFIG_ERROR),              # the node cannot read the plan
 ]
 
