@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from supervisor.child.progress import read_json, write_json_atomic
-from supervisor.contract import ExitRecord, Plan, Progress, from_json, to_json
+from supervisor.child.progress import write_json_atomic
+from supervisor.contract import Plan, Progress, to_json
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import gpus as gpu_facts
 from supervisor.daemon import preflight
 from supervisor.daemon.reactor import Reactor
 from supervisor.daemon.scheduling import GpuScheduling
-from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, final_resumable_pt, last_pt,
-                                      midepoch_pt, prepare_resume)
+from supervisor.daemon.ending import AttemptEnding
+from supervisor.daemon.resume import (checkpoint_mismatch, choose, final_resumable_pt, last_pt, midepoch_pt,
+                                      prepare_resume)
 from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
 from supervisor.jobs.spec import Health, JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
@@ -37,11 +38,9 @@ from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import Notifications
 from supervisor.paths import Home
 from supervisor.placement import Request, impossible
-from supervisor.policy import AttemptEnd, Budget, decide, next_state
 from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
-from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
 from supervisor.process.executor import make_executor
 from supervisor import safefs
 from supervisor.store import JobRecord, Store
@@ -85,7 +84,7 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Daemon(GpuScheduling):
+class Daemon(GpuScheduling, AttemptEnding):
     def __init__(self, home: Home, config: Optional[DaemonConfig] = None, gpu_probe=None):
         safefs.check_as_user_works()  # as root: never fall back to touching job files as root
         self.home = home.ensure()
@@ -772,119 +771,6 @@ class Daemon(GpuScheduling):
         self.event(name, "signal", "grace period over: SIGKILL to every process of the job",
                    survivors=survivors)
 
-    # -- an attempt ended ------------------------------------------------------
-    def on_child_exit(self, name: str) -> None:
-        run = self.running.pop(name)
-        self.reactor.unwatch(run.child.pidfd)
-        # The exit status exists only now: keep it until the attempt's end is on disk.
-        run.exit_status, run.ended_at = run.child.exit_status(), time.time()
-        run.child.close()
-        self.ending[name] = run
-        self._end_attempt(name)
-
-    def _end_attempt(self, name: str) -> None:
-        """Classify the ended attempt, record it and decide; idempotent, so a failed write is retried."""
-        run = self.ending[name]
-        exit_code, sig = run.exit_status
-        leftovers = self.executor.kill_job_now(name, None)  # e.g. torchrun workers
-        if leftovers:
-            self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
-                       pids=leftovers)
-        reported = self.progress_files.read(run.progress_path)[0]
-        progress = reported or Progress()
-        self._note_progress(name, run, progress)
-        self._snapshot(name)
-        outcome = self._classify(name, run, exit_code, sig, reported)
-        self._finish_attempt(name, run, exit_code, sig, outcome, progress)
-        del self.ending[name]
-        self.retry_at.pop(name, None)
-        self._launch_if_due(name)
-
-    def _launch_if_due(self, name: str) -> None:
-        """A restart without delay is launched now, not at the next housekeeping tick; so are the
-        jobs waiting for the GPUs or the slot an ended attempt gave back."""
-        self.start_due_jobs()
-
-    def _classify(self, name, run: Running, exit_code, sig, progress: Optional[Progress]):
-        with self.as_owner(name):
-            record = from_json(ExitRecord, read_json(self.home.job_exit_record(name)))  # the job user's file
-            tail = read_log_tail(self.home.job_log(name), since_offset=run.log_offset)
-        tail = tail[max(0, tail.rfind(launcher.LOG_BANNER)):]  # this attempt's output only
-        reached = bool(progress and progress.first_batch_at) or bool(record and record.reached_training)
-        oom = sig == signal.SIGKILL and kernel_oom_killed(run.child.pid)
-        outcome = classify(exit_code, sig, record, tail, reached, oom)
-        outcome = self.executor.refine(name, run.child, outcome, record, progress, tail, run.kill_cause is not None)
-        if run.kill_cause is Cause.STALLED and outcome.cause is not Cause.COMPLETED:
-            return type(outcome)(Cause.STALLED, run.extra.get("stall_reason", "no progress"))
-        if run.user_stop and outcome.cause not in (Cause.COMPLETED, Cause.PREEMPTED):
-            return type(outcome)(Cause.STOPPED, f"stopped by request ({outcome.detail})")
-        return outcome
-
-    def _finish_attempt(self, name, run: Running, exit_code, sig, outcome, progress) -> None:
-        job = self.store.get_job(name)
-        try:
-            spec = self.spec(name)
-        except SpecError as err:
-            self._end_unparseable(name, run, exit_code, sig, outcome, err)
-            return
-        run_dir = Path(job.run_dir) if job.run_dir else None
-        with self.as_owner(name):
-            best, finished = best_verified(run_dir, self.vault(name, spec))
-        epochs_after = best.epochs_done if best else None
-        batch_after = best.position[1] if best else 0
-        if finished:  # last.pt is stripped: the epochs it held are the ones last saved
-            epochs_after = progress.saved_epochs_done or spec.epochs
-        end = AttemptEnd(
-            cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
-            batch_before=run.batch_before, batch_after=batch_after,
-            finished_checkpoint=finished, user_stop=run.user_stop,
-            devices_unhealthy=self._devices_unhealthy(name, spec, run),
-            batch=job.batch_override or _int(spec.train.get("batch")),
-        )
-        budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level)
-        decision = decide(spec, budget, end)
-        # The attempt's end, its exit event and the decision land together: a daemon killed in
-        # between must not leave an ended attempt on a job that still says running.
-        with self.store.transaction():
-            self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
-                                   detail=outcome.detail, epochs_after=epochs_after, at=run.ended_at)
-            self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
-                       exit_code=exit_code, signal=sig, epochs_after=epochs_after)
-            self._apply(name, run, decision, outcome.cause, epochs_after)
-
-    def _end_unparseable(self, name: str, run: Running, exit_code, sig, outcome, err: SpecError) -> None:
-        """An attempt of a job whose stored spec no longer validates ended: record it, and the job fails."""
-        with self.store.transaction():
-            self.store.end_attempt(run.attempt_id, exit_code=exit_code, signal=sig, cause=outcome.cause.value,
-                                   detail=outcome.detail, epochs_after=None, at=run.ended_at)
-            self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
-                       exit_code=exit_code, signal=sig)
-            self._fail_unparseable(name, err, last_cause=outcome.cause.value, pid=None, pid_start_time=None)
-
-    def _apply(self, name: str, run: Running, decision, cause: Cause, epochs_after) -> None:
-        counters = dict(crash_restarts=decision.budget.crash_restarts,
-                        no_progress_streak=decision.budget.no_progress_streak,
-                        backoff_level=decision.budget.backoff_level, last_cause=cause.value,
-                        pid=None, pid_start_time=None)
-        if epochs_after is not None:
-            counters["epochs_done"] = epochs_after
-        if decision.new_batch is not None:
-            counters["batch_override"] = decision.new_batch
-            self.event(name, "batch", decision.reason, old=self.store.get_job(name).batch_override,
-                       new=decision.new_batch)
-        target = next_state(decision.action, run.then == "restart")
-        if target is S.QUEUED:
-            self.transition(name, S.QUEUED, "restart requested", **counters)
-            return
-        if target is S.BACKOFF:
-            counters["next_start_at"] = time.time() + decision.delay_s
-            reason = f"{decision.reason}; next attempt in {decision.delay_s:.1f}s"
-        elif target is S.HELD:
-            reason = f"{decision.reason}: {run.extra.get('hold_reason', '')}"
-        else:
-            reason = decision.reason
-        self.transition(name, target, reason, **counters)
-
     # -- reconciliation after a daemon restart ------------------------------------
     def reconcile(self) -> None:
         """Re-adopt live attempts; treat vanished ones as ended and let the policy decide."""
@@ -962,7 +848,3 @@ def _dead_child(job: JobRecord) -> launcher.Child:
     r, w = os.pipe()
     os.close(w)  # EOF: the selector reports it readable immediately
     return launcher.Child(job=job.name, pid=job.pid or 0, start_time=job.pid_start_time or 0, pidfd=r)
-
-
-def _int(value: Any) -> Optional[int]:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
