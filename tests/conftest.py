@@ -186,11 +186,44 @@ class DaemonProcess:
                 self.proc.wait()
 
 
-def kill_job_processes(name: str) -> None:
-    """Test cleanup: no training child of ``name`` may outlive its test."""
-    from supervisor.process.launcher import kill_job_now
+_BASETEMP: list[str] = []  # this pytest session's temporary root: every test daemon's home is below it
 
-    kill_job_now(name, None)
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_basetemp(tmp_path_factory):
+    _BASETEMP.append(str(tmp_path_factory.getbasetemp().resolve()))
+
+
+def kill_job_processes(name: str) -> None:
+    """Test cleanup: no training child of ``name`` may outlive its test. Only this session's: a
+    job named alike in another test run on the machine (its daemon's home elsewhere) is left alone."""
+    import psutil
+
+    from supervisor.process.launcher import DAEMON_ENV, job_processes
+
+    mine = []
+    for proc in job_processes(name):
+        try:
+            home = proc.environ().get(DAEMON_ENV, "")
+        except psutil.Error:
+            continue
+        if not _BASETEMP or not home or home.startswith(_BASETEMP[0]):
+            mine.append(proc)
+    for proc in mine:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    wait_for(lambda: not any(_alive(p) for p in mine), 10, what=f"the processes of test job {name} to end")
+
+
+def _alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @pytest.fixture
