@@ -32,22 +32,24 @@ class GpuScheduling:
         """Start every due job that placement lets start (GPUs free, a slot left); the others wait
         with a reason naming what they wait for."""
         jobs = self.store.list_jobs()
+        due = [j for j in jobs if self._is_due(j)]
+        sick = self._unhealthy_gpus() if due else {}  # one NVML pass for every decision below
         requests = []
-        for job in (j for j in jobs if self._is_due(j)):
+        for job in due:
             try:
                 spec = self.spec_of(job)
             except SpecError:
                 self._guarded(self.launch, job.name)  # fails it once, with the reason
                 continue
-            if self._pinned_to_unhealthy(job, spec):
-                self._guarded(self.launch, job.name)  # holds it, naming the problem
+            if sick.keys() & set(gpu_facts.job_gpus(job, spec)):
+                self._guarded(self.launch, job.name)  # pinned to an unhealthy GPU: holds it, naming the problem
                 continue
             requests.append(gpu_facts.request_for(job, spec))
         if not self.executor.places_gpus:  # executor: slurm: Slurm allocates and places the GPUs
             requests = [dataclasses.replace(r, pinned=(), count=0) for r in requests]
         if not requests:
             return Placement()
-        placement = place(requests, self.gpu_inventory(), self.gpus_held(jobs, requests), self._slots_left())
+        placement = place(requests, self.gpu_inventory(), self.gpus_held(jobs, requests, sick), self._slots_left())
         for name, gpus in placement.starts:
             self._placed[name] = gpus
             self._guarded(self.launch, name)
@@ -63,23 +65,24 @@ class GpuScheduling:
     def gpu_inventory(self) -> list[int]:
         return gpu_facts.inventory(self.config.gpus, self.health.probe)
 
-    def gpus_held(self, jobs: list[JobRecord], requests=()) -> dict:
+    def gpus_held(self, jobs: list[JobRecord], requests=(), sick: Optional[dict[int, str]] = None) -> dict:
         """GPU -> Holder for every GPU that is not free: our jobs' sets, then (when a probe is
-        there and some request wants GPUs) memory held by processes and ill health."""
+        there and some request wants GPUs) ill health (``sick``, when already read) and memory
+        held by processes."""
         held = gpu_facts.held_by_jobs(self._with_specs(jobs), self.running.keys() | self.ending.keys())
         probe = self.health.probe
         if probe is None or not any(r.needs_gpus for r in requests):
             return held
+        for gpu, why in (self._unhealthy_gpus() if sick is None else sick).items():
+            held.setdefault(gpu, Holder(None, f"unhealthy: {why}"))
         others = [g for g in self.gpu_inventory() if g not in held]
-        for gpu, why in gpu_facts.unhealthy(probe, others).items():
-            held[gpu] = Holder(None, f"unhealthy: {why}")
-        others = [g for g in others if g not in held]
         held.update(gpu_facts.held_by_processes(probe, others, self.daemon_id, self.config.foreign_memory_mib))
         return held
 
-    def _pinned_to_unhealthy(self, job: JobRecord, spec: JobSpec) -> bool:
-        gpus = gpu_facts.job_gpus(job, spec)
-        return bool(gpus) and bool(self.health.unhealthy_reasons(gpus))
+    def _unhealthy_gpus(self) -> dict[int, str]:
+        """GPU -> its problems, over the inventory; empty without NVML."""
+        probe = self.health.probe
+        return gpu_facts.unhealthy(probe, self.gpu_inventory()) if probe is not None else {}
 
     def _slots_left(self) -> Optional[int]:
         if not self.config.max_running:
@@ -110,6 +113,8 @@ class GpuScheduling:
             self.event(name, "gpu", "; ".join(reasons))
             self.transition(name, S.HELD, "devices unhealthy: " + "; ".join(reasons), actor)
             return False
+        if not gpus or self.health.probe is None:
+            return True  # nothing to wait for: skip the scans of every other job's processes below
         others = {r.child.pid for n, r in self.running.items() if n != name}
         others |= {p.pid for n in self.running if n != name
                    for p in launcher.job_processes(n, daemon_id=self.daemon_id)}
