@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PosixPath
 from typing import Any, Callable, Optional
 
-from supervisor.child.ddp import requested_gpus
+from supervisor.child.ddp import TESTED_VERSIONS, requested_gpus  # the Ultralytics versions tested
 
 RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything the resume restores
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
@@ -52,7 +52,6 @@ GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last
 RECORD_FORMAT = 1
 MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
 FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
-TESTED_VERSIONS = ("8.4.",)               # prefixes of Ultralytics versions this was tested with
 _DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
 
 

@@ -27,17 +27,12 @@ class DeviceHealth:
         self.clock = clock
         self._waiting_since: dict[str, float] = {}
 
-    def unhealthy_reasons(self, gpus: Sequence[int], job_pids: set[int] = frozenset()) -> list[str]:
+    def unhealthy_reasons(self, gpus: Sequence[int]) -> list[str]:
         """Why the job's GPUs cannot be used now; empty when they can (or cannot be checked)."""
         if self.probe is None or not gpus:
             return []
-        report = self.probe.check(list(gpus), set(job_pids))
+        report = self.probe.check(list(gpus), set())
         return [p for h in report.values() if not h.healthy for p in h.problems]
-
-    def warnings(self, gpus: Sequence[int]) -> list[str]:
-        if self.probe is None or not gpus:
-            return []
-        return [w for h in self.probe.check(list(gpus), set()).values() for w in h.warnings]
 
     def release_gate(self, name: str, gpus: Sequence[int], health: Health, other_jobs_pids: set[int]) -> ReleaseGate:
         """Whether the previous attempt's GPU memory is gone (as NVIDIA's ft_launcher waits for it).

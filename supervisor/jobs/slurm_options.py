@@ -137,8 +137,6 @@ class SlurmOptions(BaseModel):
 class SlurmSettings(SlurmOptions):
     """config.yaml's ``slurm:``: the defaults of every job, and how the daemon talks to Slurm."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     signal_before_s: int = Field(120, ge=10, le=65535,
                                  description="SIGTERM this long before the time limit (--signal=B:TERM@N)")
     poll_s: float = Field(5.0, gt=0, le=5, description="how often squeue is asked about the daemon's jobs")

@@ -77,7 +77,7 @@ class LocalExecutor:
 
 def make_executor(config: "DaemonConfig", daemon_id: str, settings=None):
     """The executor config.yaml names; ValueError (with the field) when it cannot work here."""
-    if getattr(config, "executor", "local") == "slurm":
+    if config.executor == "slurm":
         from supervisor.process.slurm_executor import SlurmExecutor
 
         return SlurmExecutor(settings or (lambda: config.slurm), daemon_id)

@@ -158,17 +158,26 @@ def job_processes(job: str, root_pid: Optional[int] = None, daemon_id: Optional[
                 found[p.pid] = p
         except psutil.Error:
             pass
+    for p in marked_processes({job}, daemon_id):
+        found.setdefault(p.pid, p)
+    return [p for p in found.values() if _alive(p)]
+
+
+def marked_processes(jobs: set[str], daemon_id: Optional[str] = None) -> list[psutil.Process]:
+    """The processes carrying the marker of any of ``jobs`` (of that daemon, with ``daemon_id``),
+    in one pass over the process table: reading every process's environment is the cost."""
     me = os.getpid()
+    found = []
     for p in psutil.process_iter(["pid"]):
-        if p.pid == me or p.pid in found:
+        if p.pid == me:
             continue
         try:
             env = p.environ()
-            if env.get(JOB_ENV) == job and (daemon_id is None or env.get(DAEMON_ENV) == daemon_id):
-                found[p.pid] = p
+            if env.get(JOB_ENV) in jobs and (daemon_id is None or env.get(DAEMON_ENV) == daemon_id):
+                found.append(p)
         except psutil.Error:
             continue
-    return [p for p in found.values() if _alive(p)]
+    return found
 
 
 def _alive(p: psutil.Process) -> bool:

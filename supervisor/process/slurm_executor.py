@@ -74,7 +74,7 @@ class SlurmExecutor:
     def spawn(self, name: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
               user: Optional[Identity], spec: "JobSpec") -> SlurmChild:
         s = self.settings()
-        options = spec.slurm.merged_over(s.defaults) if getattr(spec, "slurm", None) else s.defaults
+        options = spec.slurm.merged_over(s.defaults) if spec.slurm else s.defaults
         args = self._sbatch_args(name, attempt, plan_path, log_path, spec, options, s)
         fd = launcher.open_log(log_path, user)
         try:
