@@ -6,6 +6,7 @@ One place that knows the layout, so the daemon, the CLI and the tests agree.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +72,37 @@ class Home:
         return self.job_dir(name) / "runs"
 
     def ensure(self) -> "Home":
+        # Made 0755 whatever the daemon's umask (0077): users reach the socket, the inbox and their
+        # own job folders through them. What is inside is private: the database, each job's folder.
         for d in (self.root, self.inbox, self.root / "jobs"):
-            d.mkdir(parents=True, exist_ok=True)
+            _make_dir(d, 0o755)
         return self
 
     def ensure_job(self, name: str) -> Path:
-        for d in (self.job_dir(name), self.job_vault(name), self.job_yolo_config(name)):
+        """The job's folder, its owner's alone (0700; chowned to the owner before a launch)."""
+        top = self.job_dir(name)
+        _make_dir(top, 0o700)
+        _narrow(top, 0o700)  # an older daemon's 0755 folder
+        for d in (self.job_vault(name), self.job_yolo_config(name)):
             d.mkdir(parents=True, exist_ok=True)
-        return self.job_dir(name)
+        return top
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    """``mkdir -p`` that gives a folder it makes exactly ``mode`` (not narrowed by the umask)."""
+    if path.is_dir():
+        return
+    _make_dir(path.parent, 0o755) if not path.parent.exists() else None
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """Take group and other bits beyond ``mode`` away from a folder of the daemon's layout (the
+    entry is in the daemon's own folder, so no user can have put a link there)."""
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & ~mode & 0o077:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & (mode | 0o700))

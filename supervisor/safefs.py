@@ -169,25 +169,33 @@ def opened_dir(path: PathLike, dir_fd: Optional[int] = None) -> Iterator[int]:
         os.close(fd)
 
 
-def ensure_subdir(parent_fd: int, name: str, mode: int = 0o777) -> int:
-    """Descriptor of the folder ``name`` in ``parent_fd``, made if missing.
+def ensure_subdir(parent_fd: int, name: str, mode: Optional[int] = None) -> int:
+    """Descriptor of the folder ``name`` in ``parent_fd``, made if missing (with exactly ``mode``
+    when given, whatever the umask; else 0777 less the umask).
 
     Whatever else holds the name (a link planted there, a file) is moved aside,
     not followed and not deleted: nothing is lost and the folder is real.
     """
+    made = False
     for _ in range(3):
         try:
-            return open_dir(name, parent_fd)
+            fd = open_dir(name, parent_fd)
+            break
         except UnsafePath:
             aside = f".{name}.displaced-{time.time_ns()}"
             os.rename(name, aside, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except FileNotFoundError:
             pass
         try:
-            os.mkdir(name, mode, dir_fd=parent_fd)
+            os.mkdir(name, 0o777 if mode is None else mode, dir_fd=parent_fd)
+            made = True
         except FileExistsError:
             pass  # made meanwhile: open it on the next round
-    return open_dir(name, parent_fd)
+    else:
+        fd = open_dir(name, parent_fd)
+    if made and mode is not None:
+        os.fchmod(fd, mode)
+    return fd
 
 
 def check_regular(fd: int, what: PathLike) -> os.stat_result:

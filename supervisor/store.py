@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -208,6 +209,33 @@ def backup_path(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + ".backup")
 
 
+# The database holds every job's secrets (env: values, notification URLs): its files are the
+# daemon's user's alone, whatever the umask of whoever opens it.
+DB_FILE_MODE = 0o600
+
+
+def wal_files(path: Path) -> tuple[Path, Path]:
+    return Path(f"{path}-wal"), Path(f"{path}-shm")
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (SQLite then keeps that mode,
+    and gives its -wal and -shm files the database's mode)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, DB_FILE_MODE))
+    except OSError:
+        pass  # there already, or cannot be made: SQLite says why in its own words
+
+
+def _tighten(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, DB_FILE_MODE)
+
+
 class Store:
     """A thin, thread-safe layer over one SQLite connection."""
 
@@ -225,6 +253,7 @@ class Store:
             raise StoreCorrupt(self.path, str(exc)) from None
 
     def _open(self) -> None:
+        _private_file(self.path)  # made 0600 before SQLite writes a byte of it
         # isolation_level=None: autocommit; multi-statement changes use `transaction()`.
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         try:
@@ -238,6 +267,8 @@ class Store:
         except BaseException:
             self._db.close()
             raise
+        for companion in (self.path, *wal_files(self.path)):
+            _tighten(companion)  # an older daemon's 0644 files, and the -wal/-shm SQLite just made
         st = os.stat(self.path)
         self._file_id = (st.st_dev, st.st_ino)
 
@@ -277,6 +308,7 @@ class Store:
 
     def _copy_to(self, tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
+        _private_file(tmp)  # the backup and the copy written back hold the same secrets: 0600
         out = sqlite3.connect(str(tmp))
         try:
             self._db.backup(out)

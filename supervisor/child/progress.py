@@ -19,7 +19,8 @@ MAX_JSON_BYTES = 1 << 20  # a progress file is a few KiB; anything bigger is not
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    safefs.write_atomic(path, json.dumps(data).encode())
+    """The plan, progress and exit record are their job owner's alone (0600)."""
+    safefs.write_atomic(path, json.dumps(data).encode(), mode=0o600)
 
 
 def read_json(path: Path) -> Optional[dict[str, Any]]:

@@ -299,9 +299,11 @@ def cmd_events(conn: Connection, args: argparse.Namespace) -> int:
 
 def event_line(e: dict[str, Any]) -> str:
     """``2026-12-01 21:10:00  coco  state running->backoff: attempt 1: killed: SIGKILL ... [uid 0 (root)]``."""
-    move = f" {e['from_state'] or ''}->{e['to_state']}" if e["to_state"] else ""
-    who = f" [{e['actor']}]" if e["actor"] else ""
-    return f"{clock(e['at'])}  {e['job']}  {e['kind']}{move}: {e['reason'] or ''}{who}"
+    # Reasons and actors carry text from outside (a file name, an exception, a user name): one line
+    # each, control characters escaped, as `history` shows them; nobody forges lines of the stream.
+    move = f" {one_line(e['from_state'] or '')}->{one_line(e['to_state'])}" if e["to_state"] else ""
+    who = f" [{one_line(e['actor'])}]" if e["actor"] else ""
+    return f"{clock(e['at'])}  {one_line(e['job'])}  {one_line(e['kind'])}{move}: {one_line(e['reason'] or '')}{who}"
 
 
 def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:

@@ -10,19 +10,23 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import grp
 import json
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Optional
 
 from supervisor import safefs
+from supervisor.control import authz
+from supervisor.control.peer import actor_for_uid, database_groups
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
 from supervisor.daemon.core import CommandError, PurgeFailed
 from supervisor.jobs.edit import EditRefused
-from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
+from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError, parse_spec_text
+from supervisor.observe.notify import job_target_problems
 from supervisor.observe.goodput import goodput
 from supervisor.observe.views import gpu_views, job_view  # noqa: F401 - status's view; also imported from here
 from supervisor.store import JobRecord
@@ -40,6 +44,11 @@ HandlerFn = Callable[["Daemon", dict[str, Any], "Peer"], Any]
 class Handler:
     fn: HandlerFn
     mutates: bool  # only root, the daemon's user and the socket group may call it
+    # Only the job's owner and the admins (supervisor/control/authz.py); without a name, admins only.
+    acts_on_job: bool = False
+    # Checks that may wait on the network (a notification host's name): run on the connection's
+    # thread before the handler, never on the loop.
+    precheck: Optional[Callable[["Daemon", dict[str, Any], "Peer"], None]] = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,16 @@ def dispatch(daemon: "Daemon", req: Request, peer: "Peer", timeout: float = 30.0
     handler = HANDLERS.get(req.cmd)
     if handler is None:
         raise RequestError(ErrorCode.USAGE, f"unknown command {req.cmd!r}")
+    groups = peer_groups(peer) if handler.acts_on_job else frozenset()  # the group database: off the loop
+
+    def run() -> Any:
+        if handler.acts_on_job:  # on the loop: the job cannot change hands between the check and the act
+            authorize_job(daemon, req, peer, groups)
+        return handler.fn(daemon, req.args, peer)
     try:
-        result = daemon.call(lambda: handler.fn(daemon, req.args, peer), timeout=timeout)
+        if handler.precheck is not None:
+            handler.precheck(daemon, req.args, peer)
+        result = daemon.call(run, timeout=timeout)
         return result.wait() if isinstance(result, Deferred) else result
     except RequestError:
         raise
@@ -66,6 +83,46 @@ def dispatch(daemon: "Daemon", req: Request, peer: "Peer", timeout: float = 30.0
         raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
     except TimeoutError as err:
         raise RequestError(ErrorCode.INTERNAL, str(err)) from None
+
+
+# -- who may act on a job ------------------------------------------------------
+def peer_groups(peer: "Peer") -> frozenset[int]:
+    """Every group the peer is in: the kernel's word at connect time and the group database's."""
+    return frozenset({peer.gid, *peer.groups, *database_groups(peer.uid)})
+
+
+def admin_gid(group: Optional[str]) -> Optional[int]:
+    """config.yaml's ``admin_group`` as a gid (None: none configured, or no such group any more)."""
+    if group is None or not str(group).strip():
+        return None
+    group = str(group).strip()
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def authorize_job(daemon: "Daemon", req: Request, peer: "Peer", groups: AbstractSet[int]) -> None:
+    """``RequestError(PERMISSION)`` unless the peer owns the named job or is an admin (exit 6)."""
+    name = req.args.get("name")
+    daemon_uid, gid = os.geteuid(), admin_gid(daemon.config.admin_group)
+    if name is None:
+        if authz.is_admin(peer.uid, groups, daemon_uid, gid):
+            return
+        owner = None
+    else:
+        job = daemon.store.get_job(name) if isinstance(name, str) else None
+        if job is None:
+            return  # the handler says there is no such job (a bad name is a usage error)
+        if authz.may_act_on_job(peer.uid, groups, job.owner_uid, daemon_uid, gid):
+            return
+        owner = actor_for_uid(authz.job_owner(job.owner_uid, daemon_uid))
+    daemon.log.warning("control request refused", cmd=req.cmd, actor=peer.actor, job=one_line(str(name)),
+                       owner=owner)
+    raise RequestError(ErrorCode.PERMISSION, authz.refusal(req.cmd, name, owner, peer.actor,
+                                                           daemon.config.admin_group))
 
 
 # -- arguments ---------------------------------------------------------------
@@ -235,10 +292,28 @@ def submit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
         raise RequestError(ErrorCode.USAGE, "'text' must be the job file's content")
     if len(text.encode("utf-8")) > MAX_SPEC_BYTES:
         raise RequestError(ErrorCode.INVALID, f"{source}: (file): over the {MAX_SPEC_BYTES} byte limit")
-    owner = (peer.uid, peer.gid) if os.geteuid() == 0 else None
+    owner = (peer.uid, peer.gid)  # the job is the submitter's (who may act on it; as root, who it runs as)
     spec = daemon.submit(text, source=f"cli:{source}", actor=peer.actor, owner=owner)
     daemon.start_due_jobs()
     return job_view(daemon, daemon.store.get_job(spec.name))
+
+
+def check_notify_hosts(daemon: "Daemon", args: dict[str, Any]) -> None:
+    """The job file's notification hosts, resolved (this may wait on DNS, so not on the loop): a
+    target that reaches a loopback, link-local or private address is refused at submit."""
+    text = args.get("text")
+    if not isinstance(text, str) or len(text.encode("utf-8")) > MAX_SPEC_BYTES:
+        return  # the handler says what is wrong with it
+    try:
+        spec = parse_spec_text(text, "(notify check)")
+    except SpecError:
+        return  # the handler reports the problems, with the job file's name
+    if spec.notify is None:
+        return
+    source = one_line(str(args.get("source") or "socket")[:200])
+    problems = job_target_problems(spec.notify.urls, daemon.config.notify.allow_hosts, resolve=True)
+    if problems:
+        raise SpecError(source, problems)
 
 
 def stop(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
@@ -308,18 +383,19 @@ HANDLERS: dict[str, Handler] = {
     "status": Handler(status, mutates=False),
     "history": Handler(history, mutates=False),
     "gpus": Handler(gpus, mutates=False),
-    "results": Handler(results, mutates=False),
-    "tail": Handler(tail, mutates=False),
-    "log": Handler(log, mutates=False),
+    # The job's files (its folder is its owner's alone): read for its owner and the admins.
+    "results": Handler(results, mutates=False, acts_on_job=True),
+    "tail": Handler(tail, mutates=False, acts_on_job=True),
+    "log": Handler(log, mutates=False, acts_on_job=True),
     "events": Handler(events, mutates=False),
-    "notify-test": Handler(notify_test, mutates=True),  # sends to real targets: not for everyone
-    "submit": Handler(submit, mutates=True),
-    "stop": Handler(stop, mutates=True),
-    "start": Handler(start, mutates=True),
-    "restart": Handler(restart, mutates=True),
-    "remove": Handler(remove, mutates=True),
-    "edit": Handler(edit, mutates=True),
-    "extend": Handler(extend, mutates=True),
+    "notify-test": Handler(notify_test, mutates=True, acts_on_job=True),  # sends to real targets
+    "submit": Handler(submit, mutates=True, precheck=lambda daemon, args, peer: check_notify_hosts(daemon, args)),
+    "stop": Handler(stop, mutates=True, acts_on_job=True),
+    "start": Handler(start, mutates=True, acts_on_job=True),
+    "restart": Handler(restart, mutates=True, acts_on_job=True),
+    "remove": Handler(remove, mutates=True, acts_on_job=True),
+    "edit": Handler(edit, mutates=True, acts_on_job=True),
+    "extend": Handler(extend, mutates=True, acts_on_job=True),
 }
 
 

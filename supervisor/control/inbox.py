@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
 
 SUFFIXES = (".yaml", ".yml")
+# accepted/ and rejected/ as they always were (droppers read their NAME.error), not the daemon's 0077 umask.
+INBOX_FOLDER_MODE = 0o755
 
 
 def is_candidate(path: Path) -> bool:
@@ -58,7 +60,7 @@ def handle_drop_file(daemon: "Daemon", path: Path) -> bool:
     try:
         text, st = read_drop_file(path)
         daemon.submit(text, source=f"inbox:{one_line(path.name)}", actor=f"{actor_for_uid(st.st_uid)} via drop directory",
-                      owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None,
+                      owner=(st.st_uid, st.st_gid),  # the job is the file owner's
                       on_accept=lambda: moved.append(_move(path, "accepted")))
     except FileNotFoundError:  # gone before it was read or moved: its writer took it back
         return False
@@ -94,6 +96,11 @@ def read_drop_file(path: Path) -> tuple[str, os.stat_result]:
             raise SpecError(src, ["(file): not a regular file"])
         if st.st_nlink > 1:
             raise SpecError(src, [f"(file): has {st.st_nlink} hard links; drop a file of your own"])
+        if st.st_mode & 0o022:
+            # Another member of the inbox's group could rewrite it before it is read, and it runs as its owner.
+            raise SpecError(src, [f"(file): mode {stat.S_IMODE(st.st_mode):04o} lets its group or others write "
+                                  "to it, so someone else could change it before it is read (and it runs as "
+                                  f"its owner): `chmod go-w {path.name}` and drop it again"])
         if st.st_size > MAX_SPEC_BYTES:
             raise SpecError(src, [f"(file): {st.st_size} bytes is over the {MAX_SPEC_BYTES} byte limit"])
         data = os.read(fd, MAX_SPEC_BYTES + 1)
@@ -125,7 +132,7 @@ def _move(path: Path, folder: str, error_text: Optional[str] = None) -> Path:
     aside and a real folder made) and the error text replaces whatever is at its name.
     """
     with safefs.opened_dir(path.parent) as inbox_fd:
-        folder_fd = safefs.ensure_subdir(inbox_fd, folder)
+        folder_fd = safefs.ensure_subdir(inbox_fd, folder, INBOX_FOLDER_MODE)
         try:
             dest = _free_name(folder_fd, path)
             os.rename(path.name, dest, src_dir_fd=inbox_fd, dst_dir_fd=folder_fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import stat
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from supervisor.jobs.slurm_options import SlurmSettings
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import NotifySettings
+from supervisor.process.jobenv import check_pass_env_name
 
 
 METRICS_DEFAULT_HOST = "127.0.0.1"
@@ -37,7 +39,13 @@ class DaemonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     socket: Optional[str] = Field(None, description="control socket path (default HOME/supervisor.sock)")
-    socket_group: Optional[str] = Field(None, description="group allowed to run mutating commands")
+    socket_group: Optional[str] = Field(None, description="group whose members may submit jobs and act on "
+                                                         "their own")
+    admin_group: Optional[str] = Field(None, description="group whose members may act on every user's jobs "
+                                                        "(besides root and the daemon's user); none by default")
+    pass_env: list[str] = Field(default_factory=list, description="variables of the daemon's environment passed "
+                                                                  "to jobs run as their owner (NAME, or a "
+                                                                  "prefix: NCCL_*)")
     jobs_dir: Optional[str] = Field(None, description="drop directory (default HOME/inbox)")
     tick_s: float = Field(1.0, gt=0, le=10, description="housekeeping interval")
     max_running: int = Field(0, ge=0, description="jobs running at once; 0 = no limit")
@@ -62,6 +70,25 @@ class DaemonConfig(BaseModel):
         if value is not None and (any(i < 0 for i in value) or len(set(value)) != len(value)):
             raise ValueError("must list distinct GPU indices >= 0")
         return value
+
+    @field_validator("admin_group")
+    @classmethod
+    def _known_group(cls, value: Optional[str]) -> Optional[str]:
+        """An admin group that does not exist is a typo: refused at start and on reload."""
+        if value is None or not str(value).strip() or str(value).strip().isdigit():
+            return value
+        try:
+            grp.getgrnam(str(value).strip())
+        except KeyError:
+            raise ValueError(f"no group named '{value}'") from None
+        return value
+
+    @field_validator("pass_env")
+    @classmethod
+    def _variable_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            check_pass_env_name(name)
+        return names
 
     @field_validator("log_level")
     @classmethod

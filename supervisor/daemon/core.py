@@ -35,13 +35,15 @@ from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
 from supervisor.jobs.spec import Health, JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
-from supervisor.observe.notify import Notifications
+from supervisor.control.peer import actor_for_uid
+from supervisor.observe.notify import Notifications, job_target_problems
 from supervisor.paths import Home
 from supervisor.placement import Request, impossible
 from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
 from supervisor.process.executor import make_executor
+from supervisor.process.jobenv import MAX_ENV_FILE_BYTES, EnvFileError, JobEnvironment, parse_env_file
 from supervisor import safefs
 from supervisor.store import JobRecord, Store
 
@@ -107,7 +109,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         self.reload_requested = False
         self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
         # Where attempts run (config.yaml's executor: local children, or Slurm jobs): process mechanics only.
-        self.executor = make_executor(self.config, self.daemon_id, lambda: self.config.slurm)
+        self.executor = make_executor(self.config, self.daemon_id, lambda: self.config.slurm, self.run_uid)
         self.hooks.append(self.executor.housekeeping)
         self._backup_due = 0.0  # monotonic; the first tick takes one
         self.notifications = Notifications(self)  # listens on the store; sends off the loop
@@ -272,10 +274,13 @@ class Daemon(GpuScheduling, AttemptEnding):
             field = "gpus" if spec.gpus else "train.device"
             raise SpecError(source, [f"{field}: {problem.removeprefix('waiting: ')} (the daemon's GPUs: every GPU "
                                      "NVML sees, or the `gpus` list in its config.yaml)"])
-        if self.store.get_job(spec.name) is not None:
-            raise SpecError(source, [f"name: a job named '{spec.name}' already exists (change it with "
-                                     f"`yolo-supervisorctl edit {spec.name} KEY=VALUE`, train it longer with "
-                                     f"`extend`, or submit under another name)"])
+        held = self.store.get_job(spec.name)
+        if held is not None:
+            raise SpecError(source, [_name_taken(held, owner)])
+        if spec.notify is not None:  # the admin's own targets (config.yaml) are not restricted
+            problems = job_target_problems(spec.notify.urls, self.config.notify.allow_hosts, resolve=False)
+            if problems:
+                raise SpecError(source, problems)
         uid, gid = self._owner_ids(owner, source)
         archived = self._archive_leftovers(spec.name, actor)
         self.home.ensure_job(spec.name)
@@ -293,12 +298,15 @@ class Daemon(GpuScheduling, AttemptEnding):
         return spec
 
     def _owner_ids(self, owner: Optional[tuple[int, int]], source: str) -> tuple[Optional[int], Optional[int]]:
-        """(uid, the account's primary gid): a job never runs with a group taken from its file."""
+        """(uid, the account's primary gid): a job never runs with a group taken from its file.
+        The uid is who may act on the job (supervisor/control/authz.py); as root, who it runs as."""
         if owner is None:
             return None, None
         try:
             return owner[0], safefs.identity_for(owner[0]).gid
         except safefs.NoSuchUser as err:
+            if os.geteuid() != 0:
+                return owner[0], None  # runs as the daemon's user anyway (a container's uid with no name)
             raise SpecError(source, [f"(owner): {err.strerror}"]) from None
 
     def job_identity(self, job: JobRecord) -> Optional[safefs.Identity]:
@@ -306,6 +314,29 @@ class Daemon(GpuScheduling, AttemptEnding):
         if job.owner_uid is None or os.geteuid() != 0 or job.owner_uid == 0:
             return None
         return safefs.identity_for(job.owner_uid)
+
+    def run_uid(self, name: str) -> int:
+        """The uid job ``name``'s processes run as: only such a process is taken for the job's."""
+        job = self.store.get_job(name)
+        identity = self.job_identity(job) if job is not None else None
+        return identity.uid if identity is not None else os.geteuid()
+
+    def job_environment(self, job: JobRecord, spec: JobSpec) -> JobEnvironment:
+        """What the attempt's environment gets beyond the baseline: config.yaml's pass_env and the
+        job's env: and env_file: (read as the owner, now: a changed key reaches the next attempt).
+        EnvFileError names the file and line, never a value."""
+        values = dict(spec.env or {})
+        if spec.env_file:
+            with safefs.as_user(self.job_identity(job)):  # the owner's file, read with the owner's rights
+                try:
+                    data = safefs.read_regular(spec.env_file, MAX_ENV_FILE_BYTES + 1)
+                except OSError as err:
+                    raise EnvFileError(f"env_file {spec.env_file}: cannot read it as the job's owner: "
+                                       f"{err.strerror or err}") from None
+            if len(data) > MAX_ENV_FILE_BYTES:
+                raise EnvFileError(f"env_file {spec.env_file}: over the {MAX_ENV_FILE_BYTES} byte limit")
+            values.update(parse_env_file(data.decode("utf-8", errors="replace"), f"env_file {spec.env_file}"))
+        return JobEnvironment(pass_env=tuple(self.config.pass_env), values=values)
 
     def as_owner(self, name: str):
         """File operations inside the job's directories run as its user (see supervisor.safefs)."""
@@ -502,9 +533,14 @@ class Daemon(GpuScheduling, AttemptEnding):
         with self.as_owner(name):  # the log's folder is the job user's: look at it as them
             offset = log_path.stat().st_size if log_path.exists() else 0
         try:
+            environment = self.job_environment(job, spec)
+        except EnvFileError as err:  # the owner fixes the file and starts the job again
+            self.transition(name, S.FAILED, f"{err}; fix it and `yolo-supervisorctl start {name}`", actor)
+            return
+        try:
             user = self.job_identity(job)
             child = self.executor.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user,
-                                        spec)
+                                        spec, environment)
         except OSError as exc:
             if getattr(exc, "transient", False):
                 raise  # Slurm's controller did not answer: _guarded tries the launch again later
@@ -837,6 +873,15 @@ def _spec_from(data: dict[str, Any]) -> JobSpec:
     from supervisor.jobs.spec import parse_spec
 
     return parse_spec(data, data.get("name", "<spec>"))
+
+
+def _name_taken(held: JobRecord, submitter: Optional[tuple[int, int]]) -> str:
+    """A name is one job's until its owner (or an admin) removes it; say whose it is."""
+    if submitter is not None and held.owner_uid is not None and held.owner_uid != submitter[0]:
+        return (f"name: '{held.name}' is taken by a job of {actor_for_uid(held.owner_uid)}; only its owner or an "
+                "admin can remove it: submit under another name")
+    return (f"name: a job named '{held.name}' already exists (change it with `yolo-supervisorctl edit "
+            f"{held.name} KEY=VALUE`, train it longer with `extend`, or submit under another name)")
 
 
 def _wrong_state(job: JobRecord, what: str) -> CommandError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -46,8 +47,14 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, lambda *_: setattr(daemon, "reload_requested", True))
 
 
+# Everything the daemon makes is its user's alone unless made otherwise on purpose: the database
+# holds secrets, and a job's files are its owner's (supervisor/paths.py opens the folders users need).
+DAEMON_UMASK = 0o077
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.umask(DAEMON_UMASK)
     if args.demo:
         from supervisor.daemon.demo import run_demo
 

@@ -116,7 +116,8 @@ class GpuScheduling:
         if not gpus or self.health.probe is None:
             return True  # nothing to wait for: skip the scans of every other job's processes below
         others = {r.child.pid for n, r in self.running.items() if n != name}
-        others |= {p.pid for p in launcher.marked_processes(set(self.running) - {name}, self.daemon_id)}
+        marked = launcher.marked_processes({n: self.run_uid(n) for n in self.running if n != name}, self.daemon_id)
+        others |= {p.pid for p in marked}
         gate = self.health.release_gate(name, gpus, spec.health, others)
         if gate.note:
             self.event(name, "gpu", gate.note)

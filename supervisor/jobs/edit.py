@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from supervisor.jobs.spec import JobSpec, normalize_device, parse_spec
+from supervisor.jobs.spec import JobSpec, SpecError, normalize_device, parse_spec_text
 
 SAFE = {"data", "workers", "cache", "patience", "plots", "save_period", "val", "time", "channels_last"}
 SCHEDULE = {
@@ -86,7 +86,14 @@ def plan_edit(spec: JobSpec, values: dict[str, Any], force: bool) -> Edit:
         raise EditRefused("; ".join(refused))
     data = spec.model_dump(mode="json")
     data["train"] = train
-    new_spec = parse_spec(data, f"edit of {spec.name}")
+    # Through the same bounded loader as submit (and as every later read of the stored spec): a
+    # value nested 40 deep would be stored, and the job could then never be parsed again.
+    source = f"edit of {spec.name}"
+    try:
+        text = yaml.safe_dump(data, sort_keys=False)
+    except (yaml.YAMLError, RecursionError):
+        raise SpecError(source, ["(values): not a value a job file can hold"]) from None
+    new_spec = parse_spec_text(text, source)
     return Edit(new_spec, changes, warnings)
 
 

@@ -72,9 +72,19 @@ def check_extra_arg(arg: str) -> str:
         raise ValueError(f"{arg!r} is not one --long-option or --long-option=value item without spaces, "
                          "quotes, ;, $, backticks or redirections (no shell ever runs it; one option per item)")
     name = arg[2:].split("=", 1)[0]
-    if name in _OWNED:
-        raise ValueError(f"{arg!r}: --{name} is not allowed here ({_OWNED[name]})")
+    owned = owned_option(name)
+    if owned is not None:
+        shown = f"--{name}" if name == owned else f"--{name} (sbatch reads it as --{owned})"
+        raise ValueError(f"{arg!r}: {shown} is not allowed here ({_OWNED[owned]})")
     return arg
+
+
+def owned_option(name: str) -> Optional[str]:
+    """The daemon's option ``--name`` stands for, as sbatch's getopt_long reads it: the option
+    itself, or any prefix of it (``--sig`` is ``--signal``, ``--ui`` is ``--uid``); None if none."""
+    if name in _OWNED:
+        return name
+    return next((owned for owned in sorted(_OWNED) if owned.startswith(name)), None)
 
 
 class SlurmOptions(BaseModel):

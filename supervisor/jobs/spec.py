@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from supervisor.jobs.slurm_options import SlurmOptions
 from supervisor.observe.notify import JobNotify
+from supervisor.process.jobenv import job_variable_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_SPEC_BYTES = 64 * 1024
@@ -26,6 +27,7 @@ MAX_SPEC_BYTES = 64 * 1024
 # levels of ten), which the daemon would expand when it validates and stores the spec.
 MAX_YAML_NODES = 10_000
 MAX_YAML_DEPTH = 32
+MAX_ENV_VARIABLES = 256
 
 # Train arguments the supervisor owns: a user setting them would break resume.
 MANAGED_TRAIN_KEYS = {"resume"}
@@ -118,6 +120,32 @@ class JobSpec(_Strict):
     gpu_failure_wait: Union[str, float] = DEFAULT_GPU_FAILURE_WAIT
     notify: Optional[JobNotify] = Field(None, description="more notification targets, events to report")
     slurm: Optional[SlurmOptions] = Field(None, description="sbatch options (executor: slurm); ignored locally")
+    # Secrets (API keys): stored in the 0600 database only; status, history, events and logs name them only.
+    env: Optional[dict[str, str]] = Field(None, description="variables for the training's environment")
+    env_file: Optional[str] = Field(None, description="a file of NAME=value lines the owner keeps, read as "
+                                                      "the owner at each launch")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+        if env is None:
+            return None
+        if len(env) > MAX_ENV_VARIABLES:
+            raise ValueError(f"more than {MAX_ENV_VARIABLES} variables")
+        for name, value in env.items():
+            problem = job_variable_problem(name)
+            if problem:
+                raise ValueError(f"{name[:64]!r}: {problem}")
+            if "\0" in value:
+                raise ValueError(f"{name}: the value holds a NUL byte")
+        return env
+
+    @field_validator("env_file")
+    @classmethod
+    def _env_file_path(cls, path: Optional[str]) -> Optional[str]:
+        if path is not None and (not path.startswith("/") or "\0" in path):
+            raise ValueError("must be an absolute path (the file is read as the job's owner at each launch)")
+        return path
 
     @field_validator("checkpoint_every", "gpu_failure_wait", mode="before")
     @classmethod

@@ -15,6 +15,8 @@ in HOME/config.yaml). An address without a host binds the loopback interface.
 
 from __future__ import annotations
 
+import os
+
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -155,6 +157,7 @@ class MetricsService:
         """Atomically (temp file + rename): node_exporter never reads half a file."""
         try:
             write_to_textfile(str(self.textfile), self.registry)
+            os.chmod(self.textfile, 0o644)  # node_exporter reads it as its own user; the daemon's umask is 0077
             self._last_error = None
         except OSError as err:
             if str(err) != self._last_error:  # once per distinct problem, not every tick

@@ -21,6 +21,7 @@ apprise is imported on first use (``_apprise``), not with this module.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import queue
 import re
@@ -31,7 +32,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -116,6 +117,16 @@ class NotifySettings(BaseModel):
     timeout_s: float = Field(10.0, gt=0, le=300, description="connect and read timeout of one try")
     retries: int = Field(2, ge=0, le=10, description="tries after the first before giving up")
     queue_size: int = Field(100, ge=1, le=10000, description="messages waiting per target")
+    allow_hosts: list[str] = Field(default_factory=list, description="loopback, link-local or private hosts a "
+                                                                     "job file's targets may reach (names, "
+                                                                     "addresses or networks: 10.1.2.0/24)")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, hosts):
+        for host in hosts:
+            _allowed_entry(host)  # ValueError for garbage
+        return hosts
 
     @model_validator(mode="before")
     @classmethod
@@ -132,6 +143,118 @@ class NotifySettings(BaseModel):
 class Target:
     url: str
     label: str  # what logs and notify-test show instead of the URL
+    allow_hosts: Optional[tuple[str, ...]] = None  # a job file's target: checked before each send; None: the admin's
+
+
+# -- where a job file's targets may go ---------------------------------------------------
+# URL types that never leave the host (desktop buses, the local syslog) or that store files.
+LOCAL_SCHEMES = frozenset({"file", "dbus", "kde", "qt", "glib", "gnome", "windows", "macosx", "syslog",
+                           "vapid", "blink1"})
+
+
+def job_target_problems(urls: Sequence[str], allow_hosts: Sequence[str], resolve: bool) -> list[str]:
+    """Why each of a job file's notification URLs may not be used (empty: all may). The root
+    daemon sends them: they may not reach loopback, link-local or private addresses unless
+    config.yaml's ``notify.allow_hosts`` names them, nor read local files. ``resolve``: look host
+    names up too (may wait on DNS; never on the daemon's loop)."""
+    problems = []
+    for i, url in enumerate(urls):
+        problem = job_target_problem(url, allow_hosts, resolve)
+        if problem:
+            problems.append(f"notify.urls[{i}]: {problem}")
+    return problems
+
+
+def job_target_problem(url: str, allow_hosts: Sequence[str], resolve: bool) -> Optional[str]:
+    """``job_target_problems`` for one URL; the message never quotes the URL (a secret)."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in LOCAL_SCHEMES:
+        return f"'{scheme}://' does not go over the network; a job file's targets may not use it"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "not a URL the daemon can check"
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if value.startswith(("/", "~", ".", "file:")) or "/../" in value:
+            return (f"its '{key.lstrip('+-:')}' parameter names a local file; a job file's targets may not read "
+                    "the server's files (put such a target in config.yaml)")
+    if not host or _host_allowed(host, (), allow_hosts):
+        return None
+    addresses = _literal(host)
+    if addresses is None:
+        if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+            addresses = [ipaddress.ip_address("127.0.0.1")]
+        elif resolve:
+            addresses = resolve_host(host)
+        else:
+            addresses = []
+    for address in addresses:
+        if not _public(address) and not _host_allowed(host, [address], allow_hosts):
+            return (f"host {host} is {address} ({_kind(address)}); the daemon sends a job file's notifications "
+                    "only to public addresses unless config.yaml's notify.allow_hosts names the host")
+    return None
+
+
+def resolve_host(host: str) -> list:
+    """Every address ``host`` resolves to; [] when it does not (many apprise URLs carry a token,
+    not a host name, in the host position: the plugin talks to its service's fixed host)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    out = []
+    for info in infos:
+        try:
+            out.append(ipaddress.ip_address(info[4][0].split("%", 1)[0]))
+        except ValueError:
+            continue
+    return out
+
+
+def _literal(host: str):
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        return None
+
+
+def _public(address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    address = mapped or address
+    return address.is_global and not address.is_multicast
+
+
+def _kind(address) -> str:
+    address = getattr(address, "ipv4_mapped", None) or address
+    for kind in ("loopback", "link_local", "private", "unspecified", "multicast", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return "not public"
+
+
+def _allowed_entry(entry: str):
+    """A host name (str) or a network: ValueError for neither."""
+    entry = str(entry).strip()
+    if not entry:
+        raise ValueError("an empty host")
+    try:
+        return ipaddress.ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        if re.fullmatch(r"[A-Za-z0-9_.-]+", entry):
+            return entry.lower()
+        raise ValueError(f"{entry!r} is not a host name, an address or a network") from None
+
+
+def _host_allowed(host: str, addresses: Sequence, allow_hosts: Sequence[str]) -> bool:
+    for entry in map(_allowed_entry, allow_hosts):
+        if isinstance(entry, str):
+            if host.lower().rstrip(".") == entry.rstrip("."):
+                return True
+        elif any(address in entry for address in addresses) or (
+                _literal(host) and all(a in entry for a in _literal(host))):
+            return True
+    return False
 
 
 def target_label(origin: str, index: int, url: str) -> str:
@@ -152,8 +275,8 @@ def targets_for(settings: "NotifySettings", job_notify: Optional[JobNotify]) -> 
     on: tuple[str, ...] = tuple(settings.on)
     if job_notify is not None:
         known = set(settings.urls)
-        targets += [Target(u, target_label("job file", i, u)) for i, u in enumerate(job_notify.urls)
-                    if u not in known]
+        targets += [Target(u, target_label("job file", i, u), tuple(settings.allow_hosts))
+                    for i, u in enumerate(job_notify.urls) if u not in known]
         if job_notify.on is not None:
             on = tuple(job_notify.on)
     return targets, on
@@ -313,6 +436,7 @@ class Notifications:
             if sender is None:
                 sender = self._senders[target.url] = TargetSender(target, self)
             sender.label = target.label
+            sender.target = target  # config.yaml's notify.allow_hosts as it is now (SIGHUP reload)
             return sender
 
     def close(self) -> None:
@@ -408,6 +532,10 @@ class TargetSender:
         return False, message
 
     def _send_once(self, notice: Notice, timeout_s: float) -> tuple[bool, str]:
+        if self.target.allow_hosts is not None:  # a job file's: its host is looked up again before each send
+            problem = job_target_problem(self.target.url, self.target.allow_hosts, resolve=True)
+            if problem:
+                return False, f"not sent: {problem}"
         apprise = _apprise()
         if self._plugin is None:
             self._plugin = apprise.Apprise.instantiate(self.target.url)

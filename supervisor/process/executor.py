@@ -10,12 +10,14 @@ becomes readable when the attempt ends, so the loop hears of every end the same 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from supervisor.process import launcher
 from supervisor.contract import ExitRecord, Progress
 from supervisor.process.classify import Classified
+from supervisor.process.jobenv import JobEnvironment
 from supervisor.safefs import Identity
 
 if TYPE_CHECKING:
@@ -30,12 +32,15 @@ class LocalExecutor:
     kind = "local"
     places_gpus = True  # the daemon's placement gives each job GPUs of this host (supervisor/placement.py)
 
-    def __init__(self, daemon_id: str):
+    def __init__(self, daemon_id: str, uid_of: Callable[[str], int] = lambda name: os.geteuid()):
         self.daemon_id = daemon_id
+        # The uid job NAME runs as: a process is the job's only if it runs as that uid.
+        self.uid_of = uid_of
 
     def spawn(self, name: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
-              user: Optional[Identity], spec: "JobSpec") -> launcher.Child:
-        return launcher.spawn(name, attempt, plan_path, log_path, yolo_config_dir, user, daemon_id=self.daemon_id)
+              user: Optional[Identity], spec: "JobSpec", environment: Optional[JobEnvironment] = None) -> launcher.Child:
+        return launcher.spawn(name, attempt, plan_path, log_path, yolo_config_dir, user, daemon_id=self.daemon_id,
+                              environment=environment)
 
     def adopt(self, job: "JobRecord", attempt: "AttemptRecord") -> Optional[launcher.Child]:
         """The attempt's process if it still runs (same pid, same start time)."""
@@ -45,15 +50,17 @@ class LocalExecutor:
         return f"pid {job.pid}"
 
     def signal_job(self, name: str, child: Optional[launcher.Child], sig: int) -> list:
-        return launcher.signal_job(name, child.pid if child else None, sig, daemon_id=self.daemon_id)
+        return launcher.signal_job(name, child.pid if child else None, sig, daemon_id=self.daemon_id,
+                                   uid=self.uid_of(name))
 
     def kill_job_now(self, name: str, child: Optional[launcher.Child]) -> list:
         """SIGKILL every process of the job (``child`` None: whatever carries its marker)."""
-        return launcher.kill_job_now(name, child.pid if child else None, daemon_id=self.daemon_id)
+        return launcher.kill_job_now(name, child.pid if child else None, daemon_id=self.daemon_id,
+                                     uid=self.uid_of(name))
 
     def strays(self, name: str) -> list:
         """What of the job runs although the daemon has no attempt for it: pids here."""
-        return [p.pid for p in launcher.job_processes(name, daemon_id=self.daemon_id)]
+        return [p.pid for p in launcher.job_processes(name, daemon_id=self.daemon_id, uid=self.uid_of(name))]
 
     def recorded(self, child: launcher.Child) -> dict[str, Any]:
         """Extra columns for the attempt and job rows (none for a local process)."""
@@ -75,10 +82,11 @@ class LocalExecutor:
         """Once a tick on the loop thread."""
 
 
-def make_executor(config: "DaemonConfig", daemon_id: str, settings=None):
+def make_executor(config: "DaemonConfig", daemon_id: str, settings=None,
+                  uid_of: Callable[[str], int] = lambda name: os.geteuid()):
     """The executor config.yaml names; ValueError (with the field) when it cannot work here."""
     if config.executor == "slurm":
         from supervisor.process.slurm_executor import SlurmExecutor
 
         return SlurmExecutor(settings or (lambda: config.slurm), daemon_id)
-    return LocalExecutor(daemon_id)
+    return LocalExecutor(daemon_id, uid_of)

@@ -17,11 +17,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import psutil
 
 from supervisor import safefs
+from supervisor.process import jobenv
+from supervisor.process.jobenv import JobEnvironment
 from supervisor.process.torchrun import is_torch_launcher
 from supervisor.safefs import Identity
 
@@ -34,6 +36,9 @@ LOG_BANNER = "==== yolo-supervisor: attempt"
 # The interpreter for training children; default the daemon's own. Tests of a root daemon set it
 # to one a dropped uid can run (root's own python may live where others cannot enter).
 CHILD_PYTHON_ENV = "YOLO_SUPERVISOR_CHILD_PYTHON"
+# The daemon's own umask keeps its files private (0077); a training writes its runs with the
+# usual 022, as it would run by hand (inside the job's folder, which is its owner's alone).
+CHILD_UMASK = 0o022
 
 
 @dataclass
@@ -61,15 +66,17 @@ class Child:
             pass
 
 
-def child_env(job: str, attempt: int, yolo_config_dir: Path, daemon_id: Optional[str] = None) -> dict[str, str]:
-    """The attempt's environment: offline, per-job Ultralytics config, and job markers.
+def child_env(job: str, attempt: int, yolo_config_dir: Path, daemon_id: Optional[str] = None,
+              user: Optional[Identity] = None, environment: Optional[JobEnvironment] = None) -> dict[str, str]:
+    """The attempt's environment (supervisor/process/jobenv.py): built for ``user`` when it runs as
+    them, the job's ``env:``/``env_file:`` values, then offline mode, the per-job Ultralytics config
+    and the job markers.
 
     The markers are inherited by every descendant (torchrun and its workers
     included), which is how ``job_processes`` finds them even after they were
     reparented.
     """
-    env = dict(os.environ)
-    env.update({
+    markers = {
         "YOLO_OFFLINE": "1",
         "YOLO_CONFIG_DIR": str(yolo_config_dir),
         "PYTHONUNBUFFERED": "1",
@@ -77,14 +84,20 @@ def child_env(job: str, attempt: int, yolo_config_dir: Path, daemon_id: Optional
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         JOB_ENV: job,
         ATTEMPT_ENV: str(attempt),
-    })
+    }
     if daemon_id is not None:
-        env[DAEMON_ENV] = daemon_id
-    return env
+        markers[DAEMON_ENV] = daemon_id
+    run_as = user.uid if safefs.needs_switch(user) and user is not None else None
+    return jobenv.build(os.environ, run_as, child_python(), environment or JobEnvironment(), markers)
+
+
+def child_python() -> str:
+    return os.environ.get(CHILD_PYTHON_ENV) or sys.executable
 
 
 def spawn(job: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
-          user: Optional[Identity] = None, daemon_id: Optional[str] = None) -> Child:
+          user: Optional[Identity] = None, daemon_id: Optional[str] = None,
+          environment: Optional[JobEnvironment] = None) -> Child:
     """Start an attempt; as root, ``user`` is who it runs as: their uid, primary group and groups."""
     log_fd = open_log(log_path, user)
     try:
@@ -95,10 +108,10 @@ def spawn(job: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_d
             assert user is not None
             kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
         popen = subprocess.Popen(
-            [os.environ.get(CHILD_PYTHON_ENV) or sys.executable, "-m", "supervisor.child.train", str(plan_path)],
+            [child_python(), "-m", "supervisor.child.train", str(plan_path)],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
-            env=child_env(job, attempt, yolo_config_dir, daemon_id), start_new_session=True,
-            close_fds=True, **kwargs,
+            env=child_env(job, attempt, yolo_config_dir, daemon_id, user, environment), start_new_session=True,
+            close_fds=True, umask=CHILD_UMASK, **kwargs,
         )
     finally:
         os.close(log_fd)
@@ -116,10 +129,10 @@ def open_log(log_path: Path, user: Optional[Identity]) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         try:
-            return safefs.open_regular(log_path, flags, 0o644)
+            return safefs.open_regular(log_path, flags, 0o600)
         except safefs.UnsafePath:
             os.rename(log_path, log_path.with_name(f"{log_path.name}.not-a-log-{time.time_ns()}"))
-            return safefs.open_regular(log_path, flags | os.O_EXCL, 0o644)
+            return safefs.open_regular(log_path, flags | os.O_EXCL, 0o600)
 
 
 def process_start_time(pid: int) -> Optional[float]:
@@ -143,9 +156,11 @@ def adopt(job: str, pid: int, start_time: Optional[float]) -> Optional[Child]:
     return Child(job=job, pid=pid, start_time=start_time, pidfd=fd, popen=None)
 
 
-def job_processes(job: str, root_pid: Optional[int] = None, daemon_id: Optional[str] = None) -> list[psutil.Process]:
+def job_processes(job: str, root_pid: Optional[int] = None, daemon_id: Optional[str] = None,
+                  uid: Optional[int] = None) -> list[psutil.Process]:
     """Every live process of a job: descendants of the attempt plus anything carrying its marker
-    (with ``daemon_id``: the marker of that daemon only).
+    (with ``daemon_id``: the marker of that daemon only) that runs as ``uid``, the uid the job
+    runs as (None: any uid; only for tools that clean up after tests, never for the daemon).
 
     torchrun's workers start in new sessions and survive a SIGKILL of the
     trainer as orphans, so the process group is not enough.
@@ -158,14 +173,19 @@ def job_processes(job: str, root_pid: Optional[int] = None, daemon_id: Optional[
                 found[p.pid] = p
         except psutil.Error:
             pass
-    for p in marked_processes({job}, daemon_id):
+    for p in marked_processes({job: uid}, daemon_id):
         found.setdefault(p.pid, p)
     return [p for p in found.values() if _alive(p)]
 
 
-def marked_processes(jobs: set[str], daemon_id: Optional[str] = None) -> list[psutil.Process]:
-    """The processes carrying the marker of any of ``jobs`` (of that daemon, with ``daemon_id``),
-    in one pass over the process table: reading every process's environment is the cost."""
+def marked_processes(jobs: Mapping[str, Optional[int]], daemon_id: Optional[str] = None) -> list[psutil.Process]:
+    """The processes carrying the marker of any of ``jobs`` (of that daemon, with ``daemon_id``)
+    and running as that job's uid (``jobs``: name -> uid), in one pass over the process table:
+    reading every process's environment is the cost.
+
+    The uid check: anyone can put a marker in their own process's environment, and a root
+    daemon signals what it takes for a job's; a forged marker reaches only the forger's own.
+    """
     me = os.getpid()
     found = []
     for p in psutil.process_iter(["pid"]):
@@ -173,7 +193,9 @@ def marked_processes(jobs: set[str], daemon_id: Optional[str] = None) -> list[ps
             continue
         try:
             env = p.environ()
-            if env.get(JOB_ENV) in jobs and (daemon_id is None or env.get(DAEMON_ENV) == daemon_id):
+            job = env.get(JOB_ENV)
+            if job in jobs and (daemon_id is None or env.get(DAEMON_ENV) == daemon_id) \
+                    and (jobs[job] is None or p.uids().real == jobs[job]):
                 found.append(p)
         except psutil.Error:
             continue
@@ -194,13 +216,14 @@ def _is_torch_launcher_process(p: psutil.Process) -> bool:
         return False
 
 
-def signal_job(job: str, root_pid: Optional[int], sig: int, daemon_id: Optional[str] = None) -> list[int]:
+def signal_job(job: str, root_pid: Optional[int], sig: int, daemon_id: Optional[str] = None,
+               uid: Optional[int] = None) -> list[int]:
     """Send ``sig`` to every process of the job; return the pids signalled.
 
     A SIGTERM goes only to the processes that act on it (``term_recipients``); the SIGKILL after
     the grace period (``kill_job_now``) reaches every process.
     """
-    procs = job_processes(job, root_pid, daemon_id)
+    procs = job_processes(job, root_pid, daemon_id, uid)
     if sig == signal.SIGTERM:
         procs = term_recipients(procs)
     sent = []
@@ -237,9 +260,9 @@ def term_recipients(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def kill_job_now(job: str, root_pid: Optional[int], timeout: float = 5.0,
-                 daemon_id: Optional[str] = None) -> list[int]:
+                 daemon_id: Optional[str] = None, uid: Optional[int] = None) -> list[int]:
     """SIGKILL every process of the job and wait until they are gone; return survivors' pids."""
-    procs = job_processes(job, root_pid, daemon_id)
+    procs = job_processes(job, root_pid, daemon_id, uid)
     for p in procs:
         try:
             p.send_signal(signal.SIGKILL)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -85,8 +86,10 @@ def run(argv: Sequence[str], timeout: float, *, input: Optional[str] = None, env
     if needs_switch(user):
         assert user is not None
         kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
+    # Found on the daemon's PATH: a job's environment (``env``) has the standard one only.
+    exe = [shutil.which(argv[0]) or argv[0], *argv[1:]]
     try:
-        done = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout,
+        done = subprocess.run(exe, input=input, capture_output=True, text=True, timeout=timeout,
                               env=env, stdin=None if input is not None else subprocess.DEVNULL, **kwargs)
     except subprocess.TimeoutExpired:
         raise SlurmUnavailable(f"{argv[0]} did not answer within {timeout:g}s") from None

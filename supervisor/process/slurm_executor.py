@@ -29,6 +29,7 @@ from supervisor.contract import ExitRecord, Progress
 from supervisor.process.classify import Classified
 from supervisor.process.slurm import SlurmError, SlurmJob, SlurmUnavailable
 from supervisor.process.slurm_watch import SlurmChild, SlurmWatch
+from supervisor.process.jobenv import JobEnvironment
 from supervisor.safefs import Identity
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class SlurmExecutor:
 
     # -- submitting ---------------------------------------------------------------------
     def spawn(self, name: str, attempt: int, plan_path: Path, log_path: Path, yolo_config_dir: Path,
-              user: Optional[Identity], spec: "JobSpec") -> SlurmChild:
+              user: Optional[Identity], spec: "JobSpec", environment: Optional[JobEnvironment] = None) -> SlurmChild:
         s = self.settings()
         options = spec.slurm.merged_over(s.defaults) if spec.slurm else s.defaults
         args = self._sbatch_args(name, attempt, plan_path, log_path, spec, options, s)
@@ -83,7 +84,7 @@ class SlurmExecutor:
         finally:
             os.close(fd)
         python = s.python or os.environ.get(launcher.CHILD_PYTHON_ENV) or sys.executable
-        env = slurm.submit_env(launcher.child_env(name, attempt, yolo_config_dir, self.daemon_id))
+        env = slurm.submit_env(launcher.child_env(name, attempt, yolo_config_dir, self.daemon_id, user, environment))
         out = slurm.run(args, s.command_timeout_s, input=slurm.batch_script(python, str(plan_path), name, attempt),
                         env=env, user=user)
         job_id = slurm.parse_job_id(out)

@@ -23,7 +23,7 @@ def test_write_json_atomic_never_writes_through_a_planted_temp_name(tmp_path):
     write_json_atomic(plan, {"job": "x"})
     assert victim.read_text() == "untouched\n"
     assert read_json(plan) == {"job": "x"} and not plan.is_symlink()
-    assert oct(plan.stat().st_mode & 0o777) == oct(0o644)  # the job's user must read the plan
+    assert oct(plan.stat().st_mode & 0o777) == oct(0o600)  # the job owner's alone (chowned to them)
 
 
 def test_read_json_does_not_follow_links_or_hard_links(tmp_path):
