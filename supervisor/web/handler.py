@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import socket
 import time
 from http import HTTPStatus
 from http.cookies import SimpleCookie
@@ -48,6 +50,7 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 class WebHandler(BaseHTTPRequestHandler):
     server_version = "yolo-supervisor-web"
     protocol_version = "HTTP/1.0"  # one request per connection: SSE streams end with the connection
+    timeout = 30  # seconds a client may take to send its request, or to take what we send it
 
     # -- plumbing ------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
@@ -236,12 +239,21 @@ class WebHandler(BaseHTTPRequestHandler):
     def _ticks(self) -> Iterator[bool]:
         """True when a heartbeat is due; ends when the daemon stops."""
         last_beat = time.monotonic()
-        while not self.web.closing.is_set():
+        while not self.web.closing.is_set() and not self._client_gone():
             beat = time.monotonic() - last_beat >= STREAM_BEAT_S
             if beat:
                 last_beat = time.monotonic()
             yield beat
             self.web.closing.wait(STREAM_POLL_S)
+
+    def _client_gone(self) -> bool:
+        """The browser closed the connection (its tab): give the stream's slot back now, not at the
+        next write."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _overview_events(self, peer: Peer) -> Iterator[tuple[Optional[str], Any]]:
         sent = None

@@ -111,3 +111,37 @@ def test_unix_socket_serves_its_peer(fake_daemon):
     assert status == 403 and body["error"] == "csrf"
     status, body = web.json("POST", "/api/job/x/stop", {"Host": "localhost:8787", "X-CSRF-Token": me["csrf"]})
     assert status == 404 and body["exit"] == 4  # through to dispatch: no such job
+
+
+def test_live_pages_are_bounded_and_the_daemon_keeps_answering(fake_daemon):
+    """Browsers that hold streams open, and a client that connects and says nothing, take threads of
+    the web server, never the daemon's loop: the CLI answers at once, and a ninth stream of one
+    user is refused."""
+    import socket
+    import time
+
+    from supervisor.web.service import MAX_STREAMS_PER_UID
+
+    home = fake_daemon.home
+    port = free_port()
+    web_config(home, port)
+    fake_daemon.start()
+    wait_socket(fake_daemon)
+    sock = wait_for(lambda: (home / "web.sock").is_socket() and home / "web.sock", 30, what="web.sock")
+    silent = socket.create_connection(("127.0.0.1", port))  # never sends a request
+    streams = [Web(unix=sock).request("GET", "/api/overview/stream", {"Host": "localhost"})
+               for _ in range(MAX_STREAMS_PER_UID)]
+    try:
+        assert all(s.status == 200 for s in streams)
+        extra = Web(unix=sock).request("GET", "/api/overview/stream", {"Host": "localhost"})
+        assert extra.status == 503
+        start = time.monotonic()
+        ok(ctl(home, "status"))
+        assert time.monotonic() - start < 20  # a process start and one request; nothing waited on the streams
+    finally:
+        silent.close()
+        for s in streams:
+            s.close()
+    # the slots come back when the browsers go away
+    wait_for(lambda: Web(unix=sock).request("GET", "/api/overview/stream", {"Host": "localhost"}).status == 200,
+             30, what="a stream slot given back")
