@@ -64,10 +64,40 @@ def kill_jobs_of(home: Path) -> None:
             continue
 
 
+def browser_figures(daemon: DaemonProcess, port: int, jobs: int) -> None:
+    """Headless chromium: from opening the overview to every job's row drawn, and one live update."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='bench-chromium-')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    try:
+        driver.get(ctl(daemon.home, "web").stdout.splitlines()[0])
+        start = time.perf_counter()
+        driver.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(driver, 120, 0.05).until(
+            lambda d: d.execute_script("return document.querySelectorAll('#jobs tbody tr').length") == jobs)
+        print(f"browser: overview with {jobs} rows drawn {(time.perf_counter() - start) * 1000:.0f} ms after opening it")
+        render = driver.execute_script(
+            "const t = performance.now(); showOverview(JSON.parse(JSON.stringify(window.__last || {jobs: [], gpus: []})));"
+            "return performance.now() - t;")
+        print(f"browser: one redraw of the table: {render:.0f} ms")
+    finally:
+        driver.quit()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--browser", action="store_true", help="also time headless chromium rendering the overview")
     args = p.parse_args()
     os.environ["YOLO_SUPERVISOR_FAKE_TRAINER"] = str(FAKE_TRAINER)
     root = Path(tempfile.mkdtemp(prefix="bench-web-"))
@@ -85,7 +115,11 @@ def main() -> int:
                  interval=2, what="every job submitted")
         print(f"submitted {args.jobs} jobs in {time.perf_counter() - start:.1f} s")
         web = Web(f"http://127.0.0.1:{port}", timeout=120)
-        web.login(ctl(daemon.home, "web").stdout.splitlines()[0])
+        login = ctl(daemon.home, "web", timeout=120)
+        if login.returncode != 0:
+            print(f"yolo-supervisorctl web failed: {login.stderr}", file=sys.stderr)
+            return 1
+        web.login(login.stdout.splitlines()[0])
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
         for label, path in (("overview JSON (status + gpus)", "/api/overview"),
@@ -94,6 +128,8 @@ def main() -> int:
             median, worst, size = timed(web, path, args.runs)
             print(f"{label}: median {median:.0f} ms, max {worst:.0f} ms, {size / 1024:.0f} KiB")
         print(f"overview stream, first event: {first_event_ms(web, '/api/overview/stream'):.0f} ms")
+        if args.browser:
+            browser_figures(daemon, port, args.jobs)
         start = time.perf_counter()
         done = ctl(daemon.home, "status")
         print(f"for comparison, `yolo-supervisorctl status` (a process): {(time.perf_counter() - start) * 1000:.0f} ms, "

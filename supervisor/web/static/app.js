@@ -62,6 +62,7 @@ function live(url, handlers) {
 const WAITING = ["queued", "held", "backoff"];
 
 function showOverview(data) {
+  window.__last = data;
   if (data.error) { $("#count").textContent = data.error; return; }
   $("#count").textContent = `(${data.jobs.length})`;
   $("#jobs tbody").replaceChildren(...data.jobs.map(jobRow));
