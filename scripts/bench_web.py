@@ -84,9 +84,11 @@ def browser_figures(daemon: DaemonProcess, port: int, jobs: int) -> None:
         driver.get(f"http://127.0.0.1:{port}/")
         WebDriverWait(driver, 120, 0.05).until(
             lambda d: d.execute_script("return document.querySelectorAll('#jobs tbody tr').length") == jobs)
-        print(f"browser: overview with {jobs} rows drawn {(time.perf_counter() - start) * 1000:.0f} ms after opening it")
+        took = (time.perf_counter() - start) * 1000
+        print(f"browser: overview with {jobs} rows drawn {took:.0f} ms after opening it")
         render = driver.execute_script(
-            "const t = performance.now(); showOverview(JSON.parse(JSON.stringify(window.__last || {jobs: [], gpus: []})));"
+            "const t = performance.now();"
+            "showOverview(JSON.parse(JSON.stringify(window.__last || {jobs: [], gpus: []})));"
             "return performance.now() - t;")
         print(f"browser: one redraw of the table: {render:.0f} ms")
     finally:
@@ -132,8 +134,8 @@ def main() -> int:
             browser_figures(daemon, port, args.jobs)
         start = time.perf_counter()
         done = ctl(daemon.home, "status")
-        print(f"for comparison, `yolo-supervisorctl status` (a process): {(time.perf_counter() - start) * 1000:.0f} ms, "
-              f"exit {done.returncode}")
+        took = (time.perf_counter() - start) * 1000
+        print(f"for comparison, `yolo-supervisorctl status` (a process): {took:.0f} ms, exit {done.returncode}")
     finally:
         daemon.stop()
         kill_jobs_of(daemon.home)

@@ -112,6 +112,8 @@ class Services:
         try:
             new = load_config(daemon.home.config)
             self.server.set_group(new.socket_group)
+            if self.web is not None:
+                self.web.follow_control_socket()
         except (ValueError, OSError) as err:
             daemon.log.error("config reload failed; keeping the old config", error=str(err))
         else:

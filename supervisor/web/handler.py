@@ -12,7 +12,6 @@ import re
 import select
 import socket
 import time
-from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -287,7 +286,8 @@ class WebHandler(BaseHTTPRequestHandler):
             elif beat:
                 yield None, None
 
-    def _log_since(self, peer: Peer, name: str, offset: Optional[int]) -> tuple[Optional[dict[str, Any]], Optional[int]]:
+    def _log_since(self, peer: Peer, name: str,
+                   offset: Optional[int]) -> tuple[Optional[dict[str, Any]], Optional[int]]:
         """The log's last lines the first time, then what was appended (None: nothing new)."""
         if offset is not None and offset < 0:
             return None, offset  # refused once (not this user's log): not asked again

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from supervisor.control.peer import Peer
-from supervisor.control.protocol import Request, RequestError
+from supervisor.control.protocol import Request
 from supervisor.web.auth import TOKEN_TTL_S, Logins
 from supervisor.web.handler import WebHandler
 from supervisor.web.settings import WebSettings
@@ -112,6 +112,13 @@ class WebService:
         os.replace(tmp, self.socket_path)
         self._inode = os.stat(self.socket_path).st_ino
         return sock
+
+    def follow_control_socket(self) -> None:
+        """A reload changed ``socket_group``: the web socket takes the control socket's group again."""
+        try:
+            os.chown(self.socket_path, -1, os.stat(self.control.path).st_gid)
+        except OSError as err:
+            self.daemon.log.warning("web socket group not changed", path=str(self.socket_path), error=str(err))
 
     def stop(self) -> None:
         self.closing.set()  # live streams end at their next beat
