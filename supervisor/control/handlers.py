@@ -23,7 +23,6 @@ from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, Req
 from supervisor.daemon.core import CommandError, PurgeFailed
 from supervisor.jobs.edit import EditRefused
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError
-from supervisor.control.peer import actor_for_uid
 from supervisor.observe.goodput import goodput
 from supervisor.observe.usage import usage
 from supervisor.observe.views import gpu_views, job_view  # noqa: F401 - status's view; also imported from here
@@ -331,6 +330,8 @@ def usage_report(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[s
     since_s = args.get("since_s", 30 * 86400)
     if isinstance(since_s, bool) or not isinstance(since_s, (int, float)) or not 0 < since_s < 1e10:
         raise RequestError(ErrorCode.USAGE, "'since_s' must be a positive number of seconds")
+    from supervisor.control.peer import actor_for_uid
+
     now = time.time()
     daemon_uid = os.geteuid()
     return usage(daemon.store.list_jobs(), daemon.store.attempts, now - since_s, now,

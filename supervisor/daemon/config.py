@@ -11,10 +11,10 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from supervisor.web.settings import WebSettings
 from supervisor.jobs.slurm_options import SlurmSettings
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import NotifySettings
-from supervisor.web.settings import WebSettings
 
 
 METRICS_DEFAULT_HOST = "127.0.0.1"
