@@ -98,6 +98,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s = sub.add_parser("remove", help="forget a job that is not running (files are kept)")
     s.add_argument("name", metavar="NAME")
     s.add_argument("--purge", action="store_true", help="also delete HOME/jobs/NAME (logs, runs, checkpoints)")
+    s = sub.add_parser("usage", help="GPU-hours per user and per job over a period, and those lost to "
+                                     "restarts and redone work")
+    s.add_argument("--since", default="30d", metavar="PERIOD", help="30d (default), 12h, 90m or seconds")
+    s.add_argument("--json", action="store_true")
+
+    sub.add_parser("web", help="print a URL that opens the web view as you (a one-use login link)")
     args = p.parse_args(argv)
     if (getattr(args, "lines", 0) or 0) < 0:
         p.error("-n must be 0 or more")
@@ -314,10 +320,49 @@ def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in results) else 1
 
 
+def cmd_usage(conn: Connection, args: argparse.Namespace) -> int:
+    from supervisor.observe.usage import parse_period
+
+    try:
+        since = parse_period(args.since)
+    except ValueError as err:
+        raise RequestError(ErrorCode.USAGE, str(err)) from None
+    report = call(conn, "usage", since_s=since)
+    print(json.dumps(report, indent=2) if args.json else render_usage(report, args.since))
+    return 0
+
+
+def render_usage(report: dict[str, Any], since: str) -> str:
+    """Per user, then per job: hours, GPU-hours and the GPU-hours restarts cost (sreport-like)."""
+    def cells(row: dict[str, Any]) -> tuple[str, ...]:
+        lost = "-" if row["lost_fraction"] is None else f"{row['lost_fraction'] * 100:.0f}%"
+        return (f"{row['hours']:.2f}", f"{row['gpu_hours']:.2f}", f"{row['lost_hours']:.2f}",
+                f"{row['lost_gpu_hours']:.2f}", lost, str(row["attempts"]), str(row["restarts"]))
+    head = ("HOURS", "GPU-HOURS", "LOST H", "LOST GPU-H", "LOST", "ATTEMPTS", "RESTARTS")
+    users = [("USER", *head)] + [(one_line(u["user"]), *cells(u)) for u in report["users"]]
+    jobs = [("JOB", "USER", "STATE", *head)] + [(j["job"], one_line(j["user"]), j["state"], *cells(j))
+                                                 for j in report["jobs"]]
+    lines = [f"usage since {clock(report['since'])} (last {since}): {report['total']['gpu_hours']:.2f} GPU-hours, "
+             f"{report['total']['lost_gpu_hours']:.2f} lost to restarts and redone work"]
+    if not report["jobs"]:
+        return lines[0] + "\nno attempt ran in this period"
+    return "\n".join(lines + ["", table(users), "", table(jobs)])
+
+
+def cmd_web(conn: Connection, args: argparse.Namespace) -> int:
+    login = call(conn, "web-login")
+    if login["url"]:
+        print(login["url"])
+        print(f"opens the web view as {login['user']}; the link works once, within {login['expires_s']:g} s")
+    print(f"through SSH (as your SSH login, no link needed): ssh -L 8787:{login['socket']} HOST, "
+          f"then open http://localhost:8787/")
+    return 0
+
+
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
             "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit,
-            "extend": cmd_extend, "gpus": cmd_gpus}
+            "extend": cmd_extend, "gpus": cmd_gpus, "usage": cmd_usage, "web": cmd_web}
 
 
 # -- rendering ------------------------------------------------------------------------

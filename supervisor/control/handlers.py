@@ -28,6 +28,7 @@ from supervisor.jobs.edit import EditRefused
 from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError, parse_spec_text
 from supervisor.observe.notify import job_target_problems
 from supervisor.observe.goodput import goodput
+from supervisor.observe.usage import usage
 from supervisor.observe.views import gpu_views, job_view  # noqa: F401 - status's view; also imported from here
 from supervisor.store import JobRecord
 
@@ -397,6 +398,33 @@ HANDLERS: dict[str, Handler] = {
     "edit": Handler(edit, mutates=True, acts_on_job=True),
     "extend": Handler(extend, mutates=True, acts_on_job=True),
 }
+
+
+# -- usage and the web view (issue 24) ------------------------------------------------
+def usage_report(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """GPU-hours per user and per job over the last ``since_s`` seconds, and those lost to restarts."""
+    since_s = args.get("since_s", 30 * 86400)
+    if isinstance(since_s, bool) or not isinstance(since_s, (int, float)) or not 0 < since_s < 1e10:
+        raise RequestError(ErrorCode.USAGE, "'since_s' must be a positive number of seconds")
+    from supervisor.control.peer import actor_for_uid
+
+    now = time.time()
+    daemon_uid = os.geteuid()
+    return usage(daemon.store.list_jobs(), daemon.store.attempts, now - since_s, now,
+                 lambda job: actor_for_uid(daemon_uid if job.owner_uid is None else job.owner_uid))
+
+
+def web_login(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """A one-use login token for the web view, bound to the uid this socket's peer has."""
+    web = getattr(daemon, "web", None)
+    if web is None:
+        raise RequestError(ErrorCode.WRONG_STATE, "the web view is off: set web: {listen: 127.0.0.1:8787} in "
+                                                  "config.yaml and restart the daemon")
+    return web.login_info(peer)
+
+
+HANDLERS["usage"] = Handler(usage_report, mutates=False)
+HANDLERS["web-login"] = Handler(web_login, mutates=False)  # a reader's login; acting is checked per action
 
 
 # -- reading the log ---------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from supervisor.web.settings import WebSettings
 from supervisor.jobs.slurm_options import SlurmSettings
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import NotifySettings
@@ -63,6 +64,7 @@ class DaemonConfig(BaseModel):
                                                             "our jobs' above which the GPU counts as busy")
     executor: Literal["local", "slurm"] = Field("local", description="where attempts run (restart)")
     slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="executor: slurm: defaults and polling")
+    web: Optional[WebSettings] = Field(None, description="the web view (supervisor/web/); off when unset")
 
     @field_validator("gpus")
     @classmethod

@@ -839,9 +839,11 @@ class Daemon(GpuScheduling, AttemptEnding):
         self._watch(name, run)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _parsed_spec(spec_yaml: str, name: str) -> JobSpec:
-    """Specs are immutable once stored; parse each one once, not on every tick."""
+    """Specs are immutable once stored; parse each one once, not on every tick. The cache holds
+    more specs than a server has jobs: a loop over all jobs that misses (256 slots and 1,000 jobs
+    did, every time) parses every spec again, and `status` took seconds on the loop."""
     return parse_spec_text(spec_yaml, name)
 
 

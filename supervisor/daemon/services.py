@@ -20,9 +20,10 @@ from supervisor.daemon.sdnotify import Notifier
 from supervisor.observe.goodput import batches_trained, epochs_trained
 from supervisor.observe.logging import configure
 from supervisor.observe.metrics import MetricsService
+from supervisor.web.service import WebService
 
 # Settings read once at start: a reload reports a change to them but cannot apply it.
-RESTART_TO_APPLY = ("socket", "jobs_dir", "metrics_address", "metrics_textfile_dir", "executor")
+RESTART_TO_APPLY = ("socket", "jobs_dir", "metrics_address", "metrics_textfile_dir", "executor", "web")
 
 
 def socket_path(daemon: Daemon) -> Path:
@@ -41,6 +42,9 @@ class Services:
         self.watcher = DropWatcher(daemon, jobs_dir(daemon))
         self.notifier = Notifier.from_environ()
         self.metrics = MetricsService(daemon)  # ValueError on a bad metrics_address
+        self.web: Optional[WebService] = None
+        if daemon.config.web is not None:  # the web view (config.yaml web:), in threads of its own
+            self.web = WebService(daemon, self.server, daemon.config.web, socket_path(daemon))
         self._ready_sent = False
         self._epochs_noted: dict[str, tuple[int, int]] = {}  # job -> (attempt, epochs) last written
 
@@ -50,6 +54,9 @@ class Services:
         self.watcher.start()
         try:
             self.metrics.start()  # OSError: the port is taken
+            if self.web is not None:
+                self.web.start()  # OSError: the port is taken
+                self.daemon.web = self.web  # `yolo-supervisorctl web` asks it for a login token
         except BaseException:
             self.watcher.stop()
             self.server.close()
@@ -59,6 +66,8 @@ class Services:
 
     def stop(self) -> None:
         self.notifier.stopping()
+        if self.web is not None:
+            self.web.stop()
         self.watcher.stop()
         self.server.close()
         self.metrics.stop()
@@ -103,6 +112,8 @@ class Services:
         try:
             new = load_config(daemon.home.config)
             self.server.set_group(new.socket_group)
+            if self.web is not None:
+                self.web.follow_control_socket()
         except (ValueError, OSError) as err:
             daemon.log.error("config reload failed; keeping the old config", error=str(err))
         else:

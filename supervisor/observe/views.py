@@ -29,7 +29,7 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
     now = time.time() if now is None else now
     state = S(job.state)
     try:
-        spec = daemon.spec(job.name)
+        spec = daemon.spec_of(job)  # the row at hand: no second read of it
         epochs, spec_problem, gpus = spec.epochs, None, _gpus_shown(job, spec)
     except SpecError as err:  # shown with its problem; the listing of every other job goes on
         epochs, spec_problem, gpus = None, "; ".join(err.problems), job.devices or "?"
