@@ -47,6 +47,8 @@ from supervisor.store import JobRecord, Store
 
 S = JobState
 STEP_RETRY_S = 15.0  # a job step that failed on the disk (full, read-only) is tried again after this
+NOTES_PER_ATTEMPT = 5  # the child's notes recorded as events per attempt; the rest are counted in one
+NOTE_CHARS = 500  # of one note
 BACKUP_INTERVAL_S = 600.0  # how old state.db.backup may get (the recovery hint for a damaged database)
 
 
@@ -646,12 +648,23 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.store.update_job(job.name, run_dir=str(inside))
 
     def _note_child_lines(self, name: str, run: Running, progress: Progress) -> None:
-        """The child's one-line notes (an epoch-level fallback, an inexact resume) go to the history once."""
+        """The child's one-line notes (an epoch-level fallback, an inexact resume) go to the history once,
+        at most ``NOTES_PER_ATTEMPT`` of them: the child's user writes the file, and a flood of notes
+        must not become a flood of events. The rest are counted, in one event when the attempt ends."""
         notes = [line for line in progress.notes if isinstance(line, str)]
-        seen = run.extra.get("notes_seen", 0)
-        for line in notes[seen:]:
-            self.event(name, "checkpoint", f"attempt {run.attempt_no}: {line}")
+        fresh = notes[run.extra.get("notes_seen", 0):]
+        recorded = run.extra.get("notes_recorded", 0)
+        kept = fresh[:max(0, NOTES_PER_ATTEMPT - recorded)]
+        for line in kept:
+            self.event(name, "checkpoint", f"attempt {run.attempt_no}: {line[:NOTE_CHARS]}")
+        run.extra["notes_recorded"] = recorded + len(kept)
+        run.extra["notes_dropped"] = run.extra.get("notes_dropped", 0) + len(fresh) - len(kept)
         run.extra["notes_seen"] = len(notes)
+        dropped = run.extra["notes_dropped"]
+        if name in self.ending and dropped and not run.extra.get("notes_dropped_told"):
+            self.event(name, "checkpoint", f"attempt {run.attempt_no}: {dropped} more note(s) from the child "
+                       f"not recorded (at most {NOTES_PER_ATTEMPT} an attempt)", dropped=dropped)
+            run.extra["notes_dropped_told"] = True
 
     def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
         """Copy a newly saved last.pt or mid-epoch state into the vault once it verifies."""
