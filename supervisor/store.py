@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -217,6 +217,7 @@ class Store:
         # Called with each event once it is committed (notifications); never for a rolled-back one.
         self.listeners: list[Callable[[EventRecord], None]] = []
         self._uncommitted: list[EventRecord] = []
+        self.generation = 0  # counts writes: the scheduler skips a round when nothing was written since
         try:
             self._open()
         except sqlite3.OperationalError:
@@ -334,6 +335,7 @@ class Store:
             return self._write(sql, args)
 
     def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        self.generation += 1  # any write may change what the scheduler sees (a rolled-back one too: harmless)
         try:
             return self._db.execute(sql, args)
         except sqlite3.OperationalError as exc:  # "database or disk is full", "disk I/O error", ...
@@ -354,9 +356,27 @@ class Store:
         rows = self._query(f"SELECT {', '.join(_columns(JobRecord))} FROM jobs WHERE name = ?", (name,))
         return JobRecord(*rows[0]) if rows else None
 
-    def list_jobs(self) -> list[JobRecord]:
-        rows = self._query(f"SELECT {', '.join(_columns(JobRecord))} FROM jobs ORDER BY created_at, name")
+    def list_jobs(self, states: Optional[Iterable[str]] = None, after: Optional[tuple[float, str]] = None,
+                  limit: Optional[int] = None) -> list[JobRecord]:
+        """Every job (or those in ``states``), oldest first; a page of them: ``limit`` jobs after the
+        one whose (created_at, name) is ``after``."""
+        where: list[str] = []
+        args: tuple = ()
+        if states is not None:
+            states = tuple(states)
+            where.append(f"state IN ({', '.join('?' * len(states))})" if states else "0")
+            args += states
+        if after is not None:
+            where.append("(created_at, name) > (?, ?)")
+            args += tuple(after)
+        sql = f"SELECT {', '.join(_columns(JobRecord))} FROM jobs"
+        sql += f" WHERE {' AND '.join(where)}" if where else ""
+        sql += " ORDER BY created_at, name" + (" LIMIT ?" if limit is not None else "")
+        rows = self._query(sql, args + ((limit,) if limit is not None else ()))
         return [JobRecord(*r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        return dict(self._query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
 
     def update_job(self, name: str, **values: Any) -> None:
         bad = set(values) - set(_columns(JobRecord))
@@ -425,6 +445,18 @@ class Store:
         rows = self._query(
             f"SELECT {', '.join(_columns(AttemptRecord))} FROM attempts WHERE job = ? ORDER BY number", (job,))
         return [AttemptRecord(*r) for r in rows]
+
+    def attempts_by_job(self, jobs: list[str]) -> dict[str, list[AttemptRecord]]:
+        """The attempts of each of ``jobs`` in one query (a page of a listing is not a query per job)."""
+        if not jobs:
+            return {}
+        rows = self._query(f"SELECT {', '.join(_columns(AttemptRecord))} FROM attempts"
+                           f" WHERE job IN ({', '.join('?' * len(jobs))}) ORDER BY job, number", tuple(jobs))
+        out: dict[str, list[AttemptRecord]] = {}
+        for r in rows:
+            record = AttemptRecord(*r)
+            out.setdefault(record.job, []).append(record)
+        return out
 
     def open_attempt(self, job: str) -> Optional[AttemptRecord]:
         rows = self._query(

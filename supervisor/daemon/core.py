@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from supervisor.child.progress import write_json_atomic
 from supervisor.contract import Plan, Progress, to_json
@@ -47,6 +47,7 @@ from supervisor.store import JobRecord, Store
 
 S = JobState
 STEP_RETRY_S = 15.0  # a job step that failed on the disk (full, read-only) is tried again after this
+PROCESS_STATES = tuple(s.value for s in JobState if s.has_process)
 NOTES_PER_ATTEMPT = 5  # the child's notes recorded as events per attempt; the rest are counted in one
 NOTE_CHARS = 500  # of one note
 BACKUP_INTERVAL_S = 600.0  # how old state.db.backup may get (the recovery hint for a damaged database)
@@ -223,7 +224,7 @@ class Daemon(GpuScheduling, AttemptEnding):
     def _pick_up_lost_jobs(self) -> None:
         """A job step failed half-way: pick its process (or its end) up again."""
         busy = self.running.keys() | self.ending.keys()
-        if any(S(j.state).has_process and j.name not in busy for j in self.store.list_jobs()):
+        if any(j.name not in busy for j in self.store.list_jobs(PROCESS_STATES)):
             self.reconcile()
 
     def _retry_attempt_ends(self) -> None:
@@ -719,6 +720,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         if purge:
             _purge(self.home.job_dir(name), name)
         self.store.remove_job(name)
+        _SPECS.forget(name)
         self.health.forget(name)
         self.log.info("removed", job=name, actor=actor, purged=purge)
 
@@ -813,10 +815,38 @@ class Daemon(GpuScheduling, AttemptEnding):
         self._watch(name, run)
 
 
-@functools.lru_cache(maxsize=256)
+class _SpecCache:
+    """Each job's parsed spec (or why it does not validate), parsed once per stored text.
+
+    One entry per job name, replaced when the job's text changes (an edit) and dropped when the job
+    is removed: a cache of a fixed size thrashed once the queue outgrew it (500 queued jobs parsed
+    500 YAML texts every tick: a whole core)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, Union[JobSpec, SpecError]]] = {}
+
+    def parse(self, spec_yaml: str, name: str) -> JobSpec:
+        hit = self._entries.get(name)
+        if hit is None or hit[0] != spec_yaml:
+            try:
+                result: Union[JobSpec, SpecError] = parse_spec_text(spec_yaml, name)
+            except SpecError as err:
+                result = err
+            hit = self._entries[name] = (spec_yaml, result)
+        if isinstance(hit[1], SpecError):
+            raise hit[1]
+        return hit[1]
+
+    def forget(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+
+_SPECS = _SpecCache()
+
+
 def _parsed_spec(spec_yaml: str, name: str) -> JobSpec:
     """Specs are immutable once stored; parse each one once, not on every tick."""
-    return parse_spec_text(spec_yaml, name)
+    return _SPECS.parse(spec_yaml, name)
 
 
 def _restore_stop_intent(run: Running, attempt) -> None:
