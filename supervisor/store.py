@@ -217,7 +217,9 @@ class Store:
         # Called with each event once it is committed (notifications); never for a rolled-back one.
         self.listeners: list[Callable[[EventRecord], None]] = []
         self._uncommitted: list[EventRecord] = []
-        self.generation = 0  # counts writes: the scheduler skips a round when nothing was written since
+        # Counts writes to the jobs table (a rolled-back one too: one round more, harmless): the
+        # scheduler skips a round when none happened since the last.
+        self.generation = 0
         try:
             self._open()
         except sqlite3.OperationalError:
@@ -335,7 +337,6 @@ class Store:
             return self._write(sql, args)
 
     def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        self.generation += 1  # any write may change what the scheduler sees (a rolled-back one too: harmless)
         try:
             return self._db.execute(sql, args)
         except sqlite3.OperationalError as exc:  # "database or disk is full", "disk I/O error", ...
@@ -345,6 +346,7 @@ class Store:
     def add_job(self, name: str, spec_yaml: str, state: str, source: str = "",
                 owner_uid: Optional[int] = None, owner_gid: Optional[int] = None) -> JobRecord:
         now = time.time()
+        self.generation += 1
         self._exec(
             "INSERT INTO jobs (name, spec_yaml, source, state, created_at, updated_at, owner_uid, owner_gid)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -384,9 +386,11 @@ class Store:
             raise KeyError(f"unknown job column(s): {sorted(bad)}")
         values["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in values)
+        self.generation += 1
         self._exec(f"UPDATE jobs SET {sets} WHERE name = ?", (*values.values(), name))
 
     def remove_job(self, name: str) -> None:
+        self.generation += 1
         with self.transaction():
             for table, col in (("events", "job"), ("attempts", "job"), ("jobs", "name")):
                 self._write(f"DELETE FROM {table} WHERE {col} = ?", (name,))
