@@ -90,15 +90,17 @@ def idle_cpu(proc: psutil.Process, window_s: float) -> float:
     return (cpu_seconds(proc) - c0) / (time.monotonic() - t0) * 100
 
 
-def socket_times(sock: Path, args: dict, runs: int) -> list[float]:
-    """Seconds from sending the request to the whole answer, on one connection per request."""
+def socket_times(sock: Path, args: dict, runs: int, daemon: psutil.Process) -> tuple[list[float], float]:
+    """Seconds from sending the request to the whole answer (one connection per request), and the
+    daemon's CPU seconds per request (what the machine's load does not change much)."""
     times = []
+    c0 = cpu_seconds(daemon)
     for _ in range(runs):
         t0 = time.perf_counter()
         with connect(sock) as conn:
             conn.request(Request("status", args)).unwrap()
         times.append(time.perf_counter() - t0)
-    return times
+    return times, (cpu_seconds(daemon) - c0) / runs
 
 
 def cli_times(home: Path, args: list[str], runs: int) -> list[float]:
@@ -127,13 +129,14 @@ def measure_daemon(work: Path, count: int, template: str, window_s: float) -> di
         settled = settle(proc)
         cpu = idle_cpu(proc, window_s)
         sock = home / "supervisor.sock"
-        every = socket_times(sock, {}, 3)
-        one = socket_times(sock, {"names": [names[count // 2]]}, 20)
+        every, every_cpu = socket_times(sock, {}, 3, proc)
+        one, _ = socket_times(sock, {"names": [names[count // 2]]}, 20, proc)
         cli_all = cli_times(home, [], 3)
         cli_json = cli_times(home, ["--json"], 3)
         cli_one = cli_times(home, [names[count // 2]], 5)
         return {"jobs": count, "settle_s": settled, "idle_cpu_pct": cpu, "rss_mb": proc.memory_info().rss / 1e6,
-                "status_socket_s": statistics.median(every), "one_socket_p95_s": percentile(one, 95),
+                "status_socket_s": statistics.median(every), "status_daemon_cpu_s": every_cpu,
+                "one_socket_p95_s": percentile(one, 95),
                 "status_cli_s": statistics.median(cli_all), "json_cli_s": statistics.median(cli_json),
                 "one_cli_s": statistics.median(cli_one)}
     finally:
@@ -165,13 +168,15 @@ def report(rows: list[dict], curve: list[tuple[int, float]], window_s: float, st
     out = [f"Measured by `scripts/bench_scale.py` on {started}: one job training (the stand-in trainer) and the "
            "rest queued behind the daemon's one GPU (`gpus: [0]` in config.yaml; no NVML).", "",
            "Machine: " + "; ".join(f"{k}: {v}" for k, v in m.items() if k != "gpu") + ". A shared machine: "
-           "other engineers' test suites ran at the same time, so times carry that load.", "",
+           "other engineers' test suites ran at the same time, so times carry that load (load average "
+           f"at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}).", "",
            f"| queued jobs | daemon CPU while idle ({window_s:g} s) | `status` (CLI) | `status --json` (CLI) | "
-           "`status NAME` (CLI) | `status` at the socket | `status NAME` at the socket (p95) | daemon RSS | "
-           "start-up until idle |", "|---|---|---|---|---|---|---|---|---|"]
+           "`status NAME` (CLI) | `status` at the socket (daemon CPU) | `status NAME` at the socket (p95) | "
+           "daemon RSS | start-up until idle |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['jobs']:,} | {r['idle_cpu_pct']:.1f} % | {r['status_cli_s']:.2f} s | {r['json_cli_s']:.2f} s"
-                   f" | {r['one_cli_s'] * 1000:.0f} ms | {r['status_socket_s']:.2f} s | "
+                   f" | {r['one_cli_s'] * 1000:.0f} ms | {r['status_socket_s']:.2f} s "
+                   f"({r['status_daemon_cpu_s']:.2f} s) | "
                    f"{r['one_socket_p95_s'] * 1000:.1f} ms | {r['rss_mb']:.0f} MB | {r['settle_s']:.0f} s |")
     out += ["", "One placement round, forced (an unchanged round is skipped), in-process over the same jobs:", "",
             "| jobs | round | per 1,000 jobs |", "|---|---|---|"]

@@ -147,6 +147,8 @@ _PART_OVERHEAD = 4096
 
 def response_frames(resp: "Response") -> list[bytes]:
     """The messages that carry ``resp``: one when it fits, else its parts (see the module's text)."""
+    if resp.ok and isinstance(resp.data, list):
+        return _list_frames(resp.data, MAX_MESSAGE_BYTES - _PART_OVERHEAD)
     try:
         return [encode(resp.to_wire())]
     except ProtocolError:
@@ -185,6 +187,29 @@ def _parts(data: Any, budget: int) -> list[Any]:
     return parts
 
 
+def _list_frames(items: list, budget: int) -> list[bytes]:
+    """A list answer's messages, each item encoded once (10,000 jobs' views are 6 MB of JSON)."""
+    encoded = [_dumps(item) for item in items]
+    encoded = [e if len(e) < budget // 2 else _dumps(_too_large(item)) for e, item in zip(encoded, items)]
+    if sum(len(e) + 1 for e in encoded) <= budget:
+        return [b'{"ok":true,"data":[' + b",".join(encoded) + b"]}\n"]
+    chunks: list[list[bytes]] = [[]]
+    room = budget
+    for e in encoded:
+        if len(e) + 1 > room:
+            chunks.append([])
+            room = budget
+        chunks[-1].append(e)
+        room -= len(e) + 1
+    last = len(chunks) - 1
+    return [b'{"ok":true,"part":[' + b",".join(c) + b'],"more":' + (b"true" if i < last else b"false") + b"}\n"
+            for i, c in enumerate(chunks)]
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def _fitted(item: Any, budget: int) -> tuple[Any, int]:
     """The item (or its stand-in when it alone is over the budget) and its size in a list."""
     size = _size(item) + 1
@@ -195,7 +220,7 @@ def _fitted(item: Any, budget: int) -> tuple[Any, int]:
 
 
 def _size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return len(_dumps(value))
 
 
 def _too_large(item: Any) -> dict[str, Any]:

@@ -44,10 +44,14 @@ _SEE_STATUS = "`status NAME` shows more"
 
 def cut_long_strings(value: Any, limit: int, hint: str = "") -> Any:
     """``value`` with every string longer than ``limit`` cut, and marked as cut (how long it was)."""
-    if isinstance(value, str) and len(value) > limit:
-        return value[:limit] + f"... [cut: {len(value)} characters{'; ' + hint if hint else ''}]"
-    if isinstance(value, dict):
-        return {k: cut_long_strings(v, limit, hint) for k, v in value.items()}
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + f"... [cut: {len(value)} characters" \
+            f"{'; ' + hint if hint else ''}]"
+    if isinstance(value, dict):  # a loop, not a call per value: a listing has 40 values a job
+        out = {}
+        for k, v in value.items():
+            out[k] = cut_long_strings(v, limit, hint) if isinstance(v, (str, dict, list)) else v
+        return out
     if isinstance(value, list):
         return [cut_long_strings(v, limit, hint) for v in value]
     return value
