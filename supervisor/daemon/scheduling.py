@@ -43,6 +43,7 @@ class GpuScheduling:
         skipped (10,000 queued jobs behind one GPU cost a core when every tick placed them all)."""
         if self._round_unchanged():
             return Placement()
+        self._round_again = False
         try:
             return self._placement_round()
         finally:
@@ -72,6 +73,8 @@ class GpuScheduling:
             self._placed[name] = gpus
             self._guarded(self.launch, name)
             self._placed.pop(name, None)
+            if name not in self.running:  # e.g. the release gate waits for its GPU memory: look again next tick
+                self._round_again = True
         self._note_waiting({j.name: j for j in jobs}, placement.waits)
         return placement
 
@@ -105,7 +108,7 @@ class GpuScheduling:
         for job in self.store.list_jobs([S.BACKOFF.value]):
             if job.next_start_at is not None:
                 until.append(now + max(0.0, job.next_start_at - now_wall))
-        self._round_valid_until = min(until)
+        self._round_valid_until = now if self._round_again else min(until)
         self._last_round = self._round_inputs()
 
     def _is_due(self, job: JobRecord) -> bool:

@@ -202,3 +202,16 @@ def test_a_placement_round_whose_inputs_did_not_change_is_skipped(daemon, monkey
     assert len(rounds) == 2
     wait_for(lambda: daemon.start_due_jobs() is not None and len(rounds) == 3, timeout=10,
              what="a round once the holder's backoff is over")
+
+
+def test_a_placed_job_that_did_not_start_is_placed_again_at_the_next_tick(daemon, monkeypatch):
+    """The release gate (its GPU memory not yet free) leaves a placed job queued without a write: the
+    skip must not turn the next look into a wait of seconds."""
+    add_jobs(daemon, 3, state="queued")
+    rounds = []
+    real = scheduling.place
+    monkeypatch.setattr(scheduling, "place", lambda *a, **k: rounds.append(1) or real(*a, **k))
+    monkeypatch.setattr(daemon, "launch", lambda name, actor=None: None)  # placed, but not started
+    daemon.start_due_jobs()
+    daemon.start_due_jobs()
+    assert len(rounds) == 2
