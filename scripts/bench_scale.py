@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -103,8 +104,11 @@ def socket_times(sock: Path, args: dict, runs: int, daemon: psutil.Process) -> t
     return times, (cpu_seconds(daemon) - c0) / runs
 
 
-def cli_times(home: Path, args: list[str], runs: int) -> list[float]:
+def cli_times(home: Path, args: list[str], runs: int, daemon: psutil.Process) -> tuple[list[float], float]:
+    """Wall seconds of each CLI run, and the CPU seconds of one run, the CLI's and the daemon's together
+    (about what a run takes on a machine where nothing else runs)."""
     times = []
+    c0, d0 = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(daemon)
     for _ in range(runs):
         t0 = time.perf_counter()
         done = subprocess.run([PYTHON, "-m", "supervisor.control.cli", "--home", str(home), "status", *args],
@@ -112,7 +116,9 @@ def cli_times(home: Path, args: list[str], runs: int) -> list[float]:
         times.append(time.perf_counter() - t0)
         if done.returncode != 0:
             raise RuntimeError(f"status {args} failed: {done.stderr.decode()[-500:]}")
-    return times
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime + cpu_seconds(daemon) - d0
+    return times, cpu / runs
 
 
 def measure_daemon(work: Path, count: int, template: str, window_s: float) -> dict:
@@ -131,14 +137,15 @@ def measure_daemon(work: Path, count: int, template: str, window_s: float) -> di
         sock = home / "supervisor.sock"
         every, every_cpu = socket_times(sock, {}, 3, proc)
         one, _ = socket_times(sock, {"names": [names[count // 2]]}, 20, proc)
-        cli_all = cli_times(home, [], 3)
-        cli_json = cli_times(home, ["--json"], 3)
-        cli_one = cli_times(home, [names[count // 2]], 5)
+        cli_all, all_cpu = cli_times(home, [], 3, proc)
+        cli_json, json_cpu = cli_times(home, ["--json"], 3, proc)
+        cli_one, one_cpu = cli_times(home, [names[count // 2]], 5, proc)
         return {"jobs": count, "settle_s": settled, "idle_cpu_pct": cpu, "rss_mb": proc.memory_info().rss / 1e6,
                 "status_socket_s": statistics.median(every), "status_daemon_cpu_s": every_cpu,
                 "one_socket_p95_s": percentile(one, 95),
                 "status_cli_s": statistics.median(cli_all), "json_cli_s": statistics.median(cli_json),
-                "one_cli_s": statistics.median(cli_one)}
+                "one_cli_s": statistics.median(cli_one), "status_cpu_s": all_cpu, "json_cpu_s": json_cpu,
+                "one_cpu_s": one_cpu, "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
     finally:
         d.close()
 
@@ -170,14 +177,16 @@ def report(rows: list[dict], curve: list[tuple[int, float]], window_s: float, st
            "Machine: " + "; ".join(f"{k}: {v}" for k, v in m.items() if k != "gpu") + ". A shared machine: "
            "other engineers' test suites ran at the same time, so times carry that load (load average "
            f"at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}).", "",
+           "Each time is wall time, then in brackets the CPU seconds it took (the CLI's and the daemon's "
+           "together; at the socket the daemon's): about the wall time on a machine with a core to spare.", "",
            f"| queued jobs | daemon CPU while idle ({window_s:g} s) | `status` (CLI) | `status --json` (CLI) | "
-           "`status NAME` (CLI) | `status` at the socket (daemon CPU) | `status NAME` at the socket (p95) | "
-           "daemon RSS | start-up until idle |", "|---|---|---|---|---|---|---|---|---|"]
+           "`status NAME` (CLI) | `status` at the socket | `status NAME` at the socket (p95) | "
+           "daemon RSS | start-up until idle | load average |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['jobs']:,} | {r['idle_cpu_pct']:.1f} % | {r['status_cli_s']:.2f} s | {r['json_cli_s']:.2f} s"
-                   f" | {r['one_cli_s'] * 1000:.0f} ms | {r['status_socket_s']:.2f} s "
-                   f"({r['status_daemon_cpu_s']:.2f} s) | "
-                   f"{r['one_socket_p95_s'] * 1000:.1f} ms | {r['rss_mb']:.0f} MB | {r['settle_s']:.0f} s |")
+        out.append(f"| {r['jobs']:,} | {r['idle_cpu_pct']:.1f} % | {r['status_cli_s']:.2f} s ({r['status_cpu_s']:.2f} s)"
+                   f" | {r['json_cli_s']:.2f} s ({r['json_cpu_s']:.2f} s) | {r['one_cli_s'] * 1000:.0f} ms "
+                   f"({r['one_cpu_s'] * 1000:.0f} ms) | {r['status_socket_s']:.2f} s ({r['status_daemon_cpu_s']:.2f} s) | "
+                   f"{r['one_socket_p95_s'] * 1000:.1f} ms | {r['rss_mb']:.0f} MB | {r['settle_s']:.0f} s | {r['load']} |")
     out += ["", "One placement round, forced (an unchanged round is skipped), in-process over the same jobs:", "",
             "| jobs | round | per 1,000 jobs |", "|---|---|---|"]
     for count, seconds in curve:

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job, number);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS events_job ON events (job, id);
 """
 

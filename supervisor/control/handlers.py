@@ -107,7 +107,7 @@ def _names(args: dict[str, Any]) -> list[str]:
 
 # -- read-only requests ----------------------------------------------------------
 MAX_NAMES = 1000       # distinct job names in one request
-STATUS_PAGE = 500      # jobs rendered per turn of the loop in a listing of every job
+STATUS_PAGE = 1000     # jobs rendered per turn of the loop in a listing of every job (about 0.1 s)
 
 
 def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> Any:
