@@ -13,7 +13,8 @@ belongs, a list for a path: the field's default), ignores keys it does not know 
 and fills defaults for missing ones (an older one). Nothing a child writes can raise in the daemon.
 Types are checked with their ranges and sizes (``_fits``): an int within ``MAX_INT`` (a product of
 two fits SQLite's 64-bit integer), a finite float within ``MAX_FLOAT``, every element of a list or
-dict, at most ``MAX_ITEMS`` of them, and strings cut to ``MAX_TEXT`` characters.
+dict, at most ``MAX_ITEMS`` of them, strings of at most ``MAX_TEXT`` characters (a longer path is no
+path, and a cut one could name another folder).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def to_json(value: Any) -> dict[str, Any]:
 MAX_INT = 2**31 - 1
 MAX_FLOAT = 1e12
 MAX_ITEMS = 1000           # elements of one list or dict
-MAX_TEXT = 8192            # characters of one string; longer ones are cut
+MAX_TEXT = 8192            # characters of one string (a path is at most 4096 bytes)
 MAX_ANY_NODES = 10_000     # values in one free-form (``Any``) field, nested ones included
 
 
@@ -106,7 +107,7 @@ def from_json(cls: type[T], data: Any) -> Optional[T]:
     values = {}
     for f in dataclasses.fields(cls):
         if f.name in data and _fits(data[f.name], hints[f.name]):
-            values[f.name] = _cut(data[f.name])
+            values[f.name] = data[f.name]
     try:
         return cls(**values)
     except TypeError:  # a required field missing or ill-typed (only Plan has them)
@@ -143,7 +144,7 @@ def _fits_scalar(value: Any, hint: Any) -> bool:
             return -MAX_FLOAT <= value <= MAX_FLOAT
         return isinstance(value, float) and math.isfinite(value) and -MAX_FLOAT <= value <= MAX_FLOAT
     if hint is str:
-        return isinstance(value, str)
+        return isinstance(value, str) and len(value) <= MAX_TEXT
     return isinstance(value, hint)
 
 
@@ -152,23 +153,14 @@ def _plain(value: Any, budget: list[int]) -> bool:
     budget[0] -= 1
     if budget[0] < 0:
         return False
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return True
+    if isinstance(value, str):
+        return len(value) <= MAX_TEXT
     if isinstance(value, (int, float)):
         return _fits_scalar(value, float)
     if isinstance(value, list):
         return len(value) <= MAX_ITEMS and all(_plain(v, budget) for v in value)
     if isinstance(value, dict):
-        return len(value) <= MAX_ITEMS and all(isinstance(k, str) and _plain(v, budget) for k, v in value.items())
+        return len(value) <= MAX_ITEMS and all(_fits_scalar(k, str) and _plain(v, budget) for k, v in value.items())
     return False
-
-
-def _cut(value: Any) -> Any:
-    """``value`` with every string cut to ``MAX_TEXT`` characters (a well-typed value is already bounded)."""
-    if isinstance(value, str):
-        return value[:MAX_TEXT]
-    if isinstance(value, list):
-        return [_cut(v) for v in value]
-    if isinstance(value, dict):
-        return {k[:MAX_TEXT]: _cut(v) for k, v in value.items()}
-    return value
