@@ -170,8 +170,7 @@ def round_cost(work: Path, count: int, template: str, rounds: int = 5) -> float:
         daemon.store.close()
 
 
-def report(rows: list[dict], curve: list[tuple[int, float]], window_s: float, started: str) -> str:
-    m = machine()
+def report(rows: list[dict], curve: list[tuple[int, float]], window_s: float, started: str, m: dict) -> str:
     out = [f"Measured by `scripts/bench_scale.py` on {started}: one job training (the stand-in trainer) and the "
            "rest queued behind the daemon's one GPU (`gpus: [0]` in config.yaml; no NVML).", "",
            "Machine: " + "; ".join(f"{k}: {v}" for k, v in m.items() if k != "gpu") + ". A shared machine: "
@@ -193,8 +192,10 @@ def report(rows: list[dict], curve: list[tuple[int, float]], window_s: float, st
         out.append(f"| {count:,} | {seconds * 1000:.0f} ms | {seconds * 1000 / count * 1000:.1f} ms |")
     big = rows[-1] if rows else None
     if big:
-        verdict = [("status", big["status_cli_s"] < TARGETS["status_s"]),
-                   ("status --json", big["json_cli_s"] < TARGETS["status_s"]),
+        verdict = [("`status` in wall time", big["status_cli_s"] < TARGETS["status_s"]),
+                   ("`status` in CPU time", big["status_cpu_s"] < TARGETS["status_s"]),
+                   ("`status --json` in wall time", big["json_cli_s"] < TARGETS["status_s"]),
+                   ("`status --json` in CPU time", big["json_cpu_s"] < TARGETS["status_s"]),
                    ("one job's status at the socket", big["one_socket_p95_s"] < TARGETS["one_job_s"]),
                    ("idle CPU", big["idle_cpu_pct"] < TARGETS["idle_cpu_pct"])]
         out += ["", f"Targets at {big['jobs']:,} jobs: " + ", ".join(f"{what} {'met' if ok else 'MISSED'}"
@@ -209,7 +210,7 @@ def main() -> int:
     p.add_argument("--idle-window", type=float, default=20.0)
     p.add_argument("--work", type=Path, default=Path(f"/tmp/yolo-supervisor-scale-{os.getpid()}"))
     args = p.parse_args()
-    started = now_utc()
+    started, m = now_utc(), machine()
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "fake_trainer.py").write_text(FAKE)
     template = spec_template(make_dataset(args.work / "dataset", images=4, size=32))
@@ -221,7 +222,7 @@ def main() -> int:
     for count in args.jobs:
         rows.append(measure_daemon(args.work, count, template, args.idle_window))
         print(f"{count} jobs: {rows[-1]}", file=sys.stderr, flush=True)
-    print(report(rows, curve, args.idle_window, started))
+    print(report(rows, curve, args.idle_window, started, m))
     return 0
 
 
