@@ -43,11 +43,10 @@ class GpuScheduling:
         skipped (10,000 queued jobs behind one GPU cost a core when every tick placed them all)."""
         if self._round_unchanged():
             return Placement()
-        self._round_again = False
-        try:
-            return self._placement_round()
-        finally:
-            self._note_round()
+        self._last_round, self._round_again = None, False  # a round that fails is done again next time
+        placement = self._placement_round()
+        self._note_round()
+        return placement
 
     def _placement_round(self) -> Placement:
         jobs = self._placement_candidates()

@@ -215,3 +215,18 @@ def test_a_placed_job_that_did_not_start_is_placed_again_at_the_next_tick(daemon
     daemon.start_due_jobs()
     daemon.start_due_jobs()
     assert len(rounds) == 2
+
+
+def test_a_round_that_failed_is_done_again_at_the_next_tick(daemon, monkeypatch):
+    """A failure (a full disk under the state database) must not be remembered as a decided round."""
+    add_jobs(daemon, 3, state="queued")
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(1)
+        raise OSError("disk full")
+    monkeypatch.setattr(scheduling, "place", failing)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            daemon.start_due_jobs()
+    assert len(calls) == 2
