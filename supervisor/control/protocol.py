@@ -152,25 +152,14 @@ def response_frames(resp: "Response") -> list[bytes]:
     try:
         return [encode(resp.to_wire())]
     except ProtocolError:
-        if not resp.ok or not isinstance(resp.data, (list, dict)):
+        if not resp.ok or not isinstance(resp.data, dict):
             raise
-    parts = _parts(resp.data, MAX_MESSAGE_BYTES - _PART_OVERHEAD)
+    parts: list[Any] = _parts(resp.data, MAX_MESSAGE_BYTES - _PART_OVERHEAD)
     return [encode({"ok": True, "part": part, "more": i < len(parts) - 1}) for i, part in enumerate(parts)]
 
 
-def _parts(data: Any, budget: int) -> list[Any]:
-    """``data`` (a list, or an object of values and lists) cut into parts of at most ``budget`` bytes."""
-    if isinstance(data, list):
-        parts: list[Any] = [[]]
-        room = budget
-        for item in data:
-            item, size = _fitted(item, budget)
-            if size > room:
-                parts.append([])
-                room = budget
-            parts[-1].append(item)
-            room -= size
-        return parts
+def _parts(data: dict[str, Any], budget: int) -> list[dict[str, Any]]:
+    """An object answer cut into parts of at most ``budget`` bytes, between the items of its lists."""
     head = {k: ([] if isinstance(v, list) else v) for k, v in data.items()}  # every list key, empty
     room = budget - _size(head)
     if room < 0:
