@@ -11,6 +11,10 @@ Progress and the exit record are written by the job's user, so the daemon reads 
 input: ``from_json`` keeps a value only when it has the field's type (a string where a number
 belongs, a list for a path: the field's default), ignores keys it does not know (a newer child)
 and fills defaults for missing ones (an older one). Nothing a child writes can raise in the daemon.
+Types are checked with their ranges and sizes (``_fits``): an int within ``MAX_INT`` (a product of
+two fits SQLite's 64-bit integer), a finite float within ``MAX_FLOAT``, every element of a list or
+dict, at most ``MAX_ITEMS`` of them, strings of at most ``MAX_TEXT`` characters (a longer path is no
+path, and a cut one could name another folder).
 """
 
 from __future__ import annotations
@@ -85,6 +89,16 @@ def to_json(value: Any) -> dict[str, Any]:
     return dataclasses.asdict(value)
 
 
+# Ranges and sizes of what a child may write (its own lists hold 20 notes and 50 epoch times,
+# its traceback 4000 characters). Counts, epochs, batches and pids are far below MAX_INT; times
+# (epoch seconds) and durations below MAX_FLOAT.
+MAX_INT = 2**31 - 1
+MAX_FLOAT = 1e12
+MAX_ITEMS = 1000           # elements of one list or dict
+MAX_TEXT = 8192            # characters of one string (a path is at most 4096 bytes)
+MAX_ANY_NODES = 10_000     # values in one free-form (``Any``) field, nested ones included
+
+
 def from_json(cls: type[T], data: Any) -> Optional[T]:
     """An instance from a JSON object, keeping only well-typed values; None for a non-object."""
     if not isinstance(data, dict):
@@ -101,19 +115,52 @@ def from_json(cls: type[T], data: Any) -> Optional[T]:
 
 
 def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type ``hint`` names, within the ranges and sizes above."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         return any(_fits(value, arm) for arm in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is Any:
-        return True
-    if origin in (list, dict):
-        return isinstance(value, origin)
+        return _plain(value, [MAX_ANY_NODES])
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and len(value) <= MAX_ITEMS and all(_fits(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint) or (str, Any)
+        return (isinstance(value, dict) and len(value) <= MAX_ITEMS
+                and all(_fits(k, key) and _fits(v, item) for k, v in value.items()))
+    return _fits_scalar(value, hint)
+
+
+def _fits_scalar(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        # an int too: a 400-digit one is compared, never converted (math.isfinite would overflow)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return -MAX_FLOAT <= value <= MAX_FLOAT
+        return isinstance(value, float) and math.isfinite(value) and -MAX_FLOAT <= value <= MAX_FLOAT
+    if hint is str:
+        return isinstance(value, str) and len(value) <= MAX_TEXT
     return isinstance(value, hint)
+
+
+def _plain(value: Any, budget: list[int]) -> bool:
+    """A free-form JSON value: bounded in count (``budget`` is shared down the tree), numbers in range."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return len(value) <= MAX_TEXT
+    if isinstance(value, (int, float)):
+        return _fits_scalar(value, float)
+    if isinstance(value, list):
+        return len(value) <= MAX_ITEMS and all(_plain(v, budget) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= MAX_ITEMS and all(_fits_scalar(k, str) and _plain(v, budget) for k, v in value.items())
+    return False

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job, number);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS events_job ON events (job, id);
 """
 
@@ -245,6 +246,9 @@ class Store:
         # Called with each event once it is committed (notifications); never for a rolled-back one.
         self.listeners: list[Callable[[EventRecord], None]] = []
         self._uncommitted: list[EventRecord] = []
+        # Counts writes to the jobs table (a rolled-back one too: one round more, harmless): the
+        # scheduler skips a round when none happened since the last.
+        self.generation = 0
         try:
             self._open()
         except sqlite3.OperationalError:
@@ -375,6 +379,7 @@ class Store:
     def add_job(self, name: str, spec_yaml: str, state: str, source: str = "",
                 owner_uid: Optional[int] = None, owner_gid: Optional[int] = None) -> JobRecord:
         now = time.time()
+        self.generation += 1
         self._exec(
             "INSERT INTO jobs (name, spec_yaml, source, state, created_at, updated_at, owner_uid, owner_gid)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -386,9 +391,27 @@ class Store:
         rows = self._query(f"SELECT {', '.join(_columns(JobRecord))} FROM jobs WHERE name = ?", (name,))
         return JobRecord(*rows[0]) if rows else None
 
-    def list_jobs(self) -> list[JobRecord]:
-        rows = self._query(f"SELECT {', '.join(_columns(JobRecord))} FROM jobs ORDER BY created_at, name")
+    def list_jobs(self, states: Optional[Iterable[str]] = None, after: Optional[tuple[float, str]] = None,
+                  limit: Optional[int] = None) -> list[JobRecord]:
+        """Every job (or those in ``states``), oldest first; a page of them: ``limit`` jobs after the
+        one whose (created_at, name) is ``after``."""
+        where: list[str] = []
+        args: tuple = ()
+        if states is not None:
+            states = tuple(states)
+            where.append(f"state IN ({', '.join('?' * len(states))})" if states else "0")
+            args += states
+        if after is not None:
+            where.append("(created_at, name) > (?, ?)")
+            args += tuple(after)
+        sql = f"SELECT {', '.join(_columns(JobRecord))} FROM jobs"
+        sql += f" WHERE {' AND '.join(where)}" if where else ""
+        sql += " ORDER BY created_at, name" + (" LIMIT ?" if limit is not None else "")
+        rows = self._query(sql, args + ((limit,) if limit is not None else ()))
         return [JobRecord(*r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        return dict(self._query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
 
     def update_job(self, name: str, **values: Any) -> None:
         bad = set(values) - set(_columns(JobRecord))
@@ -396,9 +419,11 @@ class Store:
             raise KeyError(f"unknown job column(s): {sorted(bad)}")
         values["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in values)
+        self.generation += 1
         self._exec(f"UPDATE jobs SET {sets} WHERE name = ?", (*values.values(), name))
 
     def remove_job(self, name: str) -> None:
+        self.generation += 1
         with self.transaction():
             for table, col in (("events", "job"), ("attempts", "job"), ("jobs", "name")):
                 self._write(f"DELETE FROM {table} WHERE {col} = ?", (name,))
@@ -457,6 +482,18 @@ class Store:
         rows = self._query(
             f"SELECT {', '.join(_columns(AttemptRecord))} FROM attempts WHERE job = ? ORDER BY number", (job,))
         return [AttemptRecord(*r) for r in rows]
+
+    def attempts_by_job(self, jobs: list[str]) -> dict[str, list[AttemptRecord]]:
+        """The attempts of each of ``jobs`` in one query (a page of a listing is not a query per job)."""
+        if not jobs:
+            return {}
+        rows = self._query(f"SELECT {', '.join(_columns(AttemptRecord))} FROM attempts"
+                           f" WHERE job IN ({', '.join('?' * len(jobs))}) ORDER BY job, number", tuple(jobs))
+        out: dict[str, list[AttemptRecord]] = {}
+        for r in rows:
+            record = AttemptRecord(*r)
+            out.setdefault(record.job, []).append(record)
+        return out
 
     def open_attempt(self, job: str) -> Optional[AttemptRecord]:
         rows = self._query(

@@ -18,8 +18,6 @@ import yaml
 from supervisor.control.protocol import (EXIT_CODES, one_line, Connection, ErrorCode, ProtocolError, Request, RequestError,
                                          connect)
 from supervisor.control.protocol import exit_status_text
-from supervisor.jobs.edit import EditRefused, parse_assignments
-from supervisor.jobs.spec import MAX_SPEC_BYTES
 from supervisor.paths import HOME_ENV, Home, default_home
 from supervisor.process.classify import signal_name
 
@@ -174,6 +172,8 @@ def cmd_gpus(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_submit(conn: Connection, args: argparse.Namespace) -> int:
+    from supervisor.jobs.spec import MAX_SPEC_BYTES  # here: the spec model (pydantic) costs every command 0.3 s
+
     if args.file == "-":
         data, source = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1), "stdin"
     else:
@@ -242,6 +242,8 @@ def cmd_history(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_edit(conn: Connection, args: argparse.Namespace) -> int:
+    from supervisor.jobs.edit import EditRefused, parse_assignments  # as in cmd_submit
+
     try:
         values = parse_assignments(args.assignments)
     except EditRefused as err:

@@ -29,7 +29,8 @@ from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError, parse_
 from supervisor.observe.notify import job_target_problems
 from supervisor.observe.goodput import goodput
 from supervisor.observe.usage import usage
-from supervisor.observe.views import gpu_views, job_view  # noqa: F401 - status's view; also imported from here
+from supervisor.observe.views import (JOB_TEXT, LISTING_TEXT, cut_long_strings, gpu_views,  # noqa: F401
+                                      job_view, job_views)  # status's views; job_view also imported from here
 from supervisor.store import JobRecord
 
 if TYPE_CHECKING:
@@ -149,14 +150,52 @@ def _int_arg(args: dict[str, Any], key: str, default: int, low: int = 0) -> int:
     return value
 
 
-# -- read-only requests ----------------------------------------------------------
-def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[str, Any]]:
-    """Every job (or the named ones) with its state, progress and restart count."""
+def _names(args: dict[str, Any]) -> list[str]:
+    """The distinct job names a request lists (a name given 100,000 times is looked up once), at most
+    ``MAX_NAMES`` of them."""
     names = args.get("names") or []
     if not isinstance(names, list):
         raise RequestError(ErrorCode.USAGE, "'names' must be a list")
-    jobs = [_job(daemon, {"name": n}) for n in names] if names else daemon.store.list_jobs()
-    return [job_view(daemon, job) for job in jobs]
+    distinct = list(dict.fromkeys(n if isinstance(n, str) else repr(n)[:100] for n in names))
+    if len(distinct) > MAX_NAMES:
+        raise RequestError(ErrorCode.USAGE, f"{len(distinct)} names in one request; at most {MAX_NAMES} "
+                                            "(leave the names out to list every job)")
+    return [_name({"name": n}) for n in distinct]
+
+
+# -- read-only requests ----------------------------------------------------------
+MAX_NAMES = 1000       # distinct job names in one request
+STATUS_PAGE = 1000     # jobs rendered per turn of the loop in a listing of every job (about 0.1 s)
+
+
+def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> Any:
+    """Every job (or the named ones) with its state, progress and restart count. A listing of every
+    job is rendered a page at a time, each page one short turn on the loop (10,000 jobs must not
+    hold it for seconds), and its long strings are cut; a named job's view shows them whole."""
+    names = _names(args)
+    if names:
+        return job_views(daemon, [_job(daemon, {"name": n}) for n in names], text_limit=JOB_TEXT)
+    return Deferred(lambda: _every_view(daemon))
+
+
+def _every_view(daemon: "Daemon") -> list[dict[str, Any]]:
+    """Runs on the connection's thread: asks the loop for one page after another."""
+    views: list[dict[str, Any]] = []
+    after: Optional[tuple[float, str]] = None
+    now = time.time()
+    while True:
+        page = daemon.call(lambda: _view_page(daemon, after, now))
+        views += page[0]
+        if page[1] is None:
+            return views
+        after = page[1]
+
+
+def _view_page(daemon: "Daemon", after: Optional[tuple[float, str]], now: float):
+    """(the views of the STATUS_PAGE jobs after ``after``, the key to go on from; None at the end)."""
+    jobs = daemon.store.list_jobs(after=after, limit=STATUS_PAGE)
+    last = (jobs[-1].created_at, jobs[-1].name) if len(jobs) == STATUS_PAGE else None
+    return job_views(daemon, jobs, now), last
 
 
 def gpus(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[str, Any]]:
@@ -168,11 +207,7 @@ def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     """Every attempt of a job (with its goodput share) and every event, oldest first."""
     job = _job(daemon, args)
     now = time.time()
-    events = []
-    for e in daemon.store.events(job.name):
-        row = dataclasses.asdict(e)
-        row["data"] = json.loads(e.data) if e.data else None
-        events.append(row)
+    events = [_event_row(e) for e in daemon.store.events(job.name)]
     attempts = daemon.store.attempts(job.name)
     gp = goodput(job, attempts, now)
     rows = []
@@ -181,8 +216,9 @@ def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
         row.update(training_s=round(share.training_s, 1), down_after_s=round(share.down_after_s, 1),
                    epochs_reached=share.epochs_reached, epochs_redone=share.epochs_redone,
                    batches_redone=share.batches_redone)
-        rows.append(row)
-    return {"job": job_view(daemon, job, now), "attempts": rows, "events": events, "goodput": gp.to_dict()}
+        rows.append(cut_long_strings(row, EVENT_TEXT))
+    return {"job": cut_long_strings(job_view(daemon, job, now, attempts), JOB_TEXT), "attempts": rows,
+            "events": events, "goodput": gp.to_dict()}
 
 
 def results(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
@@ -255,9 +291,13 @@ def events(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
 
 
 def _event_row(e) -> dict[str, Any]:
+    """An event as listed: long values (an edit of a 600 KB value, a reason naming a long path) cut."""
     row = dataclasses.asdict(e)
     row["data"] = json.loads(e.data) if e.data else None
-    return row
+    return cut_long_strings(row, EVENT_TEXT)
+
+
+EVENT_TEXT = 2048  # characters of one value of an event in a listing
 
 
 NOTIFY_TEST_WAIT_S = 330.0  # the longest a single try may take (timeout_s <= 300), and some
@@ -344,6 +384,7 @@ def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]
     values = args.get("values")
     if not isinstance(values, dict) or not values or not all(isinstance(k, str) for k in values):
         raise RequestError(ErrorCode.USAGE, "edit needs KEY=VALUE arguments")
+    _check_edit_size(values)
     try:
         change = daemon.edit(job.name, values, bool(args.get("force")), peer.actor)
     except EditRefused as err:
@@ -354,6 +395,20 @@ def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]
         raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
     return {"name": job.name, "changes": {k: [old, new] for k, (old, new) in change.changes.items()},
             "warnings": change.warnings, "state": daemon.store.get_job(job.name).state}
+
+
+MAX_EDIT_VALUES = 32          # KEY=VALUE pairs in one edit
+MAX_EDIT_VALUE_BYTES = 4096   # one value, as JSON (a path is at most 4096 bytes)
+
+
+def _check_edit_size(values: dict[str, Any]) -> None:
+    if len(values) > MAX_EDIT_VALUES:
+        raise RequestError(ErrorCode.USAGE, f"{len(values)} values in one edit; at most {MAX_EDIT_VALUES}")
+    for key, value in values.items():
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        if len(key) > 100 or size > MAX_EDIT_VALUE_BYTES:
+            raise RequestError(ErrorCode.USAGE, f"{key[:100]!r}: a value of {size} bytes; at most "
+                                                f"{MAX_EDIT_VALUE_BYTES} bytes a value")
 
 
 def extend(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:

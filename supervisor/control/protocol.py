@@ -8,6 +8,16 @@ longer line is an error, never buffered whole.
     request:  {"v": 1, "cmd": "stop", "args": {"name": "coco"}}
     response: {"ok": true, "data": ...}
               {"ok": false, "error": "wrong_state", "message": "coco: is stopped"}
+
+Requests are bounded (one message); answers are not: one that does not fit a message (``status``
+of 10,000 jobs) comes in parts, each a message, which the receiving side joins:
+
+    {"ok": true, "part": [...some items...], "more": true}
+    {"ok": true, "part": [...the rest...], "more": false}
+
+A list answer is cut between its items; an object answer between the items of its lists (the
+other values come in the first part). An item that alone would not fit one message is replaced by
+``{"name": ..., "error": "over the message limit"}``, so no single item can make an answer fail.
 """
 
 from __future__ import annotations
@@ -131,6 +141,96 @@ class Response:
         return self.data
 
 
+# Room in one message for a part's own keys and the JSON around its items.
+_PART_OVERHEAD = 4096
+
+
+def response_frames(resp: "Response") -> list[bytes]:
+    """The messages that carry ``resp``: one when it fits, else its parts (see the module's text)."""
+    if resp.ok and isinstance(resp.data, list):
+        return _list_frames(resp.data, MAX_MESSAGE_BYTES - _PART_OVERHEAD)
+    try:
+        return [encode(resp.to_wire())]
+    except ProtocolError:
+        if not resp.ok or not isinstance(resp.data, dict):
+            raise
+    parts: list[Any] = _parts(resp.data, MAX_MESSAGE_BYTES - _PART_OVERHEAD)
+    return [encode({"ok": True, "part": part, "more": i < len(parts) - 1}) for i, part in enumerate(parts)]
+
+
+def _parts(data: dict[str, Any], budget: int) -> list[dict[str, Any]]:
+    """An object answer cut into parts of at most ``budget`` bytes, between the items of its lists."""
+    head = {k: ([] if isinstance(v, list) else v) for k, v in data.items()}  # every list key, empty
+    room = budget - _size(head)
+    if room < 0:
+        raise ProtocolError("an answer's own values are over the message limit")
+    parts = [head]
+    for key, items in data.items():
+        for item in items if isinstance(items, list) else ():
+            item, size = _fitted(item, budget)
+            if size > room:
+                parts.append({})
+                room = budget - _size({key: []})
+            parts[-1].setdefault(key, []).append(item)
+            room -= size
+    return parts
+
+
+def _list_frames(items: list, budget: int) -> list[bytes]:
+    """A list answer's messages, each item encoded once (10,000 jobs' views are 6 MB of JSON)."""
+    encoded = [_dumps(item) for item in items]
+    encoded = [e if len(e) < budget // 2 else _dumps(_too_large(item)) for e, item in zip(encoded, items)]
+    if sum(len(e) + 1 for e in encoded) <= budget:
+        return [b'{"ok":true,"data":[' + b",".join(encoded) + b"]}\n"]
+    chunks: list[list[bytes]] = [[]]
+    room = budget
+    for e in encoded:
+        if len(e) + 1 > room:
+            chunks.append([])
+            room = budget
+        chunks[-1].append(e)
+        room -= len(e) + 1
+    last = len(chunks) - 1
+    return [b'{"ok":true,"part":[' + b",".join(c) + b'],"more":' + (b"true" if i < last else b"false") + b"}\n"
+            for i, c in enumerate(chunks)]
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _fitted(item: Any, budget: int) -> tuple[Any, int]:
+    """The item (or its stand-in when it alone is over the budget) and its size in a list."""
+    size = _size(item) + 1
+    if size > budget // 2:
+        item = _too_large(item)
+        size = _size(item) + 1
+    return item, size
+
+
+def _size(value: Any) -> int:
+    return len(_dumps(value))
+
+
+def _too_large(item: Any) -> dict[str, Any]:
+    name = item.get("name") if isinstance(item, dict) else None
+    return {"name": name if isinstance(name, str) and len(name) < 256 else None, "error": "over the message limit"}
+
+
+def join_parts(parts: list[Any]) -> Any:
+    """The answer ``response_frames`` cut into ``parts``."""
+    if all(isinstance(p, list) for p in parts):
+        return [item for part in parts for item in part]
+    joined: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, list) and isinstance(joined.get(key), list):
+                joined[key].extend(value)
+            else:
+                joined[key] = value
+    return joined
+
+
 def encode(msg: dict[str, Any]) -> bytes:
     line = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
     if len(line) > MAX_MESSAGE_BYTES:
@@ -175,6 +275,11 @@ class Connection:
     def send(self, msg: dict[str, Any]) -> None:
         self.sock.sendall(encode(msg))
 
+    def send_response(self, resp: "Response") -> None:
+        """One message, or the parts of an answer too large for one (joined by ``request``)."""
+        for frame in response_frames(resp):
+            self.sock.sendall(frame)
+
     def receive(self) -> Optional[dict[str, Any]]:
         """The next message; None when the peer closed the connection between messages."""
         line = self._reader.readline(MAX_MESSAGE_BYTES + 1)
@@ -212,10 +317,24 @@ class Connection:
     def request(self, req: Request) -> Response:
         """Send one request and wait for its response."""
         self.send(req.to_wire())
+        msg = self._answer()
+        if "part" not in msg:
+            return Response.from_wire(msg)
+        parts = [msg["part"]]
+        while msg.get("more") is True:
+            msg = self._answer()
+            if "part" not in msg:  # the daemon failed part-way: its error
+                return Response.from_wire(msg)
+            parts.append(msg["part"])
+        if not all(isinstance(p, list) for p in parts) and not all(isinstance(p, dict) for p in parts):
+            raise ProtocolError("an answer in parts of different kinds")
+        return Response.success(join_parts(parts))
+
+    def _answer(self) -> dict[str, Any]:
         msg = self.receive()
         if msg is None:
             raise ProtocolError("the daemon closed the connection without answering")
-        return Response.from_wire(msg)
+        return msg
 
     def close(self) -> None:
         self._reader.close()

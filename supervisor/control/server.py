@@ -182,12 +182,19 @@ class ControlServer:
                 if msg is None:
                     return
                 conn.settimeout(REQUEST_DEADLINE_S)  # a client that does not read its answer is cut off too
-                channel.send(self.answer(msg, peer).to_wire())
+                self._send(channel, self.answer(msg, peer))
         except OSError:
             pass  # the client went away, or missed its deadline
         finally:
             conn.close()
             self._slots.give_back(peer.uid, operator)
+
+    def _send(self, channel: Connection, resp: Response) -> None:
+        """The answer, in parts when it is large; one that cannot be cut is an error, never a dead connection."""
+        try:
+            channel.send_response(resp)
+        except ProtocolError as err:
+            channel.send(Response.failure(ErrorCode.INTERNAL, f"the answer could not be sent: {err}").to_wire())
 
     def answer(self, msg: dict, peer: Peer) -> Response:
         """One request -> one response; never raises."""

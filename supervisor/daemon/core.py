@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from supervisor.child.progress import write_json_atomic
 from supervisor.contract import Plan, Progress, to_json
@@ -49,6 +49,9 @@ from supervisor.store import JobRecord, Store
 
 S = JobState
 STEP_RETRY_S = 15.0  # a job step that failed on the disk (full, read-only) is tried again after this
+PROCESS_STATES = tuple(s.value for s in JobState if s.has_process)
+NOTES_PER_ATTEMPT = 5  # the child's notes recorded as events per attempt; the rest are counted in one
+NOTE_CHARS = 500  # of one note
 BACKUP_INTERVAL_S = 600.0  # how old state.db.backup may get (the recovery hint for a damaged database)
 
 
@@ -223,7 +226,7 @@ class Daemon(GpuScheduling, AttemptEnding):
     def _pick_up_lost_jobs(self) -> None:
         """A job step failed half-way: pick its process (or its end) up again."""
         busy = self.running.keys() | self.ending.keys()
-        if any(S(j.state).has_process and j.name not in busy for j in self.store.list_jobs()):
+        if any(j.name not in busy for j in self.store.list_jobs(PROCESS_STATES)):
             self.reconcile()
 
     def _retry_attempt_ends(self) -> None:
@@ -685,12 +688,23 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.store.update_job(job.name, run_dir=str(inside))
 
     def _note_child_lines(self, name: str, run: Running, progress: Progress) -> None:
-        """The child's one-line notes (an epoch-level fallback, an inexact resume) go to the history once."""
+        """The child's one-line notes (an epoch-level fallback, an inexact resume) go to the history once,
+        at most ``NOTES_PER_ATTEMPT`` of them: the child's user writes the file, and a flood of notes
+        must not become a flood of events. The rest are counted, in one event when the attempt ends."""
         notes = [line for line in progress.notes if isinstance(line, str)]
-        seen = run.extra.get("notes_seen", 0)
-        for line in notes[seen:]:
-            self.event(name, "checkpoint", f"attempt {run.attempt_no}: {line}")
+        fresh = notes[run.extra.get("notes_seen", 0):]
+        recorded = run.extra.get("notes_recorded", 0)
+        kept = fresh[:max(0, NOTES_PER_ATTEMPT - recorded)]
+        for line in kept:
+            self.event(name, "checkpoint", f"attempt {run.attempt_no}: {line[:NOTE_CHARS]}")
+        run.extra["notes_recorded"] = recorded + len(kept)
+        run.extra["notes_dropped"] = run.extra.get("notes_dropped", 0) + len(fresh) - len(kept)
         run.extra["notes_seen"] = len(notes)
+        dropped = run.extra["notes_dropped"]
+        if name in self.ending and dropped and not run.extra.get("notes_dropped_told"):
+            self.event(name, "checkpoint", f"attempt {run.attempt_no}: {dropped} more note(s) from the child "
+                       f"not recorded (at most {NOTES_PER_ATTEMPT} an attempt)", dropped=dropped)
+            run.extra["notes_dropped_told"] = True
 
     def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
         """Copy a newly saved last.pt or mid-epoch state into the vault once it verifies."""
@@ -745,6 +759,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         if purge:
             _purge(self.home.job_dir(name), name)
         self.store.remove_job(name)
+        _SPECS.forget(name)
         self.health.forget(name)
         self.log.info("removed", job=name, actor=actor, purged=purge)
 
@@ -839,12 +854,38 @@ class Daemon(GpuScheduling, AttemptEnding):
         self._watch(name, run)
 
 
-@functools.lru_cache(maxsize=4096)
+class _SpecCache:
+    """Each job's parsed spec (or why it does not validate), parsed once per stored text.
+
+    One entry per job name, replaced when the job's text changes (an edit) and dropped when the job
+    is removed: a cache of a fixed size thrashed once the queue outgrew it (500 queued jobs parsed
+    500 YAML texts every tick: a whole core)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, Union[JobSpec, SpecError]]] = {}
+
+    def parse(self, spec_yaml: str, name: str) -> JobSpec:
+        hit = self._entries.get(name)
+        if hit is None or hit[0] != spec_yaml:
+            try:
+                result: Union[JobSpec, SpecError] = parse_spec_text(spec_yaml, name)
+            except SpecError as err:
+                result = err
+            hit = self._entries[name] = (spec_yaml, result)
+        if isinstance(hit[1], SpecError):
+            raise hit[1]
+        return hit[1]
+
+    def forget(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+
+_SPECS = _SpecCache()
+
+
 def _parsed_spec(spec_yaml: str, name: str) -> JobSpec:
-    """Specs are immutable once stored; parse each one once, not on every tick. The cache holds
-    more specs than a server has jobs: a loop over all jobs that misses (256 slots and 1,000 jobs
-    did, every time) parses every spec again, and `status` took seconds on the loop."""
-    return parse_spec_text(spec_yaml, name)
+    """Specs are immutable once stored; parse each one once, not on every tick."""
+    return _SPECS.parse(spec_yaml, name)
 
 
 def _restore_stop_intent(run: Running, attempt) -> None:

@@ -24,14 +24,32 @@ if TYPE_CHECKING:
 
 S = JobState
 
+# Jobs a placement round reads: those that may start and those that hold GPUs.
+CANDIDATE_STATES = (S.QUEUED.value, S.BACKOFF.value, S.STARTING.value, S.RUNNING.value, S.STOPPING.value)
+# With NVML, GPU health and foreign memory change without a write: an unchanged round is redone
+# after this long. Without it, only after IDLE_ROUND_S (nothing else can change the answer).
+PLACEMENT_RECHECK_S = 5.0
+IDLE_ROUND_S = 60.0
+
 
 class GpuScheduling:
     """Placement of due jobs onto free GPUs, and holds while a job's GPUs are unhealthy."""
 
     def start_due_jobs(self) -> Placement:
         """Start every due job that placement lets start (GPUs free, a slot left); the others wait
-        with a reason naming what they wait for."""
-        jobs = self.store.list_jobs()
+        with a reason naming what they wait for.
+
+        A round whose inputs did not change since the last one would decide the same again: it is
+        skipped (10,000 queued jobs behind one GPU cost a core when every tick placed them all)."""
+        if self._round_unchanged():
+            return Placement()
+        self._last_round, self._round_again = None, False  # a round that fails is done again next time
+        placement = self._placement_round()
+        self._note_round()
+        return placement
+
+    def _placement_round(self) -> Placement:
+        jobs = self._placement_candidates()
         due = [j for j in jobs if self._is_due(j)]
         sick = self._unhealthy_gpus() if due else {}  # one NVML pass for every decision below
         requests = []
@@ -54,8 +72,43 @@ class GpuScheduling:
             self._placed[name] = gpus
             self._guarded(self.launch, name)
             self._placed.pop(name, None)
+            if name not in self.running:  # e.g. the release gate waits for its GPU memory: look again next tick
+                self._round_again = True
         self._note_waiting({j.name: j for j in jobs}, placement.waits)
         return placement
+
+    def _placement_candidates(self) -> list[JobRecord]:
+        """The jobs a round looks at: those that may start, and those holding GPUs (a round is
+        linear in them, never in the finished and stopped ones)."""
+        jobs = self.store.list_jobs(CANDIDATE_STATES)
+        listed = {j.name for j in jobs}
+        for name in (self.running.keys() | self.ending.keys()) - listed:  # live, in whatever state
+            job = self.store.get_job(name)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def _round_inputs(self) -> tuple:
+        """What a placement round depends on, besides the clock (``_round_valid_until``)."""
+        return (self.store.generation, frozenset(self.running), frozenset(self.ending), id(self.config),
+                frozenset(self.retry_at.items()))
+
+    def _round_unchanged(self) -> bool:
+        last = getattr(self, "_last_round", None)
+        return last is not None and last == self._round_inputs() and time.monotonic() < self._round_valid_until
+
+    def _note_round(self) -> None:
+        """Remember the inputs once the round's own writes are done, and until when its answer holds:
+        the next backoff that ends, the next failed step's retry, and (with NVML, whose readings
+        change by themselves) ``PLACEMENT_RECHECK_S``."""
+        now_wall, now = time.time(), time.monotonic()
+        until = [now + PLACEMENT_RECHECK_S] if self.health.probe is not None else [now + IDLE_ROUND_S]
+        until += [at for at in self.retry_at.values() if at > now]
+        for job in self.store.list_jobs([S.BACKOFF.value]):
+            if job.next_start_at is not None:
+                until.append(now + max(0.0, job.next_start_at - now_wall))
+        self._round_valid_until = now if self._round_again else min(until)
+        self._last_round = self._round_inputs()
 
     def _is_due(self, job: JobRecord) -> bool:
         if job.name in self.running or job.name in self.ending or self.retry_at.get(job.name, 0) > time.monotonic():
@@ -126,8 +179,8 @@ class GpuScheduling:
     def release_healthy_holds(self) -> None:
         """A job held for its devices leaves ``held`` by itself once they are healthy again; with
         ``on_gpu_failure: move`` it moves to another free set once ``gpu_failure_wait`` has passed."""
-        for job, spec in self.valid_specs():
-            if job.state != S.HELD.value or job.name in self.preflight_holds:
+        for job, spec in self._with_specs(self.store.list_jobs([S.HELD.value])):
+            if job.name in self.preflight_holds:
                 continue
             reasons = self.health.unhealthy_reasons(gpu_facts.job_gpus(job, spec))
             if not reasons:

@@ -15,7 +15,7 @@ from typing import Optional
 from supervisor.control.server import ControlServer
 from supervisor.control.watcher import DropWatcher
 from supervisor.daemon.config import DaemonConfig, load_config
-from supervisor.daemon.core import Daemon
+from supervisor.daemon.core import PROCESS_STATES, Daemon
 from supervisor.daemon.sdnotify import Notifier
 from supervisor.observe.goodput import batches_trained, epochs_trained
 from supervisor.observe.logging import configure
@@ -47,6 +47,7 @@ class Services:
             self.web = WebService(daemon, self.server, daemon.config.web, socket_path(daemon))
         self._ready_sent = False
         self._epochs_noted: dict[str, tuple[int, int]] = {}  # job -> (attempt, epochs) last written
+        self._epochs_watched: set[str] = set()  # jobs with a process at the last look
 
     def start(self) -> None:
         """Socket first: it refuses to start when another daemon already serves this home."""
@@ -90,18 +91,20 @@ class Services:
         The progress file is per attempt and replaced when the next one starts, so
         it is read every tick, including once more after the attempt ended.
         """
-        for job in daemon.store.list_jobs():
-            progress = daemon.progress_files.read(daemon.home.job_progress(job.name))[0]  # cached: a stat
+        live = {job.name for job in daemon.store.list_jobs(PROCESS_STATES)}
+        names, self._epochs_watched = sorted(live | self._epochs_watched), live  # once more after the end
+        for name in names:
+            progress = daemon.progress_files.read(daemon.home.job_progress(name))[0]  # cached: a stat
             if progress and progress.attempt is not None:
                 trained = epochs_trained(progress)
                 batches = batches_trained(progress)
                 noted = (progress.attempt, trained, batches)
-                if (trained or batches) and self._epochs_noted.get(job.name) != noted:  # heartbeats repeat it
-                    self._epochs_noted[job.name] = noted
+                if (trained or batches) and self._epochs_noted.get(name) != noted:  # heartbeats repeat it
+                    self._epochs_noted[name] = noted
                     if trained:
-                        daemon.store.note_epochs_reached(job.name, progress.attempt, trained)
+                        daemon.store.note_epochs_reached(name, progress.attempt, trained)
                     if batches:
-                        daemon.store.note_batches_reached(job.name, progress.attempt, *batches)
+                        daemon.store.note_batches_reached(name, progress.attempt, *batches)
 
     def reload_if_requested(self, daemon: Daemon) -> None:
         """SIGHUP: re-read HOME/config.yaml; on any error keep the old config."""
@@ -133,9 +136,7 @@ class Services:
 
 
 def _summary(daemon: Daemon) -> str:
-    counts: dict[str, int] = {}
-    for job in daemon.store.list_jobs():
-        counts[job.state] = counts.get(job.state, 0) + 1
+    counts = daemon.store.count_by_state()
     if not counts:
         return "no jobs"
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))

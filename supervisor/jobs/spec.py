@@ -295,15 +295,24 @@ def parse_spec_text(text: str, source: str = "<spec>") -> JobSpec:
     return parse_spec(data, source)
 
 
+# libyaml's parser where PyYAML was built with it: the same safe constructor, parsing 10x faster
+# (the daemon parses every stored spec once at start: 10,000 jobs took 30 s in pure Python).
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_bounded_yaml(text: str, source: str = "<spec>") -> Any:
     """``yaml.safe_load``, but a document that expands to more than ``MAX_YAML_NODES`` nodes
     (aliases counted at every use) or nests deeper than ``MAX_YAML_DEPTH`` is refused before
     anything is built from it."""
-    loader = yaml.SafeLoader(text)
+    loader = _SafeLoader(text)
     try:
         try:
             node = loader.get_single_node()
         except RecursionError:
+            raise SpecError(source, [f"(top level): nested too deeply (more than {MAX_YAML_DEPTH} levels)"]) from None
+        except yaml.YAMLError as err:  # libyaml stops deep nesting itself
+            if "nesting depth" not in str(getattr(err, "problem", "") or ""):
+                raise
             raise SpecError(source, [f"(top level): nested too deeply (more than {MAX_YAML_DEPTH} levels)"]) from None
         if node is None:
             return None

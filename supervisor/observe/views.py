@@ -24,7 +24,41 @@ if TYPE_CHECKING:
 S = JobState
 
 
-def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> dict[str, Any]:
+# Strings in a job's view: whole in its own view (``status NAME``) up to JOB_TEXT characters; in a
+# listing of many jobs cut to LISTING_TEXT, with a marker, so that no one job can make a listing fail.
+JOB_TEXT = 64 * 1024
+LISTING_TEXT = 512
+
+
+def job_views(daemon: "Daemon", jobs: list[JobRecord], now: Optional[float] = None,
+              text_limit: int = LISTING_TEXT) -> list[dict[str, Any]]:
+    """``job_view`` of each of ``jobs`` (their attempts read in one query), long strings cut."""
+    now = time.time() if now is None else now
+    attempts = daemon.store.attempts_by_job([job.name for job in jobs])
+    return [cut_long_strings(job_view(daemon, job, now, attempts.get(job.name, [])), text_limit, _SEE_STATUS)
+            for job in jobs]
+
+
+_SEE_STATUS = "`status NAME` shows more"
+
+
+def cut_long_strings(value: Any, limit: int, hint: str = "") -> Any:
+    """``value`` with every string longer than ``limit`` cut, and marked as cut (how long it was)."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + f"... [cut: {len(value)} characters" \
+            f"{'; ' + hint if hint else ''}]"
+    if isinstance(value, dict):  # a loop, not a call per value: a listing has 40 values a job
+        out = {}
+        for k, v in value.items():
+            out[k] = cut_long_strings(v, limit, hint) if isinstance(v, (str, dict, list)) else v
+        return out
+    if isinstance(value, list):
+        return [cut_long_strings(v, limit, hint) for v in value]
+    return value
+
+
+def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None,
+             attempts: Optional[list] = None) -> dict[str, Any]:
     """What ``status`` shows for one job (also the numbers behind the Prometheus metrics)."""
     now = time.time() if now is None else now
     state = S(job.state)
@@ -41,7 +75,7 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None) -> d
         epoch = progress.epoch  # the epoch being trained now (1-based)
     else:
         epoch = job.epochs_done
-    attempts = daemon.store.attempts(job.name)
+    attempts = daemon.store.attempts(job.name) if attempts is None else attempts
     attempt = next((a for a in reversed(attempts) if a.ended_at is None), None) if state.has_process else None
     rate = training_rate(progress, epochs, now) if reported and epochs else None
     return {

@@ -11,6 +11,13 @@ record per tensor storage (``<stem>/data/<key>``). We
 2. unpickle ``data.pkl`` with an unpickler that resolves every global to an inert
    stub and every tensor storage to ``None``, which is enough to read ``epoch``,
    whether ``optimizer`` is present, and ``train_args``.
+
+The file is the job user's, so reading it is bounded like any other untrusted input: ``data.pkl``
+of at most ``MAX_DATA_PKL_BYTES``, unpickled within ``UNPICKLE_BUDGET_S`` (a pickle can make a
+dict of keys whose hashes collide: quadratic work in a few hundred KB), and the plain copy of
+``train_args`` and the mid-epoch record of at most ``MAX_PLAIN_VALUES`` values (a pickle shares
+objects by reference, so 151 bytes can name 2**40 of them). A checkpoint past a bound is
+unreadable, exactly as a corrupt one is.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,6 +34,13 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 CHUNK = 1 << 20  # CRC streaming chunk: big enough to amortise syscalls, small enough for RAM
+# Bounds on reading what the job's user wrote. A YOLO checkpoint's data.pkl is 0.2-2 MB (the
+# tensors are records of their own) and unpickles in about 50 ms; train_args is ~100 values.
+MAX_DATA_PKL_BYTES = 64 << 20
+UNPICKLE_BUDGET_S = 5.0
+MAX_PLAIN_VALUES = 100_000
+MAX_EPOCH = 1_000_000       # an epoch past this is not a training's
+MAX_COUNT = 2**31 - 1       # batches, batch sizes and keys of the mid-epoch record
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -138,7 +153,9 @@ def _classify(path: Path, size: int, top: Any) -> CheckpointInfo:
         return _corrupt(path, size, f"top level is not a dict but {type(top).__name__}")
     epoch = top.get("epoch")
     if "epoch" not in top or isinstance(epoch, bool) or not isinstance(epoch, int):
-        return _corrupt(path, size, f"no integer 'epoch' entry (got {epoch!r})")
+        return _corrupt(path, size, f"no integer 'epoch' entry (got {_short(epoch)})")
+    if not -1 <= epoch <= MAX_EPOCH:
+        return _corrupt(path, size, f"impossible epoch {_short(epoch)}")
     has_opt = top.get("optimizer") is not None
     args = _jsonable(top.get("train_args"))
     args = args if isinstance(args, dict) else None
@@ -164,7 +181,7 @@ def _midepoch_record(raw: Any, epoch: int) -> Union[dict, str, None]:
     if not isinstance(record, dict):
         return "mid-epoch record is not a mapping"
     ints = {k: record.get(k) for k in ("epoch", "next_batch", "batches", "pass_key", "batch_size")}
-    bad = [k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    bad = [k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT]
     if bad:
         return f"mid-epoch record: bad or missing {', '.join(bad)}"
     if record["epoch"] != epoch + 1 or not 0 < record["next_batch"] < record["batches"]:
@@ -192,6 +209,9 @@ def _read_verified(f, size: int) -> Any:
         buf = bytearray(CHUNK)
         for info in infos:
             _check_record(f, zf, info, size, buf)
+        if pkl[0].file_size > MAX_DATA_PKL_BYTES:
+            raise CorruptCheckpoint(f"data.pkl unreadable: {pkl[0].file_size} bytes, over the "
+                                    f"{MAX_DATA_PKL_BYTES} byte limit")
         data = zf.read(pkl[0])  # already CRC-verified above
     prefix = pkl[0].filename[: -len("data.pkl")]
     names = {i.filename for i in infos}
@@ -302,12 +322,42 @@ _ALLOWED = {
 }
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that never resolves a real global and never loads tensor data."""
+class _OverBudget(Exception):
+    """Reading the pickle took more than its budget of time or values."""
+
+
+def _counted(op):
+    """An opcode handler that first checks the unpickling deadline (every ``_CHECK_EVERY`` ops)."""
+    def handler(self: "_SafeUnpickler") -> None:
+        self.ops -= 1
+        if self.ops <= 0:
+            self.ops = _CHECK_EVERY
+            self.check_deadline()
+        op(self)
+    return handler
+
+
+_CHECK_EVERY = 1024
+
+
+class _SafeUnpickler(pickle._Unpickler):
+    """Unpickler that never resolves a real global, never loads tensor data, and stops at its deadline.
+
+    The pure-Python unpickler (CPython's own ``pickle._Unpickler``), because only it can be stopped
+    between opcodes: each opcode is counted, and the ones that insert many hashed keys at once
+    check the deadline per key. Sets are never built (a checkpoint's plain values have none).
+    """
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data))
         self.storage_keys: set[str] = set()
+        self.deadline = time.monotonic() + UNPICKLE_BUDGET_S
+        self.ops = _CHECK_EVERY
+        self.dispatch = _DISPATCH
+
+    def check_deadline(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _OverBudget(f"over the {UNPICKLE_BUDGET_S:g}s budget for reading it")
 
     def find_class(self, module: str, name: str):
         return _ALLOWED.get((module, name), _Inert)
@@ -318,6 +368,37 @@ class _SafeUnpickler(pickle.Unpickler):
             self.storage_keys.add(pid[2])
         return None
 
+    def _insert(self, target: dict, items: list) -> None:
+        for i in range(0, len(items) - 1, 2):
+            if i % _CHECK_EVERY == 0:
+                self.check_deadline()
+            target[items[i]] = items[i + 1]
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        self._insert(self.stack[-1], items)
+
+    def load_dict(self) -> None:
+        items, d = self.pop_mark(), {}
+        self._insert(d, items)
+        self.append(d)
+
+    def load_empty_set(self) -> None:
+        self.append(_Inert())
+
+    def load_additems(self) -> None:
+        self.pop_mark()
+
+    def load_frozenset(self) -> None:
+        self.pop_mark()
+        self.append(_Inert())
+
+
+_OWN = {pickle.SETITEMS[0]: _SafeUnpickler.load_setitems, pickle.DICT[0]: _SafeUnpickler.load_dict,
+        pickle.EMPTY_SET[0]: _SafeUnpickler.load_empty_set, pickle.ADDITEMS[0]: _SafeUnpickler.load_additems,
+        pickle.FROZENSET[0]: _SafeUnpickler.load_frozenset}
+_DISPATCH = {code: _counted(_OWN.get(code, op)) for code, op in pickle._Unpickler.dispatch.items()}
+
 
 def _safe_unpickle(data: bytes, prefix: str, names: set[str]) -> Any:
     unpickler = _SafeUnpickler(data)
@@ -325,8 +406,8 @@ def _safe_unpickle(data: bytes, prefix: str, names: set[str]) -> Any:
         top = unpickler.load()
     except RecursionError:
         raise CorruptCheckpoint("data.pkl nests too deeply to read safely") from None
-    except Exception as e:  # any malformed pickle: UnpicklingError, EOFError, TypeError, ...
-        raise CorruptCheckpoint(f"data.pkl unreadable: {type(e).__name__}: {e}") from None
+    except Exception as e:  # any malformed pickle: UnpicklingError, EOFError, TypeError, _OverBudget, ...
+        raise CorruptCheckpoint(f"data.pkl unreadable: {type(e).__name__}: {_short(e)}") from None
     missing = sorted(k for k in unpickler.storage_keys if f"{prefix}data/{k}" not in names)
     if missing:
         raise CorruptCheckpoint(f"missing tensor record {prefix}data/{missing[0]} "
@@ -334,23 +415,44 @@ def _safe_unpickle(data: bytes, prefix: str, names: set[str]) -> Any:
     return top
 
 
-def _jsonable(value: Any, depth: int = 0) -> Any:
-    """A copy of ``value`` keeping only plain JSON-able data; stubs and other objects become ``_DROP``."""
+def _jsonable(value: Any) -> Any:
+    """A copy of ``value`` keeping only plain JSON-able data (stubs and other objects are dropped);
+    ``CorruptCheckpoint`` past ``MAX_PLAIN_VALUES`` values."""
+    try:
+        return _plain(value, 0, [MAX_PLAIN_VALUES])
+    except _OverBudget:
+        raise CorruptCheckpoint(f"data.pkl unreadable: over {MAX_PLAIN_VALUES} plain values "
+                                "(objects shared by reference many times over?)") from None
+
+
+def _plain(value: Any, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _OverBudget()
     if depth > 20:
         return _DROP
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
-        items = [_jsonable(v, depth + 1) for v in value]
+        items = [_plain(v, depth + 1, budget) for v in value]
         return [v for v in items if v is not _DROP]
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            v = _jsonable(v, depth + 1)
+            v = _plain(v, depth + 1, budget)
             if isinstance(k, str) and v is not _DROP:
                 out[k] = v
         return out
     return _DROP
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr`` of something read from the file, cut short (a 400-digit epoch is not a message)."""
+    try:
+        text = repr(value) if not isinstance(value, BaseException) else str(value)
+    except Exception:  # e.g. an int over the digit limit for str()
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 _DROP = object()

@@ -222,3 +222,73 @@ def test_probe_imports_and_reads_without_torch(real_checkpoints):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code, str(real_checkpoints["resumable1"])], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------- bounded reading (issue 20)
+
+
+def _shared_reference_bomb(levels: int = 7, fanout: int = 8) -> dict:
+    """A few hundred bytes once pickled (each level is stored once and referenced ``fanout`` times),
+    but fanout**levels values when copied out naively."""
+    node: object = ["x"]
+    for _ in range(levels):
+        node = [node] * fanout
+    return {"epoch": 3, "optimizer": {"state": {}}, "train_args": {"model": "m.yaml", "bomb": node}}
+
+
+def test_a_pickle_bomb_in_train_args_is_unreadable_like_a_corrupt_file(tmp_path):
+    """Objects shared by reference, nested: 2 million values from a small data.pkl. Copying them all
+    out froze the daemon's loop for seconds per look; past the value budget it is simply corrupt."""
+    payload = pickle.dumps(_shared_reference_bomb(), protocol=2)
+    assert len(payload) < 1000
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "bomb.pt", payload))
+    assert info.kind is CkptKind.CORRUPT
+    assert info.problem.startswith("data.pkl unreadable") and "plain values" in info.problem
+
+
+def test_a_pickle_bomb_in_the_midepoch_record_is_unreadable(tmp_path):
+    top = {"epoch": 0, "optimizer": {}, "yolo_supervisor_midepoch": {"epoch": 1, "bomb": _shared_reference_bomb()}}
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "mid.pt", pickle.dumps(top, protocol=2)))
+    assert info.kind is CkptKind.CORRUPT and info.problem.startswith("data.pkl unreadable")
+
+
+def _colliding_keys_pickle(count: int) -> bytes:
+    """A dict whose int keys all hash alike (multiples of 2**61-1): each insert probes every earlier
+    key, so building it is quadratic. Hand-written opcodes: EMPTY_DICT MARK (LONG1 k BININT1 0)* SETITEMS."""
+    modulus = 2**61 - 1
+    pairs = b"".join(b"\x8a\x10" + (i * modulus).to_bytes(16, "little", signed=True) + b"K\x00"
+                     for i in range(1, count))
+    inner = b"}(" + pairs + b"u"
+    return b"\x80\x02}(X\x05\x00\x00\x00epochK\x03X\x04\x00\x00\x00bomb" + inner + b"u."
+
+
+def test_a_dict_of_colliding_keys_stops_at_the_unpickling_deadline(tmp_path, monkeypatch):
+    """Quadratic work in a few hundred KB (seconds unbounded); stopped at the budget, and corrupt.
+    The budget is made small here so that the test shows the stop, not the machine's speed."""
+    from supervisor.probes import checkpoint
+
+    payload = _colliding_keys_pickle(20_000)
+    monkeypatch.setattr(checkpoint, "UNPICKLE_BUDGET_S", 0.01, raising=False)
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "collide.pt", payload))
+    assert info.kind is CkptKind.CORRUPT and "budget" in info.problem
+
+
+def test_the_colliding_keys_pickle_is_a_real_checkpoint_dict_when_small(tmp_path):
+    """The test above fails for its budget, not for a malformed pickle: a small one reads fine."""
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "small.pt", _colliding_keys_pickle(5)))
+    assert info.kind is CkptKind.FINISHED and info.epoch == 3  # no optimizer: a stripped one
+
+
+@pytest.mark.parametrize("epoch", [10**400, 2**63, 1_000_001, -2], ids=["400 digits", "2**63", "1000001", "-2"])
+def test_an_epoch_out_of_range_is_corrupt(tmp_path, epoch):
+    """A 400-digit epoch would overflow SQLite when the vault records how far the job got."""
+    payload = pickle.dumps({"epoch": epoch, "optimizer": {}}, protocol=2)
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "e.pt", payload))
+    assert info.kind is CkptKind.CORRUPT and "epoch" in info.problem and len(info.problem) < 300
+
+
+def test_sets_in_a_checkpoint_are_stubs_never_built(tmp_path):
+    payload = pickle.dumps({"epoch": 2, "optimizer": {}, "train_args": {"s": {1, 2}, "f": frozenset({3}), "k": 1}},
+                           protocol=4)
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "s.pt", payload))
+    assert info.kind is CkptKind.RESUMABLE and info.train_args == {"k": 1}
