@@ -207,21 +207,3 @@ def test_web_is_off_by_default_and_checked_when_on():
 
 
 # -- many jobs ----------------------------------------------------------------------------------
-def test_status_of_many_jobs_parses_no_spec_twice(tmp_path):
-    """The overview asks `status` every second: with more jobs than the spec cache held (256), every
-    call parsed every job's YAML again (seconds on the loop at 1,000 jobs)."""
-    from supervisor.control import handlers
-    from supervisor.daemon.core import Daemon, _parsed_spec
-    from supervisor.paths import Home
-
-    daemon = Daemon(Home(tmp_path / "home"), DaemonConfig())
-    try:
-        for i in range(300):
-            daemon.submit(f"name: many{i:03d}\ntrain: {{model: yolov8n.yaml, data: d.yaml, epochs: 2, device: cpu}}\n",
-                          "test")
-        assert len(handlers.status(daemon, {}, ALICE)) == 300
-        misses = _parsed_spec.cache_info().misses
-        handlers.status(daemon, {}, ALICE)
-        assert _parsed_spec.cache_info().misses == misses
-    finally:
-        daemon.store.close()
