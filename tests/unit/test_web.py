@@ -204,6 +204,3 @@ def test_web_is_off_by_default_and_checked_when_on():
         DaemonConfig(web={"listen": "host:http"})
     with pytest.raises(ValueError, match="web.port"):
         DaemonConfig(web={"port": 8787})
-
-
-# -- many jobs ----------------------------------------------------------------------------------
