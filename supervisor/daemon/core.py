@@ -472,7 +472,8 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.event(name, "edit", f"epochs: {spec.epochs} -> {epochs} (extend; the learning-rate schedule "
                        f"is rebuilt for {epochs} epochs)", actor, key="epochs", old=spec.epochs, new=epochs)
             self.transition(name, S.QUEUED, f"extended to {epochs} epochs by {actor}", actor, crash_restarts=0,
-                            no_progress_streak=0, backoff_level=0, next_start_at=None)
+                            no_progress_streak=0, backoff_level=0, next_start_at=None, setup_failures=0,
+                            preempt_streak=0)
         self.start_due_jobs()
         return new_spec
 
@@ -742,7 +743,7 @@ class Daemon(GpuScheduling, AttemptEnding):
     def _requeue(self, name: str, reason: str, actor: str) -> None:
         """A user's start gives the job a fresh restart budget."""
         self.transition(name, S.QUEUED, reason, actor, crash_restarts=0, no_progress_streak=0,
-                        backoff_level=0, next_start_at=None)
+                        backoff_level=0, next_start_at=None, setup_failures=0, preempt_streak=0)
         self.start_due_jobs()
 
     # -- stopping -------------------------------------------------------------

@@ -99,8 +99,10 @@ class AttemptEnding:
             finished_checkpoint=finished, user_stop=run.user_stop,
             devices_unhealthy=self._devices_unhealthy(name, spec, run),
             batch=job.batch_override or _int(spec.train.get("batch")),
+            detail=outcome.detail, on_slurm=getattr(self.executor, "kind", "local") == "slurm",
         )
-        budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level)
+        budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level,
+                        job.setup_failures or 0, job.preempt_streak or 0)
         decision = decide(spec, budget, end)
         # The attempt's end, its exit event and the decision land together: a daemon killed in
         # between must not leave an ended attempt on a job that still says running.
@@ -124,6 +126,8 @@ class AttemptEnding:
         counters = dict(crash_restarts=decision.budget.crash_restarts,
                         no_progress_streak=decision.budget.no_progress_streak,
                         backoff_level=decision.budget.backoff_level, last_cause=cause.value,
+                        setup_failures=decision.budget.setup_failures,
+                        preempt_streak=decision.budget.preempt_streak,
                         pid=None, pid_start_time=None)
         if epochs_after is not None:
             counters["epochs_done"] = epochs_after
@@ -138,8 +142,8 @@ class AttemptEnding:
         if target is S.BACKOFF:
             counters["next_start_at"] = time.time() + decision.delay_s
             reason = f"{decision.reason}; next attempt in {decision.delay_s:.1f}s"
-        elif target is S.HELD:
-            reason = f"{decision.reason}: {run.extra.get('hold_reason', '')}"
+        elif target is S.HELD and run.extra.get("hold_reason"):
+            reason = f"{decision.reason}: {run.extra['hold_reason']}"
         else:
             reason = decision.reason
         self.transition(name, target, reason, **counters)
