@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from supervisor.child import ddp
+from supervisor.child.drill import Drills, request_path
 from supervisor.child.midepoch import MidEpoch, support_problem
 from supervisor.contract import ExitRecord, Plan, Progress, from_json, to_json
 from supervisor.child.progress import read_json, write_json_atomic
@@ -55,6 +56,7 @@ class Reporter:
         self.failed_callbacks: set[str] = set()
         self.rank: Optional[int] = None  # None: this process trains alone, or launches the DDP ranks
         self.stop_path = ddp.stop_request_path(self.exit_path)
+        self.drills = Drills(request_path(self.exit_path), self.note)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A copy unpickled in a DDP rank (Ultralytics ships our callbacks to every rank): the first code
@@ -140,6 +142,8 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
                  save_dir=str(trainer.save_dir), epoch_started_at=rep._epoch_start)
 
     def on_train_batch_start(trainer):
+        if rep.rank is None:
+            rep.drills.on_step_start(trainer)  # `drill oom` raises from here, as a real step would
         mid = single(mid_epoch)
         if mid is not None:
             mid.on_batch_start(trainer)
@@ -186,6 +190,8 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
         mid = single(mid_epoch)
         if mid is not None:
             mid.epoch_saved()
+        if rep.rank is None:
+            rep.drills.after_save(trainer)
         rep.beat(force=True, saved_epochs_done=trainer.epoch + 1, last_save_at=time.time())
 
     def on_fit_epoch_end(trainer):
@@ -443,6 +449,7 @@ def _process_start_time() -> float:
 def run(plan: dict[str, Any]) -> int:
     rep = Reporter(plan)
     ddp.clear_stop_request(rep.stop_path)
+    rep.drills.clear()
     _install_sigterm(rep)
     rep.beat(force=True)
     if os.environ.get(FAKE_TRAINER_ENV):

@@ -17,6 +17,7 @@ import yaml
 
 from supervisor.control.protocol import (EXIT_CODES, one_line, Connection, ErrorCode, ProtocolError, Request, RequestError,
                                          connect)
+from supervisor.child.drill import KINDS as DRILL_KINDS
 from supervisor.control.protocol import exit_status_text
 from supervisor.jobs.edit import EditRefused, parse_assignments
 from supervisor.jobs.spec import MAX_SPEC_BYTES
@@ -56,6 +57,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if name == "stop":
             s.add_argument("--wait", action="store_true", help="return once the job is stopped")
             s.add_argument("--timeout", type=float, default=600.0, help="for --wait (seconds)")
+
+    s = sub.add_parser("drill", help="inject one real fault into the job's running training, to see it recover")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("kind", choices=DRILL_KINDS, help="kill, term: a signal; oom, nan, hang: at the next "
+                                                     "training step; corrupt: last.pt truncated after the next save")
 
     s = sub.add_parser("tail", help="the job's training log")
     s.add_argument("name", metavar="NAME")
@@ -208,6 +214,12 @@ def cmd_start(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(conn: Connection, args: argparse.Namespace) -> int:
+    done = call(conn, "drill", name=args.name, kind=args.kind)
+    print(f"{done['name']}: {done['what']}")
+    return 0
+
+
 def cmd_tail(conn: Connection, args: argparse.Namespace) -> int:
     out = sys.stdout
     first = call(conn, "tail", name=args.name, lines=args.lines)
@@ -315,7 +327,7 @@ def cmd_notify_test(conn: Connection, args: argparse.Namespace) -> int:
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
             "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit,
-            "extend": cmd_extend, "gpus": cmd_gpus}
+            "extend": cmd_extend, "gpus": cmd_gpus, "drill": cmd_drill}
 
 
 # -- rendering ------------------------------------------------------------------------

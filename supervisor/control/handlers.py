@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from supervisor import safefs
+from supervisor.child.drill import KINDS as DRILL_KINDS
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
 from supervisor.daemon.core import CommandError, PurgeFailed
 from supervisor.jobs.edit import EditRefused
@@ -262,6 +263,16 @@ def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
+def drill(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Inject one real fault into a running job's training; it acts on the job as stop/restart do."""
+    job = _job(daemon, args)
+    kind = args.get("kind")
+    if kind not in DRILL_KINDS:
+        raise RequestError(ErrorCode.USAGE, f"drill needs one of {', '.join(DRILL_KINDS)}, not {kind!r}")
+    what = daemon.drill_job(job.name, kind, peer.actor)
+    return {"name": job.name, "kind": kind, "what": what, "state": daemon.store.get_job(job.name).state}
+
+
 def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Change train arguments of a job with no process; refused keys come back as a usage error."""
     job = _job(daemon, args)
@@ -317,6 +328,7 @@ HANDLERS: dict[str, Handler] = {
     "stop": Handler(stop, mutates=True),
     "start": Handler(start, mutates=True),
     "restart": Handler(restart, mutates=True),
+    "drill": Handler(drill, mutates=True),  # acts on one job, as stop and restart do
     "remove": Handler(remove, mutates=True),
     "edit": Handler(edit, mutates=True),
     "extend": Handler(extend, mutates=True),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from supervisor.child import drill
 from supervisor.child.progress import write_json_atomic
 from supervisor.contract import Plan, Progress, to_json
 from supervisor.daemon.config import DaemonConfig
@@ -732,6 +733,24 @@ class Daemon(GpuScheduling, AttemptEnding):
             self._requeue(name, reason, actor)
         else:
             raise _wrong_state(job, "restart")
+
+    def drill_job(self, name: str, kind: str, actor: str) -> str:
+        """Inject one real fault into the running training (``drill``): the daemon signals ``kill``
+        and ``term`` itself; the child takes the others from a request file at its next step."""
+        job = self.store.get_job(name)
+        run = self.running.get(name)
+        if run is None or S(job.state) not in (S.STARTING, S.RUNNING):
+            raise _wrong_state(job, f"drill {kind} in")
+        if kind in drill.SIGNAL_KINDS:
+            sig = signal.SIGKILL if kind == "kill" else signal.SIGTERM
+            pids = self.executor.signal_job(name, run.child, sig)
+            what = f"drill {kind}: {signal.Signals(sig).name} to {len(pids)} process(es)"
+        else:
+            with self.as_owner(name):  # the job's folder is its user's
+                drill.request(drill.request_path(self.home.job_exit_record(name)), kind, actor)
+            what = f"drill {kind}: asked of the training, at its next step"
+        self.event(name, "drill", what, actor, fault=kind, attempt=run.attempt_no)
+        return what
 
     def _stop_grace(self, name: str) -> float:
         """The job's TERM-to-KILL grace; the default when its stored spec no longer validates."""

@@ -68,3 +68,82 @@ def _held_for(daemon, name, seconds):
 
     job = daemon.job(name)
     return job.state == "held" and time.time() - job.updated_at >= seconds
+
+
+# -- drill: one real fault in the real running training --------------------------------------
+def progress(daemon, name) -> dict:
+    from supervisor.child.progress import read_json
+
+    return read_json(daemon.home / "jobs" / name / "progress.json") or {}
+
+
+def wait_training(daemon, name, epoch=1, attempt=None, timeout=300):
+    """Until the child (of ``attempt``, when given) reports a trained batch in ``epoch`` (1-based) or later."""
+    def there():
+        daemon.assert_alive()
+        p = progress(daemon, name)
+        return ((p.get("epoch") or 0) >= epoch and (p.get("batch") or 0) >= 1 and p.get("phase") == "training"
+                and (attempt is None or p.get("attempt") == attempt))
+    return wait_for(there, timeout, what=f"{name} training in epoch {epoch}")
+
+
+def drill(daemon, name, kind):
+    done = ctl(daemon.home, "drill", name, kind)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_drill_oom_with_reduce_batch_resumes_with_half_the_batch(daemon, dataset):
+    daemon.start()
+    wait_socket(daemon)
+    daemon.drop(cpu_job("oom", dataset, epochs=3, on_oom="reduce_batch", min_batch=2))
+    wait_training(daemon, "oom", epoch=2)
+    assert "asked of the training" in drill(daemon, "oom", "oom")
+    job = daemon.wait_state("oom", {"completed", "failed", "held"}, timeout=600)
+    assert job.state == "completed", job.state_reason
+    attempts = daemon.attempts("oom")
+    assert [a.cause for a in attempts] == ["cuda_oom", "completed"]
+    assert "CUDA out of memory" in attempts[0].detail and "drill" in attempts[0].detail
+    assert job.batch_override == 4
+    drills = [e for e in daemon.events("oom") if e.kind == "drill"]
+    assert len(drills) == 1 and "drill oom" in drills[0].reason and drills[0].actor
+
+
+def test_drill_nan_ends_diverged_and_held(daemon, dataset):
+    daemon.start()
+    wait_socket(daemon)
+    daemon.drop(cpu_job("nan", dataset, epochs=6))
+    wait_training(daemon, "nan", epoch=2)
+    drill(daemon, "nan", "nan")
+    job = daemon.wait_state("nan", {"completed", "failed", "held"}, timeout=600)
+    assert job.state == "held", job.state_reason
+    assert job.state_reason.startswith("diverged:") and "start" in job.state_reason
+    [attempt] = daemon.attempts("nan")
+    assert attempt.cause == "diverged" and "NaN persisted" in attempt.detail
+
+
+def test_drill_kill_and_term_signal_the_training_and_it_recovers(fake_daemon):
+    fake_daemon.start()
+    wait_socket(fake_daemon)
+    fake_daemon.drop(quick_job("sig"))
+    fake_daemon.wait_state("sig", "running", timeout=60)
+    assert "SIGTERM" in drill(fake_daemon, "sig", "term")
+    wait_for(lambda: [a.cause for a in fake_daemon.attempts("sig")][:1] == ["preempted"]
+             and fake_daemon.job("sig").state == "running", 60, what="the TERM drill answered, attempt 2 running")
+    assert "SIGKILL" in drill(fake_daemon, "sig", "kill")
+    wait_for(lambda: [a.cause for a in fake_daemon.attempts("sig")][:2] == ["preempted", "killed"]
+             and fake_daemon.job("sig").state == "running", 60, what="the KILL drill answered, attempt 3 running")
+    kinds = [e.data for e in fake_daemon.events("sig") if e.kind == "drill"]
+    assert len(kinds) == 2
+
+
+def test_drill_refuses_a_job_without_a_process_and_an_unknown_fault(fake_daemon):
+    fake_daemon.start()
+    wait_socket(fake_daemon)
+    fake_daemon.drop(quick_job("idle"))
+    fake_daemon.wait_state("idle", "running", timeout=60)
+    bad = ctl(fake_daemon.home, "drill", "idle", "meteor")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    assert ctl(fake_daemon.home, "stop", "idle", "--wait").returncode == 0
+    stopped = ctl(fake_daemon.home, "drill", "idle", "oom")
+    assert stopped.returncode == 5 and "cannot drill oom in a job that is stopped" in stopped.stderr
