@@ -3,7 +3,8 @@ so that a user can see their setup recover before they trust it (NVRx's fault si
 
 The daemon does ``kill`` and ``term`` itself, with real signals. The other kinds happen inside the
 training, where only the child can reach: the daemon writes a request file beside the exit record,
-and the child takes it (reads and deletes it) at the start of the next training step:
+and the child takes it (reads and deletes it) at the start of the next training step (the first one
+when the attempt is still setting up; the daemon removes a request left over when it plans an attempt):
 
 - ``oom``: torch's OutOfMemoryError is raised from that step (as a CUDA OOM past Ultralytics' own
   first-epoch retries is);
@@ -49,10 +50,6 @@ class Drills:
         self.path = path
         self.note = note
         self.corrupt_after_save = False
-
-    def clear(self) -> None:
-        """A request left for an attempt that ended before taking it is not this attempt's."""
-        self.path.unlink(missing_ok=True)
 
     def take(self) -> Optional[dict[str, Any]]:
         if not os.path.exists(self.path):  # one stat a step: the common case

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from supervisor.child import ddp
 from supervisor.child.drill import Drills, request_path
+from supervisor.child.finite import record_finiteness
 from supervisor.child.midepoch import MidEpoch, support_problem
 from supervisor.contract import ExitRecord, Plan, Progress, from_json, to_json
 from supervisor.child.progress import read_json, write_json_atomic
@@ -123,6 +124,7 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
 
     def on_pretrain_routine_start(trainer):
         rep.mark("trainer_created")
+        record_finiteness(trainer)  # before the mid-epoch machinery, whose saves go through save_model too
         mid = single(mid_epoch)
         if mid is not None:
             mid.install(trainer)
@@ -449,7 +451,6 @@ def _process_start_time() -> float:
 def run(plan: dict[str, Any]) -> int:
     rep = Reporter(plan)
     ddp.clear_stop_request(rep.stop_path)
-    rep.drills.clear()
     _install_sigterm(rep)
     rep.beat(force=True)
     if os.environ.get(FAKE_TRAINER_ENV):

@@ -552,7 +552,8 @@ class Daemon(GpuScheduling, AttemptEnding):
                     devices: Optional[str]) -> Path:
         """The attempt's instructions for the child; stale progress/exit files are removed first."""
         name = job.name
-        for stale in (self.home.job_progress(name), self.home.job_exit_record(name)):
+        exit_record = self.home.job_exit_record(name)  # a drill asked of an ended attempt is not this one's:
+        for stale in (self.home.job_progress(name), exit_record, drill.request_path(exit_record)):
             stale.unlink(missing_ok=True)
         train = dict(spec.train)
         train.setdefault("project", str(self.home.job_runs(name)))

@@ -91,6 +91,9 @@ class AttemptEnding:
             best, finished = best_verified(run_dir, self.vault(name, spec))
         epochs_after = best.epochs_done if best else None
         batch_after = best.position[1] if best else 0
+        if outcome.cause is Cause.DIVERGED:  # `start` resumes from there: name it in the hold
+            run.extra["hold_reason"] = (f"the newest is {best.where()} ({best.path.name})" if best else
+                                        "none is saved: `start` trains from scratch")
         if finished:  # last.pt is stripped: the epochs it held are the ones last saved
             epochs_after = progress.saved_epochs_done or spec.epochs
         end = AttemptEnd(

@@ -33,11 +33,15 @@ _LOCAL_MAGIC = b"PK\x03\x04"
 
 # The child's mid-epoch record (supervisor/child/midepoch.py writes it; kept in sync by a unit test).
 MIDEPOCH_KEY = "yolo_supervisor_midepoch"
+# Whether the weights were finite when the child saved (supervisor/child/finite.py writes it; a unit test
+# keeps the two in sync). Ultralytics clamps NaN/Inf before it writes, so the file alone cannot tell.
+FINITE_KEY = "yolo_supervisor_finite"
 
 
 class CkptKind(str, Enum):
     RESUMABLE = "resumable"  # epoch >= 0 and optimizer state present (or a mid-epoch record)
     FINISHED = "finished"    # stripped by Ultralytics' final_eval: epoch -1 / no optimizer
+    DIVERGED = "diverged"    # whole, but saved from non-finite weights: never resumed from
     CORRUPT = "corrupt"      # unreadable, truncated, CRC mismatch, or not a checkpoint dict
     MISSING = "missing"      # no such file
 
@@ -153,6 +157,9 @@ def _classify(path: Path, size: int, top: Any) -> CheckpointInfo:
         kind = CkptKind.RESUMABLE
     else:
         return _corrupt(path, size, f"impossible epoch {epoch}")
+    if kind is CkptKind.RESUMABLE and top.get(FINITE_KEY) is False:
+        return CheckpointInfo(path, CkptKind.DIVERGED, epoch, has_opt, args, size,
+                              "its weights were NaN/Inf when it was saved (the training had diverged)", midepoch)
     return CheckpointInfo(path, kind, epoch, has_opt, args, size, None, midepoch)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import results_csv
+
 from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
 
 ENDINGS_TRAINER = Path(__file__).parent / "endings_trainer.py"
@@ -109,17 +111,31 @@ def test_drill_oom_with_reduce_batch_resumes_with_half_the_batch(daemon, dataset
     assert len(drills) == 1 and "drill oom" in drills[0].reason and drills[0].actor
 
 
-def test_drill_nan_ends_diverged_and_held(daemon, dataset):
+def test_drill_nan_ends_diverged_held_at_the_newest_finite_state_and_start_resumes_there(daemon, dataset):
+    """Attempt 2 resumes at epoch 3 and diverges from its first step: Ultralytics cannot recover in an attempt's first epoch
+    and saves the clamped NaN weights as epoch 3, then gives up in epoch 4. The child marked that save
+    non-finite: the hold names epoch 2, and `start` resumes from epoch 2, not from the clamped epoch 3."""
     daemon.start()
     wait_socket(daemon)
-    daemon.drop(cpu_job("nan", dataset, epochs=6))
-    wait_training(daemon, "nan", epoch=2)
-    drill(daemon, "nan", "nan")
+    spec = cpu_job("nan", dataset, epochs=5)
+    spec["train"]["nbs"] = 8  # an optimizer step every batch (not every 8th): the NaN reaches the weights
+    daemon.drop(spec)
+    wait_training(daemon, "nan", epoch=3, attempt=1)
+    drill(daemon, "nan", "kill")
+    wait_for(lambda: len(daemon.attempts("nan")) == 2, 120, what="attempt 2 launched")
+    drill(daemon, "nan", "nan")  # during its setup: taken at its first step, epoch 3
     job = daemon.wait_state("nan", {"completed", "failed", "held"}, timeout=600)
     assert job.state == "held", job.state_reason
-    assert job.state_reason.startswith("diverged:") and "start" in job.state_reason
-    [attempt] = daemon.attempts("nan")
-    assert attempt.cause == "diverged" and "NaN persisted" in attempt.detail
+    assert job.state_reason.startswith("diverged:") and "the newest is epoch 2 (" in job.state_reason
+    attempts = daemon.attempts("nan")
+    assert [a.cause for a in attempts] == ["killed", "diverged"]
+    assert "NaN persisted" in attempts[1].detail
+    assert ctl(daemon.home, "start", "nan").returncode == 0
+    job = daemon.wait_state("nan", {"completed", "failed", "held"}, timeout=600)
+    assert job.state == "completed", job.state_reason
+    assert daemon.attempts("nan")[2].epochs_before == 2
+    assert results_csv.read_epochs(Path(job.run_dir) / "results.csv") == [1, 2, 3, 4, 5]
+    assert [e.reason.split(":")[0] for e in daemon.events("nan") if e.kind == "drill"] == ["drill kill", "drill nan"]
 
 
 def test_drill_kill_and_term_signal_the_training_and_it_recovers(fake_daemon):
