@@ -45,8 +45,10 @@ class AttemptEnd:
     user_stop: bool = False            # the daemon killed it because a user said stop/restart
     devices_unhealthy: bool = False    # a GPU probe says the job's devices are not usable
     batch: Optional[int] = None        # current batch size (for on_oom: reduce_batch)
-    batch_before: int = 0              # batches into the next epoch in the state started from (mid-epoch)
-    batch_after: int = 0               # batches into the next epoch in the best verified state now
+    # Training done into the next epoch, in images (not batches: a resume with a halved batch numbers
+    # the same images with twice the batches), in the state started from and in the best one now.
+    images_before: int = 0
+    images_after: int = 0
     detail: str = ""                   # the classified one-line reason (the error line of a setup failure)
     on_slurm: bool = False             # attempts are Slurm jobs: a preemption loop means a short allocation
 
@@ -54,7 +56,7 @@ class AttemptEnd:
     def progressed(self) -> bool:
         """The verified state moved forward: a new epoch, or further into one (a mid-epoch save)."""
         return self.epochs_after is not None and (
-            (self.epochs_after, self.batch_after) > (self.epochs_before, self.batch_before))
+            (self.epochs_after, self.images_after) > (self.epochs_before, self.images_before))
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything 
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
 GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
 RECORD_FORMAT = 1
+WORLD_SIZE = 1  # mid-epoch states are single-process (DDP jobs use epoch-level checkpoints)
 MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
 FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
 _DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
@@ -312,6 +313,7 @@ class MidEpoch:
         self.pending_grads = None               # gradients to put back before the first resumed batch
         self.seed = int(record["seed"]) if record else None
         self.resume_skip = 0                    # batches of the first epoch left out (0: epoch-level)
+        self.batch_changed = False              # resumed with another batch size than the record's
 
     # -- installation ---------------------------------------------------------
     def install(self, trainer) -> None:
@@ -350,14 +352,24 @@ class MidEpoch:
         rec, self.resume_skip = self.record, 0
         if rec is None or not self.restore_pending:
             return None
-        changed = [f"{k} {rec.get(k)} -> {v}" for k, v in
-                   (("dataset_len", n), ("batch_size", batch_size), ("shuffle", shuffle)) if rec.get(k) != v]
+        changed = [f"{k} {rec.get(k, same)} -> {v}" for k, v, same in
+                   (("dataset_len", n, None), ("shuffle", shuffle, None), ("world_size", WORLD_SIZE, WORLD_SIZE))
+                   if rec.get(k, same) != v]
         if changed:
             self.note(f"mid-epoch resume not exact ({', '.join(changed)}): epoch {rec['epoch'] + 1} "
                       "is trained again from its start")
             self.restore_pending = False
             return Pass(int(rec["pass_key"]) + 1)
-        self.resume_skip = int(rec["next_batch"])
+        # The same order of the same images: the position is an image, whatever the batch size
+        # (on_oom: reduce_batch, edit batch= --force). Batches of the new size skip what was trained.
+        images = int(rec["next_batch"]) * int(rec["batch_size"])
+        self.resume_skip = images // batch_size
+        if int(rec["batch_size"]) != batch_size:
+            self.batch_changed = True
+            again = images - self.resume_skip * batch_size
+            self.note(f"batch {rec['batch_size']} -> {batch_size}: epoch {rec['epoch'] + 1} goes on at image "
+                      f"{images + 1} of {n} (batch {self.resume_skip + 1} of the new size)"
+                      + (f"; {again} image(s) trained again" if again else ""))
         return Pass(int(rec["pass_key"]), self.resume_skip)
 
     def _resume_training(self, original, ckpt):
@@ -398,7 +410,11 @@ class MidEpoch:
         import torch
 
         rec = self.record
-        _set_frame_local(_train_frame(trainer), "last_opt_step", int(rec["last_opt_step"]))
+        # After a batch change the saved step index counts other batches: step after the first resumed
+        # batch instead, with the accumulated gradients (a sum over images, valid at any batch size), as
+        # Ultralytics does after its own OOM halving.
+        last_opt_step = -1 if self.batch_changed else int(rec["last_opt_step"])
+        _set_frame_local(_train_frame(trainer), "last_opt_step", last_opt_step)
         grads = self.pending_grads
         if grads is not None:  # after _do_train's zero_grad(): the accumulated part of the step comes back
             for param, grad in zip(_unwrap(trainer.model).parameters(), grads):
@@ -431,7 +447,7 @@ class MidEpoch:
         record = {
             "format": RECORD_FORMAT, "epoch": epoch, "next_batch": i + 1, "batches": nb,
             "pass_key": self.loader.current.key, "seed": self.seed, "shuffle": order.shuffle,
-            "dataset_len": order.n, "batch_size": order.batch_size,
+            "dataset_len": order.n, "batch_size": order.batch_size, "world_size": WORLD_SIZE,
             "last_opt_step": last_opt_step, "accumulate": int(trainer.accumulate),
             "grads_pending": last_opt_step != i + nb * epoch,
             "tloss": _floats(trainer.tloss), "saved_at": time.time(),

@@ -73,6 +73,7 @@ class Running:
     epochs_before: int
     log_offset: int
     batch_before: int = 0                # batches of the next epoch in the state resumed from (mid-epoch)
+    images_before: int = 0               # images of the next epoch in that state (what progress compares)
     kill_cause: Optional[Cause] = None   # set when the daemon itself ends the attempt
     user_stop: bool = False
     then: Optional[str] = None           # "restart": relaunch once stopped
@@ -387,7 +388,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         if plan.epochs_done >= spec.epochs:
             self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
             return
-        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor, gpus)
+        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor, gpus, images_before=plan.images)
 
     def launch_blocker(self, job: JobRecord, spec: JobSpec) -> Optional[str]:
         """Why the next attempt must not start (a missing path, another run's checkpoint), or None.
@@ -495,7 +496,8 @@ class Daemon(GpuScheduling, AttemptEnding):
                        pids=strays, survivors=survivors)
 
     def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
-               position: tuple[int, int], actor: Optional[str], gpus: tuple[int, ...] = ()) -> None:
+               position: tuple[int, int], actor: Optional[str], gpus: tuple[int, ...] = (),
+               images_before: int = 0) -> None:
         name = job.name
         epochs_before, batch_before = position
         devices = ",".join(str(g) for g in gpus) or None
@@ -533,7 +535,8 @@ class Daemon(GpuScheduling, AttemptEnding):
         except BaseException:
             self._abandon(name, child)
             raise
-        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before))
+        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before,
+                                  images_before=images_before))
 
     def _abandon(self, name: str, child: launcher.Child) -> None:
         """An attempt that could not be recorded (a full disk) must not train unwatched, nor leak its pidfd."""

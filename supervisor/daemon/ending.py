@@ -90,7 +90,7 @@ class AttemptEnding:
         with self.as_owner(name):
             best, finished = best_verified(run_dir, self.vault(name, spec))
         epochs_after = best.epochs_done if best else None
-        batch_after = best.position[1] if best else 0
+        images_after = best.trained[1] if best else 0
         if outcome.cause is Cause.DIVERGED:  # `start` resumes from there: name it in the hold
             run.extra["hold_reason"] = (f"the newest is {best.where()} ({best.path.name})" if best else
                                         "none is saved: `start` trains from scratch")
@@ -98,7 +98,7 @@ class AttemptEnding:
             epochs_after = progress.saved_epochs_done or spec.epochs
         end = AttemptEnd(
             cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
-            batch_before=run.batch_before, batch_after=batch_after,
+            images_before=run.images_before, images_after=images_after,
             finished_checkpoint=finished, user_stop=run.user_stop,
             devices_unhealthy=self._devices_unhealthy(name, spec, run),
             batch=job.batch_override or _int(spec.train.get("batch")),

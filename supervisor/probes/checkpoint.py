@@ -67,6 +67,18 @@ class CheckpointInfo:
         done = self.epochs_done or 0
         return (done, int(self.midepoch["next_batch"])) if self.midepoch else (done, 0)
 
+    @property
+    def trained(self) -> tuple[int, int]:
+        """(completed epochs, images trained in the next epoch): how states are ordered. Not batches: a
+        resume with another batch size (``on_oom: reduce_batch``) numbers the same images differently."""
+        done = self.epochs_done or 0
+        if not self.midepoch:
+            return (done, 0)
+        m = self.midepoch
+        world = m.get("world_size")
+        world = world if isinstance(world, int) and not isinstance(world, bool) and world > 0 else 1
+        return (done, int(m["next_batch"]) * int(m["batch_size"]) * world)
+
     def where(self) -> str:
         """"epoch 3" for an epoch-level state, "epoch 4 batch 120/240" for a mid-epoch one (1-based)."""
         if self.midepoch:
