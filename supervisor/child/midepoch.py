@@ -68,13 +68,34 @@ def support_problem(device: str = "cpu") -> Optional[str]:
     version = getattr(ultralytics, "__version__", "?")
     if os.environ.get("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS"):  # TEST ONLY: simulate another version
         version = os.environ["YOLO_SUPERVISOR_PRETEND_ULTRALYTICS"]
-    if not version.startswith(TESTED_VERSIONS):
+    if version not in TESTED_VERSIONS:
         return (f"ultralytics {version} is not a version mid-epoch checkpoints were tested with "
-                f"({', '.join(v + 'x' for v in TESTED_VERSIONS)}): epoch-level checkpoints only")
-    code = getattr(getattr(trainer_module.BaseTrainer, "_do_train", None), "__code__", None)
-    names = set(code.co_varnames) | set(code.co_cellvars) if code is not None else set()
-    if code is None or not _DO_TRAIN_LOCALS <= names or "enumerate" not in code.co_names:
-        return f"ultralytics {version}: BaseTrainer._do_train has an unexpected shape: epoch-level checkpoints only"
+                f"({', '.join(TESTED_VERSIONS)}): epoch-level checkpoints only")
+    odd = _unexpected_shape(trainer_module.BaseTrainer)
+    if odd:
+        return f"ultralytics {version}: BaseTrainer.{odd} has an unexpected shape: epoch-level checkpoints only"
+    return None
+
+
+def _unexpected_shape(trainer_class) -> Optional[str]:
+    """The trainer method that does not look as the mid-epoch machinery needs, or None.
+
+    ``_do_train``: the loop locals it reads and sets, and the ``enumerate`` it shadows; ``save_model``:
+    builds the checkpoint with ``torch.save`` and writes it with ``write_bytes`` (the atomic wrap and
+    the mid-epoch capture rely on both); ``_load_checkpoint_state(ckpt)``: the mid-epoch resume calls it."""
+    def code(name):
+        return getattr(getattr(trainer_class, name, None), "__code__", None)
+
+    train = code("_do_train")
+    names = set(train.co_varnames) | set(train.co_cellvars) if train is not None else set()
+    if train is None or not _DO_TRAIN_LOCALS <= names or "enumerate" not in train.co_names:
+        return "_do_train"
+    save = code("save_model")
+    if save is None or save.co_argcount != 1 or not {"save", "write_bytes", "last"} <= set(save.co_names):
+        return "save_model"
+    load = code("_load_checkpoint_state")
+    if load is None or load.co_argcount != 2 or not {"optimizer", "ema", "load_state_dict"} <= set(load.co_names):
+        return "_load_checkpoint_state"
     return None
 
 
@@ -352,8 +373,10 @@ class MidEpoch:
         rec, self.resume_skip = self.record, 0
         if rec is None or not self.restore_pending:
             return None
+        # A record another Ultralytics wrote may mean other loop state: resume at the epoch level.
         changed = [f"{k} {rec.get(k, same)} -> {v}" for k, v, same in
-                   (("dataset_len", n, None), ("shuffle", shuffle, None), ("world_size", WORLD_SIZE, WORLD_SIZE))
+                   (("dataset_len", n, None), ("shuffle", shuffle, None), ("world_size", WORLD_SIZE, WORLD_SIZE),
+                    ("ultralytics", _ultralytics_version(), None))
                    if rec.get(k, same) != v]
         if changed:
             self.note(f"mid-epoch resume not exact ({', '.join(changed)}): epoch {rec['epoch'] + 1} "

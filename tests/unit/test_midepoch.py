@@ -101,12 +101,42 @@ def test_pass_batches_follows_the_batch_sampler():
 
 
 def test_the_version_guard_refuses_an_untested_version(monkeypatch):
-    assert midepoch.support_problem("cpu") is None  # the installed 8.4.x is supported
+    assert midepoch.support_problem("cpu") is None  # the installed, tested version is supported
     monkeypatch.setenv("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS", "8.5.0")
     assert "8.5.0 is not a version" in midepoch.support_problem("cpu")
+    monkeypatch.setenv("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS", "8.4.191")  # a patch release is not tested
+    assert "8.4.191 is not a version" in midepoch.support_problem("cpu") and "8.4.190" in midepoch.support_problem()
     monkeypatch.delenv("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS")
     assert "multi-GPU (DDP)" in midepoch.support_problem("0,1")
     assert midepoch.support_problem("0") is None
+
+
+def test_the_guard_checks_the_shape_of_save_model_and_load_checkpoint_state():
+    from ultralytics.engine.trainer import BaseTrainer
+
+    assert midepoch._unexpected_shape(BaseTrainer) is None
+
+    class WritesInPlace(BaseTrainer):
+        def save_model(self):  # a save that no longer goes through write_bytes: the atomic wrap misses it
+            import torch
+            torch.save({}, self.last)
+
+    class LoadsElsewhere(BaseTrainer):
+        def _load_checkpoint_state(self, ckpt, strict=True):
+            pass
+
+    assert midepoch._unexpected_shape(WritesInPlace) == "save_model"
+    assert midepoch._unexpected_shape(LoadsElsewhere) == "_load_checkpoint_state"
+
+
+def test_a_record_from_another_ultralytics_resumes_the_epoch_from_its_start(monkeypatch):
+    notes = []
+    mid = midepoch.MidEpoch(0, {"epoch": 2, "next_batch": 5, "batches": 20, "pass_key": 2, "seed": 0,
+                                "shuffle": True, "dataset_len": 160, "batch_size": 8, "ultralytics": "8.4.100"},
+                            note=notes.append)
+    resumed = mid._resume_pass(160, 8, True)
+    assert resumed.skip == 0 and mid.resume_skip == 0
+    assert "ultralytics 8.4.100 -> 8.4.190" in notes[0] and "epoch 3 is trained again from its start" in notes[0]
 
 
 def test_the_record_key_is_the_one_the_probe_reads():
