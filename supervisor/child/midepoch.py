@@ -335,6 +335,7 @@ class MidEpoch:
         self.seed = int(record["seed"]) if record else None
         self.resume_skip = 0                    # batches of the first epoch left out (0: epoch-level)
         self.batch_changed = False              # resumed with another batch size than the record's
+        self.whole_pass = False                 # the record's pass was trained whole: only validation remains
 
     # -- installation ---------------------------------------------------------
     def install(self, trainer) -> None:
@@ -386,6 +387,11 @@ class MidEpoch:
         # The same order of the same images: the position is an image, whatever the batch size
         # (on_oom: reduce_batch, edit batch= --force). Batches of the new size skip what was trained.
         images = int(rec["next_batch"]) * int(rec["batch_size"])
+        if images >= n:
+            # Saved on SIGTERM after the last batch: the epoch resumes with no batch to train (see
+            # empty_resumed_epoch), and the next epoch draws the next pass.
+            self.whole_pass = True
+            return Pass(int(rec["pass_key"]) + 1)
         self.resume_skip = images // batch_size
         if int(rec["batch_size"]) != batch_size:
             self.batch_changed = True
@@ -404,11 +410,15 @@ class MidEpoch:
         t._load_checkpoint_state(ckpt)
         if ckpt.get(MODEL_KEY) is not None:
             _unwrap(t.model).load_state_dict(ckpt[MODEL_KEY])
-        self.pending_grads = ckpt.get(GRADS_KEY) if self.resume_skip else None
+        self.pending_grads = ckpt.get(GRADS_KEY) if self.resume_skip or self.whole_pass else None
         t.start_epoch = int(rec["epoch"])
-        self.note(f"resuming mid-epoch: epoch {t.start_epoch + 1} at batch {self.resume_skip + 1}"
-                  f" of {rec['batches']}" if self.resume_skip else
-                  f"resuming at the start of epoch {t.start_epoch + 1}")
+        if self.whole_pass:
+            self.note(f"resuming epoch {t.start_epoch + 1} after its last batch: only its validation and save "
+                      "remain")
+        else:
+            self.note(f"resuming mid-epoch: epoch {t.start_epoch + 1} at batch {self.resume_skip + 1}"
+                      f" of {rec['batches']}" if self.resume_skip else
+                      f"resuming at the start of epoch {t.start_epoch + 1}")
         from ultralytics.utils.torch_utils import unwrap_model
 
         model = unwrap_model(t.model)
@@ -423,6 +433,34 @@ class MidEpoch:
         if iterable is self.loader and self.resume_skip and self.trainer.epoch == self.trainer.start_epoch:
             return self.resume_skip
         return 0
+
+    def empty_resumed_epoch(self, iterable) -> bool:
+        """The resumed epoch's pass was trained whole before the SIGTERM: no batch to train, the loader is
+        not touched (its first pass is the next epoch's); the loop state (the gradients accumulated since
+        the last optimizer step) is put back as before a first resumed batch."""
+        t = self.trainer
+        if not (self.whole_pass and iterable is self.loader and t.epoch == t.start_epoch):
+            return False
+        if self.restore_pending:
+            self._restore_loop_state(t)
+            self.restore_pending = False
+            model = _unwrap(t.model)
+            if getattr(model, "criterion", None) is None:  # built by the first loss call, and none comes
+                model.criterion = model.init_criterion()
+        return True
+
+    def on_epoch_end(self, trainer) -> None:
+        """After an empty resumed epoch: the losses the validation and results.csv report are the saved
+        pass's (Ultralytics reset them at the epoch start and no batch set them again)."""
+        rec = self.record
+        if not (self.whole_pass and trainer.epoch == trainer.start_epoch and rec and rec.get("tloss")):
+            return
+        import torch
+
+        trainer.tloss = {k: torch.tensor(v, device=trainer.device) for k, v in rec["tloss"].items()}
+        trainer.loss_items = dict(trainer.tloss)
+        trainer.loss_names = trainer.loss_names or tuple(trainer.tloss)
+        trainer.loss = sum(trainer.tloss.values())  # read by validate() (a fitness fallback) and the NaN check
 
     def on_batch_start(self, trainer) -> None:
         if self.restore_pending and self.resume_skip and trainer.epoch == trainer.start_epoch:
@@ -458,12 +496,14 @@ class MidEpoch:
     def epoch_saved(self) -> None:
         self.last_save = time.monotonic()  # epoch-end saves count as saves
 
-    def save(self, trainer) -> Optional[dict]:
-        """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch."""
+    def save(self, trainer, whole_pass: bool = False) -> Optional[dict]:
+        """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch, unless
+        ``whole_pass`` (a SIGTERM at the last batch or during validation: the pass is trained, and the
+        resume runs only the validation and the epoch's save)."""
         frame = _train_frame(trainer)
         loc = frame.f_locals
         i, nb, epoch, last_opt_step = int(loc["i"]), int(loc["nb"]), int(loc["epoch"]), int(loc["last_opt_step"])
-        if i + 1 >= nb or self.loader is None or self.loader.current is None:
+        if (i + 1 >= nb and not whole_pass) or self.loader is None or self.loader.current is None:
             return None  # the epoch-end save is moments away and is the real one
         started = time.monotonic()
         order: PassOrder = self.loader.sampler
@@ -491,6 +531,8 @@ class MidEpoch:
 def _shadow_enumerate(trainer_module, controller: MidEpoch) -> None:
     """``_do_train`` looks ``enumerate`` up in its module first: count the resumed epoch from its batch."""
     def enumerate(iterable, start=0):  # noqa: A001 - deliberately shadows the builtin in one module
+        if controller.empty_resumed_epoch(iterable):
+            return builtins.enumerate(())
         return builtins.enumerate(iterable, start or controller.enumerate_start(iterable))
 
     trainer_module.enumerate = enumerate

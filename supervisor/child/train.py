@@ -178,15 +178,25 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
                 _save_resumable_and_exit(trainer, rep)
             return
         if mid.due(rep.preempt_requested):
-            saved = _save_midepoch(trainer, rep, mid)
+            # On SIGTERM the last batch saves too (the whole pass trained): validation is not waited for.
+            saved = _save_midepoch(trainer, rep, mid, whole_pass=rep.preempt_requested)
             if saved and rep.preempt_requested:
                 _exit_preempted(rep, f"mid-epoch save at epoch {saved['epoch'] + 1} batch {saved['next_batch']}")
 
     def on_train_epoch_end(trainer):
+        mid = single(mid_epoch)
+        if mid is not None:
+            mid.on_epoch_end(trainer)
         rep.beat(force=True, phase="validating")
 
     def on_val_batch_end(validator):
         rep.beat()
+        mid = single(mid_epoch)
+        if rep.rank is None and rep.preempt_requested and mid is not None and mid.trainer is not None:
+            # Validation can take minutes: save the trained epoch now; the resume validates it.
+            saved = _save_midepoch(mid.trainer, rep, mid, whole_pass=True)
+            if saved:
+                _exit_preempted(rep, f"epoch {saved['epoch'] + 1} trained, saved during its validation")
 
     def on_model_save(trainer):
         mid = single(mid_epoch)
@@ -220,10 +230,10 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
 
 
 
-def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch) -> Optional[dict]:
+def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch, whole_pass: bool = False) -> Optional[dict]:
     """Write the mid-epoch checkpoint; a failed save is reported, and on SIGTERM ends the attempt."""
     try:
-        return mid.save(trainer)
+        return mid.save(trainer, whole_pass)
     except Exception as exc:  # noqa: BLE001 - a full disk must not end a training that can go on
         rep.note(f"mid-epoch save failed: {exc!r}")
         if rep.preempt_requested:

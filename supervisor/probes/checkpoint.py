@@ -186,7 +186,8 @@ def _midepoch_record(raw: Any, epoch: int) -> Union[dict, str, None]:
     bad = [k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
     if bad:
         return f"mid-epoch record: bad or missing {', '.join(bad)}"
-    if record["epoch"] != epoch + 1 or not 0 < record["next_batch"] < record["batches"]:
+    # next_batch == batches: saved on SIGTERM after the epoch's last batch, before its validation
+    if record["epoch"] != epoch + 1 or not 0 < record["next_batch"] <= record["batches"]:
         return (f"mid-epoch record inconsistent: epoch {record['epoch']} batch {record['next_batch']}"
                 f"/{record['batches']} in a checkpoint of epoch {epoch}")
     return record
