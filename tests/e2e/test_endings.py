@@ -5,6 +5,8 @@ The stand-in trainer (tests/e2e/endings_trainer.py) where the policy is the poin
 during setup, exit 75 before training); real CPU training with `drill` where checkpoints matter.
 """
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,31 @@ def test_drill_refuses_a_job_without_a_process_and_an_unknown_fault(fake_daemon)
     assert ctl(fake_daemon.home, "stop", "idle", "--wait").returncode == 0
     stopped = ctl(fake_daemon.home, "drill", "idle", "oom")
     assert stopped.returncode == 5 and "cannot drill oom in a job that is stopped" in stopped.stderr
+
+
+def test_drill_corrupt_then_hang_each_is_recovered_from(daemon, dataset):
+    """`corrupt` truncates last.pt after a save: killed then, the next attempt resumes from the vault's
+    verified copy. `hang` freezes a step: the stall rule kills it, and the job still completes."""
+    from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
+
+    daemon.start()
+    wait_socket(daemon)
+    spec = cpu_job("frozen", dataset, epochs=6, health={"stall_timeout": 20, "stop_grace": 2})
+    spec["train"]["batch"] = 4  # 4 steps an epoch: room for a drill to land inside the training
+    daemon.drop(spec)
+    wait_training(daemon, "frozen", epoch=2)
+    drill(daemon, "frozen", "corrupt")
+    last = Path(daemon.job("frozen").run_dir) / "weights" / "last.pt"
+    wait_for(lambda: inspect_checkpoint(last).kind is CkptKind.CORRUPT, 300, interval=0.01,
+             what="last.pt truncated after a save")
+    os.kill(daemon.job("frozen").pid, signal.SIGKILL)  # before the next save rewrites it
+    wait_training(daemon, "frozen", attempt=2)
+    drill(daemon, "frozen", "hang")
+    job = daemon.wait_state("frozen", {"completed", "failed", "held"}, timeout=600)
+    assert job.state == "completed", job.state_reason
+    attempts = daemon.attempts("frozen")
+    assert [a.cause for a in attempts] == ["killed", "stalled", "completed"]
+    events = [e.reason for e in daemon.events("frozen")]
+    assert any("last.pt corrupt" in r and "restored verified copy" in r for r in events), events
+    assert any("drill hang" in r and "injected now" in r for r in events), events
+    assert results_csv.read_epochs(Path(job.run_dir) / "results.csv") == [1, 2, 3, 4, 5, 6]
