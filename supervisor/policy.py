@@ -30,6 +30,8 @@ class Budget:
     crash_restarts: int = 0       # restarts charged to the crash budget
     no_progress_streak: int = 0   # consecutive attempts that did not advance the checkpoint
     backoff_level: int = 0        # exponent of the next backoff delay
+    setup_failures: int = 0       # consecutive attempts that failed before their first batch (setup_failed)
+    preempt_streak: int = 0       # consecutive preempted attempts that did not advance the checkpoint
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,18 @@ class AttemptEnd:
     user_stop: bool = False            # the daemon killed it because a user said stop/restart
     devices_unhealthy: bool = False    # a GPU probe says the job's devices are not usable
     batch: Optional[int] = None        # current batch size (for on_oom: reduce_batch)
-    batch_before: int = 0              # batches into the next epoch in the state started from (mid-epoch)
-    batch_after: int = 0               # batches into the next epoch in the best verified state now
+    # Training done into the next epoch, in images (not batches: a resume with a halved batch numbers
+    # the same images with twice the batches), in the state started from and in the best one now.
+    images_before: int = 0
+    images_after: int = 0
+    detail: str = ""                   # the classified one-line reason (the error line of a setup failure)
+    on_slurm: bool = False             # attempts are Slurm jobs: a preemption loop means a short allocation
 
     @property
     def progressed(self) -> bool:
         """The verified state moved forward: a new epoch, or further into one (a mid-epoch save)."""
         return self.epochs_after is not None and (
-            (self.epochs_after, self.batch_after) > (self.epochs_before, self.batch_before))
+            (self.epochs_after, self.images_after) > (self.epochs_before, self.images_before))
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,43 @@ def decide(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision:
         return Decision(Action.FAIL, "configuration error: not retried (fix the job and start it again)", budget)
     if end.devices_unhealthy:
         return Decision(Action.HOLD, "devices unhealthy", budget)
+    if end.cause is Cause.DIVERGED:
+        return Decision(Action.HOLD, DIVERGED_REASON, replace(budget, setup_failures=0, preempt_streak=0))
+    if end.cause is Cause.SETUP_FAILED:
+        return _retry_setup_or_fail(spec, budget, end)
     return _restart_or_fail(spec, budget, end)
+
+
+DIVERGED_REASON = ("diverged: the loss stayed NaN/Inf after Ultralytics' own recoveries (a resume from the same "
+                   "state would diverge again); `yolo-supervisorctl start` resumes from the newest state whose "
+                   "weights are finite")
+
+
+def _retry_setup_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision:
+    """A failure before the first batch that is not a configuration error: retried with backoff up to
+    ``max_setup_failures`` in a row, charged to neither the crash budget nor the no-progress streak."""
+    failures = budget.setup_failures + 1
+    after = replace(budget, setup_failures=failures, preempt_streak=0, backoff_level=budget.backoff_level + 1)
+    if failures > spec.restart.max_setup_failures:
+        return Decision(Action.FAIL, f"setup failed {failures} times in a row before the first batch; "
+                                     f"last error: {end.detail}", replace(after, backoff_level=budget.backoff_level))
+    return Decision(Action.RESTART, f"setup_failed: retry {failures} of {spec.restart.max_setup_failures}",
+                    after, delay_s=backoff_delay(spec, budget.backoff_level))
+
+
+def held_until_start(spec: JobSpec, state_reason: Optional[str], preempt_streak: int) -> bool:
+    """A hold only a person can lift (``start``): a divergence, or a preemption loop; not a device hold."""
+    diverged = (state_reason or "").startswith(DIVERGED_REASON.split(":", 1)[0] + ":")
+    return diverged or preempt_streak >= spec.restart.max_preemptions_without_progress
+
+
+def _preemption_loop_reason(spec: JobSpec, end: AttemptEnd, streak: int) -> str:
+    where = (f"each Slurm allocation ends before a checkpoint: its time (slurm.time) is shorter than the setup "
+             f"plus checkpoint_every ({spec.checkpoint_every}); raise slurm.time or lower checkpoint_every"
+             if end.on_slurm else
+             "something sends the job SIGTERM soon after it starts (see `yolo-supervisorctl events` for who)")
+    return (f"preempted {streak} times in a row without progress (epoch {end.epochs_after or 0}): {where}; "
+            f"then `yolo-supervisorctl start`")
 
 
 def _restart_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision:
@@ -90,18 +132,25 @@ def _restart_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision
     # A preemption is not the job's fault: it neither charges nor extends the no-progress streak.
     streak = 0 if progressed else budget.no_progress_streak + (1 if charged else 0)
     crashes = budget.crash_restarts + (1 if charged else 0)
+    # But preemptions that never let the job save loop for ever: they have a streak of their own.
+    preempted = 0 if progressed or charged else budget.preempt_streak + 1
+    if preempted >= spec.restart.max_preemptions_without_progress:
+        return Decision(Action.HOLD, _preemption_loop_reason(spec, end, preempted),
+                        replace(budget, setup_failures=0, preempt_streak=preempted))
     if charged and crashes > spec.restart.max_restarts:
         return Decision(
             Action.FAIL,
             f"restart budget spent: {spec.restart.max_restarts} restarts used, last cause {end.cause.value}",
-            replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak),
+            replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak, setup_failures=0,
+                    preempt_streak=0),
         )
     if charged and streak >= spec.restart.max_no_progress:
         return Decision(
             Action.FAIL,
             f"no progress: {streak} attempts in a row ended at epoch {end.epochs_after or 0} "
             f"(last cause {end.cause.value})",
-            replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak),
+            replace(budget, crash_restarts=crashes - 1, no_progress_streak=streak, setup_failures=0,
+                    preempt_streak=0),
         )
     # Progress resets the backoff: a job that crashes once a day should not wait 5 minutes. And an
     # attempt that moved the verified state forward restarts at once, whatever ended it: the wait
@@ -118,7 +167,7 @@ def _restart_or_fail(spec: JobSpec, budget: Budget, end: AttemptEnd) -> Decision
     return Decision(
         Action.RESTART,
         reason,
-        Budget(crash_restarts=crashes, no_progress_streak=streak, backoff_level=level + 1),
+        Budget(crash_restarts=crashes, no_progress_streak=streak, backoff_level=level + 1, preempt_streak=preempted),
         delay_s=delay,
         new_batch=new_batch,
     )

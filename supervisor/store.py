@@ -93,6 +93,8 @@ ADDED_COLUMNS = (
     ("attempts", "slurm_job_id", "TEXT"),
     ("attempts", "slurm_node", "TEXT"),
     ("jobs", "slurm_job_id", "TEXT"),
+    ("jobs", "setup_failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "preempt_streak", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -124,6 +126,9 @@ class JobRecord:
     devices: Optional[str] = None
     # executor: slurm: the Slurm job of the newest attempt (the attempt rows keep every one).
     slurm_job_id: Optional[str] = None
+    # The policy's streaks of failures before the first batch and of preemptions without progress.
+    setup_failures: int = 0
+    preempt_streak: int = 0
 
 
 @dataclass

@@ -50,6 +50,7 @@ RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything 
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
 GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
 RECORD_FORMAT = 1
+WORLD_SIZE = 1  # mid-epoch states are single-process (DDP jobs use epoch-level checkpoints)
 MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
 FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
 _DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
@@ -67,13 +68,34 @@ def support_problem(device: str = "cpu") -> Optional[str]:
     version = getattr(ultralytics, "__version__", "?")
     if os.environ.get("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS"):  # TEST ONLY: simulate another version
         version = os.environ["YOLO_SUPERVISOR_PRETEND_ULTRALYTICS"]
-    if not version.startswith(TESTED_VERSIONS):
+    if version not in TESTED_VERSIONS:
         return (f"ultralytics {version} is not a version mid-epoch checkpoints were tested with "
-                f"({', '.join(v + 'x' for v in TESTED_VERSIONS)}): epoch-level checkpoints only")
-    code = getattr(getattr(trainer_module.BaseTrainer, "_do_train", None), "__code__", None)
-    names = set(code.co_varnames) | set(code.co_cellvars) if code is not None else set()
-    if code is None or not _DO_TRAIN_LOCALS <= names or "enumerate" not in code.co_names:
-        return f"ultralytics {version}: BaseTrainer._do_train has an unexpected shape: epoch-level checkpoints only"
+                f"({', '.join(TESTED_VERSIONS)}): epoch-level checkpoints only")
+    odd = _unexpected_shape(trainer_module.BaseTrainer)
+    if odd:
+        return f"ultralytics {version}: BaseTrainer.{odd} has an unexpected shape: epoch-level checkpoints only"
+    return None
+
+
+def _unexpected_shape(trainer_class) -> Optional[str]:
+    """The trainer method that does not look as the mid-epoch machinery needs, or None.
+
+    ``_do_train``: the loop locals it reads and sets, and the ``enumerate`` it shadows; ``save_model``:
+    builds the checkpoint with ``torch.save`` and writes it with ``write_bytes`` (the atomic wrap and
+    the mid-epoch capture rely on both); ``_load_checkpoint_state(ckpt)``: the mid-epoch resume calls it."""
+    def code(name):
+        return getattr(getattr(trainer_class, name, None), "__code__", None)
+
+    train = code("_do_train")
+    names = set(train.co_varnames) | set(train.co_cellvars) if train is not None else set()
+    if train is None or not _DO_TRAIN_LOCALS <= names or "enumerate" not in train.co_names:
+        return "_do_train"
+    save = code("save_model")
+    if save is None or save.co_argcount != 1 or not {"save", "write_bytes", "last"} <= set(save.co_names):
+        return "save_model"
+    load = code("_load_checkpoint_state")
+    if load is None or load.co_argcount != 2 or not {"optimizer", "ema", "load_state_dict"} <= set(load.co_names):
+        return "_load_checkpoint_state"
     return None
 
 
@@ -312,6 +334,8 @@ class MidEpoch:
         self.pending_grads = None               # gradients to put back before the first resumed batch
         self.seed = int(record["seed"]) if record else None
         self.resume_skip = 0                    # batches of the first epoch left out (0: epoch-level)
+        self.batch_changed = False              # resumed with another batch size than the record's
+        self.whole_pass = False                 # the record's pass was trained whole: only validation remains
 
     # -- installation ---------------------------------------------------------
     def install(self, trainer) -> None:
@@ -350,14 +374,31 @@ class MidEpoch:
         rec, self.resume_skip = self.record, 0
         if rec is None or not self.restore_pending:
             return None
-        changed = [f"{k} {rec.get(k)} -> {v}" for k, v in
-                   (("dataset_len", n), ("batch_size", batch_size), ("shuffle", shuffle)) if rec.get(k) != v]
+        # A record another Ultralytics wrote may mean other loop state: resume at the epoch level.
+        changed = [f"{k} {rec.get(k, same)} -> {v}" for k, v, same in
+                   (("dataset_len", n, None), ("shuffle", shuffle, None), ("world_size", WORLD_SIZE, WORLD_SIZE),
+                    ("ultralytics", _ultralytics_version(), None))
+                   if rec.get(k, same) != v]
         if changed:
             self.note(f"mid-epoch resume not exact ({', '.join(changed)}): epoch {rec['epoch'] + 1} "
                       "is trained again from its start")
             self.restore_pending = False
             return Pass(int(rec["pass_key"]) + 1)
-        self.resume_skip = int(rec["next_batch"])
+        # The same order of the same images: the position is an image, whatever the batch size
+        # (on_oom: reduce_batch, edit batch= --force). Batches of the new size skip what was trained.
+        images = int(rec["next_batch"]) * int(rec["batch_size"])
+        if images >= n:
+            # Saved on SIGTERM after the last batch: the epoch resumes with no batch to train (see
+            # empty_resumed_epoch), and the next epoch draws the next pass.
+            self.whole_pass = True
+            return Pass(int(rec["pass_key"]) + 1)
+        self.resume_skip = images // batch_size
+        if int(rec["batch_size"]) != batch_size:
+            self.batch_changed = True
+            again = images - self.resume_skip * batch_size
+            self.note(f"batch {rec['batch_size']} -> {batch_size}: epoch {rec['epoch'] + 1} goes on at image "
+                      f"{images + 1} of {n} (batch {self.resume_skip + 1} of the new size)"
+                      + (f"; {again} image(s) trained again" if again else ""))
         return Pass(int(rec["pass_key"]), self.resume_skip)
 
     def _resume_training(self, original, ckpt):
@@ -369,11 +410,15 @@ class MidEpoch:
         t._load_checkpoint_state(ckpt)
         if ckpt.get(MODEL_KEY) is not None:
             _unwrap(t.model).load_state_dict(ckpt[MODEL_KEY])
-        self.pending_grads = ckpt.get(GRADS_KEY) if self.resume_skip else None
+        self.pending_grads = ckpt.get(GRADS_KEY) if self.resume_skip or self.whole_pass else None
         t.start_epoch = int(rec["epoch"])
-        self.note(f"resuming mid-epoch: epoch {t.start_epoch + 1} at batch {self.resume_skip + 1}"
-                  f" of {rec['batches']}" if self.resume_skip else
-                  f"resuming at the start of epoch {t.start_epoch + 1}")
+        if self.whole_pass:
+            self.note(f"resuming epoch {t.start_epoch + 1} after its last batch: only its validation and save "
+                      "remain")
+        else:
+            self.note(f"resuming mid-epoch: epoch {t.start_epoch + 1} at batch {self.resume_skip + 1}"
+                      f" of {rec['batches']}" if self.resume_skip else
+                      f"resuming at the start of epoch {t.start_epoch + 1}")
         from ultralytics.utils.torch_utils import unwrap_model
 
         model = unwrap_model(t.model)
@@ -389,6 +434,34 @@ class MidEpoch:
             return self.resume_skip
         return 0
 
+    def empty_resumed_epoch(self, iterable) -> bool:
+        """The resumed epoch's pass was trained whole before the SIGTERM: no batch to train, the loader is
+        not touched (its first pass is the next epoch's); the loop state (the gradients accumulated since
+        the last optimizer step) is put back as before a first resumed batch."""
+        t = self.trainer
+        if not (self.whole_pass and iterable is self.loader and t.epoch == t.start_epoch):
+            return False
+        if self.restore_pending:
+            self._restore_loop_state(t)
+            self.restore_pending = False
+            model = _unwrap(t.model)
+            if getattr(model, "criterion", None) is None:  # built by the first loss call, and none comes
+                model.criterion = model.init_criterion()
+        return True
+
+    def on_epoch_end(self, trainer) -> None:
+        """After an empty resumed epoch: the losses the validation and results.csv report are the saved
+        pass's (Ultralytics reset them at the epoch start and no batch set them again)."""
+        rec = self.record
+        if not (self.whole_pass and trainer.epoch == trainer.start_epoch and rec and rec.get("tloss")):
+            return
+        import torch
+
+        trainer.tloss = {k: torch.tensor(v, device=trainer.device) for k, v in rec["tloss"].items()}
+        trainer.loss_items = dict(trainer.tloss)
+        trainer.loss_names = trainer.loss_names or tuple(trainer.tloss)
+        trainer.loss = sum(trainer.tloss.values())  # read by validate() (a fitness fallback) and the NaN check
+
     def on_batch_start(self, trainer) -> None:
         if self.restore_pending and self.resume_skip and trainer.epoch == trainer.start_epoch:
             self._restore_loop_state(trainer)
@@ -398,7 +471,11 @@ class MidEpoch:
         import torch
 
         rec = self.record
-        _set_frame_local(_train_frame(trainer), "last_opt_step", int(rec["last_opt_step"]))
+        # After a batch change the saved step index counts other batches: step after the first resumed
+        # batch instead, with the accumulated gradients (a sum over images, valid at any batch size), as
+        # Ultralytics does after its own OOM halving.
+        last_opt_step = -1 if self.batch_changed else int(rec["last_opt_step"])
+        _set_frame_local(_train_frame(trainer), "last_opt_step", last_opt_step)
         grads = self.pending_grads
         if grads is not None:  # after _do_train's zero_grad(): the accumulated part of the step comes back
             for param, grad in zip(_unwrap(trainer.model).parameters(), grads):
@@ -419,19 +496,21 @@ class MidEpoch:
     def epoch_saved(self) -> None:
         self.last_save = time.monotonic()  # epoch-end saves count as saves
 
-    def save(self, trainer) -> Optional[dict]:
-        """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch."""
+    def save(self, trainer, whole_pass: bool = False) -> Optional[dict]:
+        """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch, unless
+        ``whole_pass`` (a SIGTERM at the last batch or during validation: the pass is trained, and the
+        resume runs only the validation and the epoch's save)."""
         frame = _train_frame(trainer)
         loc = frame.f_locals
         i, nb, epoch, last_opt_step = int(loc["i"]), int(loc["nb"]), int(loc["epoch"]), int(loc["last_opt_step"])
-        if i + 1 >= nb or self.loader is None or self.loader.current is None:
+        if (i + 1 >= nb and not whole_pass) or self.loader is None or self.loader.current is None:
             return None  # the epoch-end save is moments away and is the real one
         started = time.monotonic()
         order: PassOrder = self.loader.sampler
         record = {
             "format": RECORD_FORMAT, "epoch": epoch, "next_batch": i + 1, "batches": nb,
             "pass_key": self.loader.current.key, "seed": self.seed, "shuffle": order.shuffle,
-            "dataset_len": order.n, "batch_size": order.batch_size,
+            "dataset_len": order.n, "batch_size": order.batch_size, "world_size": WORLD_SIZE,
             "last_opt_step": last_opt_step, "accumulate": int(trainer.accumulate),
             "grads_pending": last_opt_step != i + nb * epoch,
             "tloss": _floats(trainer.tloss), "saved_at": time.time(),
@@ -452,6 +531,8 @@ class MidEpoch:
 def _shadow_enumerate(trainer_module, controller: MidEpoch) -> None:
     """``_do_train`` looks ``enumerate`` up in its module first: count the resumed epoch from its batch."""
     def enumerate(iterable, start=0):  # noqa: A001 - deliberately shadows the builtin in one module
+        if controller.empty_resumed_epoch(iterable):
+            return builtins.enumerate(())
         return builtins.enumerate(iterable, start or controller.enumerate_start(iterable))
 
     trainer_module.enumerate = enumerate

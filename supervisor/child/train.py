@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from supervisor.child import ddp
+from supervisor.child.drill import Drills, request_path
+from supervisor.child.finite import record_finiteness
 from supervisor.child.midepoch import MidEpoch, support_problem
 from supervisor.contract import ExitRecord, Plan, Progress, from_json, to_json
 from supervisor.child.progress import read_json, write_json_atomic
@@ -55,6 +57,7 @@ class Reporter:
         self.failed_callbacks: set[str] = set()
         self.rank: Optional[int] = None  # None: this process trains alone, or launches the DDP ranks
         self.stop_path = ddp.stop_request_path(self.exit_path)
+        self.drills = Drills(request_path(self.exit_path), self.note)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A copy unpickled in a DDP rank (Ultralytics ships our callbacks to every rank): the first code
@@ -121,6 +124,7 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
 
     def on_pretrain_routine_start(trainer):
         rep.mark("trainer_created")
+        record_finiteness(trainer)  # before the mid-epoch machinery, whose saves go through save_model too
         mid = single(mid_epoch)
         if mid is not None:
             mid.install(trainer)
@@ -140,6 +144,8 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
                  save_dir=str(trainer.save_dir), epoch_started_at=rep._epoch_start)
 
     def on_train_batch_start(trainer):
+        if rep.rank is None:
+            rep.drills.on_step_start(trainer)  # `drill oom` raises from here, as a real step would
         mid = single(mid_epoch)
         if mid is not None:
             mid.on_batch_start(trainer)
@@ -172,20 +178,32 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
                 _save_resumable_and_exit(trainer, rep)
             return
         if mid.due(rep.preempt_requested):
-            saved = _save_midepoch(trainer, rep, mid)
+            # On SIGTERM the last batch saves too (the whole pass trained): validation is not waited for.
+            saved = _save_midepoch(trainer, rep, mid, whole_pass=rep.preempt_requested)
             if saved and rep.preempt_requested:
                 _exit_preempted(rep, f"mid-epoch save at epoch {saved['epoch'] + 1} batch {saved['next_batch']}")
 
     def on_train_epoch_end(trainer):
+        mid = single(mid_epoch)
+        if mid is not None:
+            mid.on_epoch_end(trainer)
         rep.beat(force=True, phase="validating")
 
     def on_val_batch_end(validator):
         rep.beat()
+        mid = single(mid_epoch)
+        if rep.rank is None and rep.preempt_requested and mid is not None and mid.trainer is not None:
+            # Validation can take minutes: save the trained epoch now; the resume validates it.
+            saved = _save_midepoch(mid.trainer, rep, mid, whole_pass=True)
+            if saved:
+                _exit_preempted(rep, f"epoch {saved['epoch'] + 1} trained, saved during its validation")
 
     def on_model_save(trainer):
         mid = single(mid_epoch)
         if mid is not None:
             mid.epoch_saved()
+        if rep.rank is None:
+            rep.drills.after_save(trainer)
         rep.beat(force=True, saved_epochs_done=trainer.epoch + 1, last_save_at=time.time())
 
     def on_fit_epoch_end(trainer):
@@ -212,10 +230,10 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
 
 
 
-def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch) -> Optional[dict]:
+def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch, whole_pass: bool = False) -> Optional[dict]:
     """Write the mid-epoch checkpoint; a failed save is reported, and on SIGTERM ends the attempt."""
     try:
-        return mid.save(trainer)
+        return mid.save(trainer, whole_pass)
     except Exception as exc:  # noqa: BLE001 - a full disk must not end a training that can go on
         rep.note(f"mid-epoch save failed: {exc!r}")
         if rep.preempt_requested:

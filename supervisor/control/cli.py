@@ -17,6 +17,7 @@ import yaml
 
 from supervisor.control.protocol import (EXIT_CODES, one_line, Connection, ErrorCode, ProtocolError, Request, RequestError,
                                          connect)
+from supervisor.child.drill import KINDS as DRILL_KINDS
 from supervisor.control.protocol import exit_status_text
 from supervisor.paths import HOME_ENV, Home, default_home
 from supervisor.process.classify import signal_name
@@ -54,6 +55,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if name == "stop":
             s.add_argument("--wait", action="store_true", help="return once the job is stopped")
             s.add_argument("--timeout", type=float, default=600.0, help="for --wait (seconds)")
+
+    s = sub.add_parser("drill", help="inject one real fault into the job's running training, to see it recover")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("kind", choices=DRILL_KINDS, help="kill, term: a signal; oom, nan, hang: at the next "
+                                                     "training step; corrupt: last.pt truncated after the next save")
 
     s = sub.add_parser("tail", help="the job's training log")
     s.add_argument("name", metavar="NAME")
@@ -214,6 +220,12 @@ def cmd_start(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(conn: Connection, args: argparse.Namespace) -> int:
+    done = call(conn, "drill", name=args.name, kind=args.kind)
+    print(f"{done['name']}: {done['what']}")
+    return 0
+
+
 def cmd_tail(conn: Connection, args: argparse.Namespace) -> int:
     out = sys.stdout
     first = call(conn, "tail", name=args.name, lines=args.lines)
@@ -364,7 +376,7 @@ def cmd_web(conn: Connection, args: argparse.Namespace) -> int:
 COMMANDS = {"status": cmd_status, "submit": cmd_submit, "stop": cmd_stop, "start": cmd_start,
             "restart": cmd_start, "tail": cmd_tail, "history": cmd_history, "remove": cmd_remove,
             "plot": cmd_plot, "events": cmd_events, "notify-test": cmd_notify_test, "edit": cmd_edit,
-            "extend": cmd_extend, "gpus": cmd_gpus, "usage": cmd_usage, "web": cmd_web}
+            "extend": cmd_extend, "gpus": cmd_gpus, "usage": cmd_usage, "web": cmd_web, "drill": cmd_drill}
 
 
 # -- rendering ------------------------------------------------------------------------

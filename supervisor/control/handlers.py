@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Optional
 from supervisor import safefs
 from supervisor.control import authz
 from supervisor.control.peer import actor_for_uid, database_groups
+from supervisor.child.drill import KINDS as DRILL_KINDS
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
 from supervisor.daemon.core import CommandError, PurgeFailed
 from supervisor.jobs.edit import EditRefused
@@ -378,6 +379,16 @@ def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
+def drill(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+    """Inject one real fault into a running job's training; it acts on the job as stop/restart do."""
+    job = _job(daemon, args)
+    kind = args.get("kind")
+    if kind not in DRILL_KINDS:
+        raise RequestError(ErrorCode.USAGE, f"drill needs one of {', '.join(DRILL_KINDS)}, not {kind!r}")
+    what = daemon.drill_job(job.name, kind, peer.actor)
+    return {"name": job.name, "kind": kind, "what": what, "state": daemon.store.get_job(job.name).state}
+
+
 def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
     """Change train arguments of a job with no process; refused keys come back as a usage error."""
     job = _job(daemon, args)
@@ -449,6 +460,7 @@ HANDLERS: dict[str, Handler] = {
     "stop": Handler(stop, mutates=True, acts_on_job=True),
     "start": Handler(start, mutates=True, acts_on_job=True),
     "restart": Handler(restart, mutates=True, acts_on_job=True),
+    "drill": Handler(drill, mutates=True, acts_on_job=True),
     "remove": Handler(remove, mutates=True, acts_on_job=True),
     "edit": Handler(edit, mutates=True, acts_on_job=True),
     "extend": Handler(extend, mutates=True, acts_on_job=True),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from supervisor.child import drill
 from supervisor.child.progress import write_json_atomic
 from supervisor.contract import Plan, Progress, to_json
 from supervisor.daemon.config import DaemonConfig
@@ -77,6 +78,7 @@ class Running:
     epochs_before: int
     log_offset: int
     batch_before: int = 0                # batches of the next epoch in the state resumed from (mid-epoch)
+    images_before: int = 0               # images of the next epoch in that state (what progress compares)
     kill_cause: Optional[Cause] = None   # set when the daemon itself ends the attempt
     user_stop: bool = False
     then: Optional[str] = None           # "restart": relaunch once stopped
@@ -423,7 +425,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         if plan.epochs_done >= spec.epochs:
             self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
             return
-        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor, gpus)
+        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor, gpus, images_before=plan.images)
 
     def launch_blocker(self, job: JobRecord, spec: JobSpec) -> Optional[str]:
         """Why the next attempt must not start (a missing path, another run's checkpoint), or None.
@@ -509,7 +511,8 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.event(name, "edit", f"epochs: {spec.epochs} -> {epochs} (extend; the learning-rate schedule "
                        f"is rebuilt for {epochs} epochs)", actor, key="epochs", old=spec.epochs, new=epochs)
             self.transition(name, S.QUEUED, f"extended to {epochs} epochs by {actor}", actor, crash_restarts=0,
-                            no_progress_streak=0, backoff_level=0, next_start_at=None)
+                            no_progress_streak=0, backoff_level=0, next_start_at=None, setup_failures=0,
+                            preempt_streak=0)
         self.start_due_jobs()
         return new_spec
 
@@ -530,7 +533,8 @@ class Daemon(GpuScheduling, AttemptEnding):
                        pids=strays, survivors=survivors)
 
     def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
-               position: tuple[int, int], actor: Optional[str], gpus: tuple[int, ...] = ()) -> None:
+               position: tuple[int, int], actor: Optional[str], gpus: tuple[int, ...] = (),
+               images_before: int = 0) -> None:
         name = job.name
         epochs_before, batch_before = position
         devices = ",".join(str(g) for g in gpus) or None
@@ -573,7 +577,8 @@ class Daemon(GpuScheduling, AttemptEnding):
         except BaseException:
             self._abandon(name, child)
             raise
-        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before))
+        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before,
+                                  images_before=images_before))
 
     def _abandon(self, name: str, child: launcher.Child) -> None:
         """An attempt that could not be recorded (a full disk) must not train unwatched, nor leak its pidfd."""
@@ -592,7 +597,8 @@ class Daemon(GpuScheduling, AttemptEnding):
                     devices: Optional[str]) -> Path:
         """The attempt's instructions for the child; stale progress/exit files are removed first."""
         name = job.name
-        for stale in (self.home.job_progress(name), self.home.job_exit_record(name)):
+        exit_record = self.home.job_exit_record(name)  # a drill asked of an ended attempt is not this one's:
+        for stale in (self.home.job_progress(name), exit_record, drill.request_path(exit_record)):
             stale.unlink(missing_ok=True)
         train = dict(spec.train)
         train.setdefault("project", str(self.home.job_runs(name)))
@@ -786,6 +792,24 @@ class Daemon(GpuScheduling, AttemptEnding):
         else:
             raise _wrong_state(job, "restart")
 
+    def drill_job(self, name: str, kind: str, actor: str) -> str:
+        """Inject one real fault into the running training (``drill``): the daemon signals ``kill``
+        and ``term`` itself; the child takes the others from a request file at its next step."""
+        job = self.store.get_job(name)
+        run = self.running.get(name)
+        if run is None or S(job.state) not in (S.STARTING, S.RUNNING):
+            raise _wrong_state(job, f"drill {kind} in")
+        if kind in drill.SIGNAL_KINDS:
+            sig = signal.SIGKILL if kind == "kill" else signal.SIGTERM
+            pids = self.executor.signal_job(name, run.child, sig)
+            what = f"drill {kind}: {signal.Signals(sig).name} to {len(pids)} process(es)"
+        else:
+            with self.as_owner(name):  # the job's folder is its user's
+                drill.request(drill.request_path(self.home.job_exit_record(name)), kind, actor)
+            what = f"drill {kind}: asked of the training, at its next step"
+        self.event(name, "drill", what, actor, fault=kind, attempt=run.attempt_no)
+        return what
+
     def _stop_grace(self, name: str) -> float:
         """The job's TERM-to-KILL grace; the default when its stored spec no longer validates."""
         try:
@@ -796,7 +820,7 @@ class Daemon(GpuScheduling, AttemptEnding):
     def _requeue(self, name: str, reason: str, actor: str) -> None:
         """A user's start gives the job a fresh restart budget."""
         self.transition(name, S.QUEUED, reason, actor, crash_restarts=0, no_progress_streak=0,
-                        backoff_level=0, next_start_at=None)
+                        backoff_level=0, next_start_at=None, setup_failures=0, preempt_streak=0)
         self.start_due_jobs()
 
     # -- stopping -------------------------------------------------------------

@@ -90,17 +90,22 @@ class AttemptEnding:
         with self.as_owner(name):
             best, finished = best_verified(run_dir, self.vault(name, spec))
         epochs_after = best.epochs_done if best else None
-        batch_after = best.position[1] if best else 0
+        images_after = best.trained[1] if best else 0
+        if outcome.cause is Cause.DIVERGED:  # `start` resumes from there: name it in the hold
+            run.extra["hold_reason"] = (f"the newest is {best.where()} ({best.path.name})" if best else
+                                        "none is saved: `start` trains from scratch")
         if finished:  # last.pt is stripped: the epochs it held are the ones last saved
             epochs_after = progress.saved_epochs_done or spec.epochs
         end = AttemptEnd(
             cause=outcome.cause, epochs_before=run.epochs_before, epochs_after=epochs_after,
-            batch_before=run.batch_before, batch_after=batch_after,
+            images_before=run.images_before, images_after=images_after,
             finished_checkpoint=finished, user_stop=run.user_stop,
             devices_unhealthy=self._devices_unhealthy(name, spec, run),
             batch=job.batch_override or _int(spec.train.get("batch")),
+            detail=outcome.detail, on_slurm=getattr(self.executor, "kind", "local") == "slurm",
         )
-        budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level)
+        budget = Budget(job.crash_restarts, job.no_progress_streak, job.backoff_level,
+                        job.setup_failures or 0, job.preempt_streak or 0)
         decision = decide(spec, budget, end)
         # The attempt's end, its exit event and the decision land together: a daemon killed in
         # between must not leave an ended attempt on a job that still says running.
@@ -124,6 +129,8 @@ class AttemptEnding:
         counters = dict(crash_restarts=decision.budget.crash_restarts,
                         no_progress_streak=decision.budget.no_progress_streak,
                         backoff_level=decision.budget.backoff_level, last_cause=cause.value,
+                        setup_failures=decision.budget.setup_failures,
+                        preempt_streak=decision.budget.preempt_streak,
                         pid=None, pid_start_time=None)
         if epochs_after is not None:
             counters["epochs_done"] = epochs_after
@@ -138,8 +145,8 @@ class AttemptEnding:
         if target is S.BACKOFF:
             counters["next_start_at"] = time.time() + decision.delay_s
             reason = f"{decision.reason}; next attempt in {decision.delay_s:.1f}s"
-        elif target is S.HELD:
-            reason = f"{decision.reason}: {run.extra.get('hold_reason', '')}"
+        elif target is S.HELD and run.extra.get("hold_reason"):
+            reason = f"{decision.reason}: {run.extra['hold_reason']}"
         else:
             reason = decision.reason
         self.transition(name, target, reason, **counters)

@@ -7,8 +7,9 @@ Order matters and is the point of this module:
 2. results.csv loses every row the state does not cover (backup kept);
 3. the attempt gets that path explicitly as ``resume`` — never ``resume=True``.
 
-States are ordered by position (completed epochs, batches into the next epoch), so a mid-epoch
-state beats the last.pt of the epoch before it and loses to the last.pt of its own epoch.
+States are ordered by training done (completed epochs, images trained in the next epoch), never by
+raw batch index (a resume with a halved batch numbers the same images with other batches), so a
+mid-epoch state beats the last.pt of the epoch before it and loses to the last.pt of its own epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ResumePlan:
     notes: list[str] = field(default_factory=list)  # what was done, for the job's events
     batch: int = 0                  # batches of the next epoch already in the state (mid-epoch)
     train_args: Optional[dict] = None  # the state's own train arguments (for the mismatch guard)
+    images: int = 0                 # images of the next epoch already in the state (what progress compares)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -90,7 +92,7 @@ def choose(run_dir: Optional[Path], vault: CheckpointVault, extended: bool = Fal
         return Choice(None, False, last, None, finished=True)
     mid = verified(midepoch_pt(run_dir), vault)
     on_disk, copy = _newest([mid, last]), vault.newest()
-    if on_disk is not None and (copy is None or on_disk.position >= copy.position):
+    if on_disk is not None and (copy is None or on_disk.trained >= copy.trained):
         return Choice(on_disk, False, last, mid)
     return Choice(copy, copy is not None, last, mid)
 
@@ -118,7 +120,7 @@ def _newest(infos: list[Optional[CheckpointInfo]]) -> Optional[CheckpointInfo]:
     """The resumable state furthest along; on a tie the first listed (the file in place)."""
     best: Optional[CheckpointInfo] = None
     for info in infos:
-        if info is not None and info.is_resumable and (best is None or info.position > best.position):
+        if info is not None and info.is_resumable and (best is None or info.trained > best.trained):
             best = info
     return best
 
@@ -143,7 +145,8 @@ def _use_or_restore(run_dir: Path, choice: Choice, vault: CheckpointVault) -> Re
 
 def _plan(info: CheckpointInfo, notes: list[str]) -> ResumePlan:
     done, batch = info.position
-    return ResumePlan(info.path, done, notes=notes, batch=batch, train_args=info.train_args)
+    return ResumePlan(info.path, done, notes=notes, batch=batch, train_args=info.train_args,
+                      images=info.trained[1])
 
 
 def checkpoint_mismatch(train_args: Optional[dict], spec_train: dict, run_dir: Optional[Path],

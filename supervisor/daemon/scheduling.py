@@ -16,6 +16,7 @@ from supervisor.daemon import gpus as gpu_facts
 from supervisor.jobs.spec import JobSpec, SpecError
 from supervisor.jobs.states import JobState
 from supervisor.placement import Holder, Placement, Request, place
+from supervisor.policy import held_until_start
 from supervisor.process import launcher
 from supervisor.store import JobRecord
 
@@ -181,6 +182,8 @@ class GpuScheduling:
         ``on_gpu_failure: move`` it moves to another free set once ``gpu_failure_wait`` has passed."""
         for job, spec in self._with_specs(self.store.list_jobs([S.HELD.value])):
             if job.name in self.preflight_holds:
+                continue
+            if held_until_start(spec, job.state_reason, job.preempt_streak):  # no device problem to clear
                 continue
             reasons = self.health.unhealthy_reasons(gpu_facts.job_gpus(job, spec))
             if not reasons:

@@ -57,6 +57,9 @@ class Backoff(_Strict):
 class RestartPolicy(_Strict):
     max_restarts: int = Field(5, ge=0, description="crash restarts before the job fails")
     max_no_progress: int = Field(2, ge=1, description="restarts in a row without a new epoch")
+    max_setup_failures: int = Field(3, ge=0, description="retries of failures before the first batch")
+    max_preemptions_without_progress: int = Field(
+        10, ge=1, description="preempted attempts in a row without progress before the job is held")
     backoff: Backoff = Backoff()
 
 

@@ -61,7 +61,9 @@ class Cause(str, Enum):
     KILLED = "killed"          # SIGKILL with no kernel OOM record
     TERMINATED = "terminated"  # died of SIGTERM without saving (not our handler)
     PREEMPTED = "preempted"    # our child caught SIGTERM, saved a resumable checkpoint, exited
-    CONFIG_ERROR = "config_error"
+    CONFIG_ERROR = "config_error"  # Ultralytics refused the arguments or the dataset: not retried
+    SETUP_FAILED = "setup_failed"  # any other failure before the first batch (ESTALE, CUDA init, NCCL)
+    DIVERGED = "diverged"          # Ultralytics gave up on a NaN/Inf loss: resuming would diverge again
     CRASHED = "crashed"
     STALLED = "stalled"        # the daemon killed it: no progress for stall_timeout
     STOPPED = "stopped"        # the daemon killed it on a user's stop/restart

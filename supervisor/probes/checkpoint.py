@@ -48,11 +48,15 @@ _LOCAL_MAGIC = b"PK\x03\x04"
 
 # The child's mid-epoch record (supervisor/child/midepoch.py writes it; kept in sync by a unit test).
 MIDEPOCH_KEY = "yolo_supervisor_midepoch"
+# Whether the weights were finite when the child saved (supervisor/child/finite.py writes it; a unit test
+# keeps the two in sync). Ultralytics clamps NaN/Inf before it writes, so the file alone cannot tell.
+FINITE_KEY = "yolo_supervisor_finite"
 
 
 class CkptKind(str, Enum):
     RESUMABLE = "resumable"  # epoch >= 0 and optimizer state present (or a mid-epoch record)
     FINISHED = "finished"    # stripped by Ultralytics' final_eval: epoch -1 / no optimizer
+    DIVERGED = "diverged"    # whole, but saved from non-finite weights: never resumed from
     CORRUPT = "corrupt"      # unreadable, truncated, CRC mismatch, or not a checkpoint dict
     MISSING = "missing"      # no such file
 
@@ -77,6 +81,18 @@ class CheckpointInfo:
         """(completed epochs, batches done in the next epoch): what a resume from here skips."""
         done = self.epochs_done or 0
         return (done, int(self.midepoch["next_batch"])) if self.midepoch else (done, 0)
+
+    @property
+    def trained(self) -> tuple[int, int]:
+        """(completed epochs, images trained in the next epoch): how states are ordered. Not batches: a
+        resume with another batch size (``on_oom: reduce_batch``) numbers the same images differently."""
+        done = self.epochs_done or 0
+        if not self.midepoch:
+            return (done, 0)
+        m = self.midepoch
+        world = m.get("world_size")
+        world = world if isinstance(world, int) and not isinstance(world, bool) and world > 0 else 1
+        return (done, int(m["next_batch"]) * int(m["batch_size"]) * world)
 
     def where(self) -> str:
         """"epoch 3" for an epoch-level state, "epoch 4 batch 120/240" for a mid-epoch one (1-based)."""
@@ -170,6 +186,9 @@ def _classify(path: Path, size: int, top: Any) -> CheckpointInfo:
         kind = CkptKind.RESUMABLE
     else:
         return _corrupt(path, size, f"impossible epoch {epoch}")
+    if kind is CkptKind.RESUMABLE and top.get(FINITE_KEY) is False:
+        return CheckpointInfo(path, CkptKind.DIVERGED, epoch, has_opt, args, size,
+                              "its weights were NaN/Inf when it was saved (the training had diverged)", midepoch)
     return CheckpointInfo(path, kind, epoch, has_opt, args, size, None, midepoch)
 
 
@@ -184,7 +203,8 @@ def _midepoch_record(raw: Any, epoch: int) -> Union[dict, str, None]:
     bad = [k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT]
     if bad:
         return f"mid-epoch record: bad or missing {', '.join(bad)}"
-    if record["epoch"] != epoch + 1 or not 0 < record["next_batch"] < record["batches"]:
+    # next_batch == batches: saved on SIGTERM after the epoch's last batch, before its validation
+    if record["epoch"] != epoch + 1 or not 0 < record["next_batch"] <= record["batches"]:
         return (f"mid-epoch record inconsistent: epoch {record['epoch']} batch {record['next_batch']}"
                 f"/{record['batches']} in a checkpoint of epoch {epoch}")
     return record

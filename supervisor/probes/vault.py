@@ -4,9 +4,11 @@ Ultralytics rewrites ``last.pt`` in place with no temp file and no fsync, so a
 kill mid-write (or a bad disk) can leave the only checkpoint unusable. The
 vault, kept outside the weights directory, holds the newest ``keep`` copies
 that passed ``inspect_checkpoint``: epoch-level ones as ``epoch-NNNNN.pt`` (raw
-0-based epoch) and mid-epoch ones (weights/midepoch.pt) as ``mid-EEEEE-BBBBBB.pt``
-(completed epochs, next batch). Copies are ordered by their position (completed
-epochs, batches into the next), so a mid-epoch state beats the epoch before it.
+0-based epoch) and mid-epoch ones (weights/midepoch.pt) as ``mid-EEEEE-BBBBBB-iIIIIIIII.pt``
+(completed epochs, next batch, images trained in that epoch). Copies are ordered by training
+done (completed epochs, images into the next), never by batch index: after a resume with a
+halved batch, batch 40 comes after batch 30 of the old size. A mid-epoch state beats the
+epoch before it.
 
 Daemon-side: no torch, no unpickling beyond the probe's inert reader.
 """
@@ -25,7 +27,8 @@ from supervisor import safefs
 from supervisor.probes.checkpoint import CheckpointInfo, CkptKind, inspect_checkpoint, inspect_checkpoint_cached
 
 _NAME = re.compile(r"^epoch-(\d{5,})\.pt$")
-_MID_NAME = re.compile(r"^mid-(\d{5,})-(\d{6,})\.pt$")
+# mid-EPOCHS-BATCH-iIMAGES.pt; copies named before images were recorded (no -i part) order by batch
+_MID_NAME = re.compile(r"^mid-(\d{5,})-(\d{6,})(?:-i(\d{9,}))?\.pt$")
 _TMP_PREFIX = ".incoming-"
 _SEEN = ".last-source-stat"  # "mtime_ns size ino" of the last.pt last snapshotted (other sources: per name)
 _STALE_TEMP_S = 3600
@@ -62,7 +65,7 @@ class CheckpointVault:
             tmp.unlink(missing_ok=True)
             return None  # probably mid-write: leave the stat unseen so the next call retries
         newest = self._positions()
-        if not info.is_resumable or (newest and info.position <= newest[0][0]):
+        if not info.is_resumable or (newest and info.trained <= newest[0][0]):
             self._write_seen(src, key)
             tmp.unlink(missing_ok=True)
             return None  # finished or not newer: nothing to keep
@@ -169,13 +172,13 @@ class CheckpointVault:
     # -- helpers ---------------------------------------------------------------
 
     def _positions(self) -> list[tuple[tuple[int, int], Path]]:
-        """(position, path) of every kept copy by file name, newest first."""
+        """(training done, path) of every kept copy by file name, newest first."""
         found = []
         for p in self.directory.iterdir():
             if m := _NAME.match(p.name):
                 found.append(((int(m.group(1)) + 1, 0), p))
             elif m := _MID_NAME.match(p.name):
-                found.append(((int(m.group(1)), int(m.group(2))), p))
+                found.append(((int(m.group(1)), int(m.group(3) or m.group(2))), p))
         return sorted(found, reverse=True)
 
     def _seen_file(self, src: Path) -> Path:
@@ -218,7 +221,7 @@ class CheckpointVault:
 def _name_for(info: CheckpointInfo) -> str:
     if info.midepoch:
         done, batch = info.position
-        return f"mid-{done:05d}-{batch:06d}.pt"
+        return f"mid-{done:05d}-{batch:06d}-i{info.trained[1]:09d}.pt"
     return f"epoch-{info.epoch:05d}.pt"
 
 

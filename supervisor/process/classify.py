@@ -18,6 +18,20 @@ from supervisor.jobs.states import PREEMPTED_EXIT_CODE, Cause
 
 CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 TRACEBACK = "Traceback (most recent call last)"
+# Ultralytics gave up on a non-finite loss after its own in-process recoveries (BaseTrainer._handle_nan_recovery).
+DIVERGED = re.compile(r"NaN persisted for \d+ epochs|corrupted with NaN/Inf weights")
+# Before the first batch, only Ultralytics' own refusals of the arguments, the model or the dataset are
+# configuration errors: a retry cannot fix them. Everything else (a stale NFS handle, a CUDA init error
+# during a GPU reset, an NCCL timeout, a DataLoader worker killed) may pass, and is retried.
+CONFIG_EXCEPTIONS = frozenset({
+    "SyntaxError", "TypeError", "ValueError", "KeyError", "FileNotFoundError", "NotADirectoryError",
+    "IsADirectoryError", "ModuleNotFoundError", "NotImplementedError",
+})
+ULTRALYTICS_DATASET_ERROR = re.compile(r"Dataset '.*' (error|images not found)")
+# Transient whatever the exception's type: the same words inside a dataset error are not the user's fault.
+TRANSIENT = re.compile(
+    r"Stale file handle|Errno (5|110|112|113|116)\b|Input/output error|CUDA error|CUDA driver|"
+    r"NCCL|DataLoader worker|timed out|Connection (reset|refused)|CUDNN_STATUS_INTERNAL_ERROR")
 LOG_TAIL_BYTES = 64 * 1024
 
 
@@ -55,11 +69,23 @@ def classify(exit_code: Optional[int], sig: Optional[int], exit_record: Optional
     if sig == _signal.SIGTERM:
         return Classified(Cause.TERMINATED, "SIGTERM before a checkpoint could be saved")
     error = _error_line(exit_record, log_tail)
+    if sig is None and DIVERGED.search(error):
+        return Classified(Cause.DIVERGED, f"the loss stayed non-finite after Ultralytics' own recoveries: {error}")
     if sig is None and not reached_training and (TRACEBACK in log_tail or (exit_record and exit_record.exception)):
-        return Classified(Cause.CONFIG_ERROR, f"failed before the first epoch: {error}")
+        if is_configuration_error(error):
+            return Classified(Cause.CONFIG_ERROR, f"failed before the first epoch: {error}")
+        return Classified(Cause.SETUP_FAILED, f"failed before the first batch: {error}")
     if sig is not None:
         return Classified(Cause.CRASHED, f"killed by {signal_name(sig)}")
     return Classified(Cause.CRASHED, f"exit {exit_code}: {error}")
+
+
+def is_configuration_error(error: str) -> bool:
+    """Whether an error line (``Type: message``) is Ultralytics refusing the job as written."""
+    if TRANSIENT.search(error):
+        return False
+    kind = error.split(":", 1)[0].strip().rsplit(".", 1)[-1]
+    return kind in CONFIG_EXCEPTIONS or bool(ULTRALYTICS_DATASET_ERROR.search(error))
 
 
 def _last_match(pattern: re.Pattern, text: str) -> Optional[str]:

@@ -194,3 +194,69 @@ def test_an_untested_ultralytics_falls_back_to_epoch_level_and_says_so(traced, l
     counts = per_epoch_counts(d.trace, 1)
     assert len(counts) == IMAGES                              # the interrupted epoch was trained again, whole
     assert_every_epoch_once(job, 2)
+
+
+def test_an_oom_with_reduce_batch_goes_on_at_the_same_image_with_half_the_batch(traced, long_dataset):
+    """`drill oom` inside an epoch, `on_oom: reduce_batch`: the resume from the mid-epoch state trains
+    the rest of that pass in batches of 4 from the image it stopped at; every image of the epoch is
+    trained, and only those after the last save twice."""
+    d = traced
+    d.start()
+    wait_socket(d)
+    d.drop(long_job("halve", long_dataset, epochs=3, on_oom="reduce_batch", min_batch=2))
+    first_pid = wait_batch(d, 1, 0)["pid"]
+    wait_mid_save(d, "halve", epoch=2)
+    done = ctl(d.home, "drill", "halve", "oom")
+    assert done.returncode == 0, done.stderr
+
+    job = d.wait_state("halve", {"completed", "failed", "held"})
+    assert job.state == "completed", job.state_reason
+    first, second = d.attempts("halve")[:2]
+    assert first.cause == "cuda_oom" and job.batch_override == BATCH // 2
+    assert second.resumed_from.endswith("weights/midepoch.pt") and second.batch_before > 0
+    epoch = second.epochs_before                                 # 0-based: the interrupted epoch
+    saved_images = second.batch_before * BATCH
+    mine = [b for b in batches(d.trace) if b["pid"] == first_pid and b["epoch"] == epoch]
+    resumed = [b for b in batches(d.trace) if b["pid"] != first_pid and b["epoch"] == epoch]
+    assert resumed[0]["i"] * (BATCH // 2) == saved_images     # the same image, in batches of the new size
+    assert all(len(b["files"]) == BATCH // 2 for b in resumed)
+    counts = per_epoch_counts(d.trace, epoch)
+    assert len(counts) == IMAGES                              # every image of that epoch trained
+    assert sum(c - 1 for c in counts.values()) == len(mine) * BATCH - saved_images  # only after the save
+    notes = [e.reason for e in d.events("halve")]
+    assert any(f"batch {BATCH} -> {BATCH // 2}: epoch {epoch + 1} goes on at image {saved_images + 1}" in n
+               for n in notes), notes
+    assert_every_epoch_once(job, 3)
+
+
+def test_a_sigterm_during_validation_saves_at_once_and_the_resume_only_validates(traced, long_dataset):
+    """Validation on a real dataset takes minutes: a TERM in it is answered at the next validation batch
+    with a save of the trained epoch; the resume trains no batch of that epoch again, validates it and
+    writes its results.csv row once."""
+    data = long_dataset.with_name("val-is-train.yaml")    # 240 validation images: a validation of seconds
+    data.write_text(long_dataset.read_text().replace("val: images/val", "val: images/train"))
+    d = traced
+    d.start()
+    spec = long_job("term-val", data, every="off")
+    spec["train"]["val"] = True
+    d.drop(spec)
+    first_pid = wait_batch(d, 1, BATCHES - 1)["pid"]
+    wait_for(lambda: (p := progress(d, "term-val")).get("phase") == "validating" and p.get("epoch") == 2, 120,
+             interval=0.005, what="the validation of epoch 2")
+    term_at = time.time()
+    os.kill(first_pid, signal.SIGTERM)
+    first = wait_for(lambda: (a := d.attempts("term-val")) and a[0].ended_at and a[0], 120, what="attempt 1 ended")
+    answered_s = first.ended_at - term_at
+
+    job = d.wait_state("term-val", {"completed", "failed", "held"})
+    assert job.state == "completed", job.state_reason
+    second = d.attempts("term-val")[1]
+    assert first.cause == "preempted" and "saved during its validation" in first.detail, first.detail
+    assert second.resumed_from.endswith("weights/midepoch.pt") and second.epochs_before == 1
+    assert not [b for b in batches(d.trace) if b["pid"] != first_pid and b["epoch"] == 1]  # nothing trained twice
+    assert len(per_epoch_counts(d.trace, 1)) == IMAGES and max(per_epoch_counts(d.trace, 1).values()) == 1
+    assert_every_epoch_once(job, 3)
+    notes = [e.reason for e in d.events("term-val")]
+    assert any("only its validation and save remain" in n for n in notes), notes
+    print(f"TERM during validation answered in {answered_s:.2f}s")
+    assert answered_s < 30  # the save (~1 s) and a validation batch, with room for a loaded machine

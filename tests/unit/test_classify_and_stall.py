@@ -25,6 +25,24 @@ OOM = "Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of m
     (1, None, None, TRACE, True, False, Cause.CRASHED),           # after training began: a crash, retried
     (None, signal.SIGSEGV, None, "", True, False, Cause.CRASHED),
     (3, None, None, "", False, False, Cause.CRASHED),              # no traceback: not a config error
+    # before the first batch, only Ultralytics' refusals of the job are configuration errors
+    (1, None, None, "Traceback (most recent call last):\nOSError: [Errno 116] Stale file handle\n", False, False,
+     Cause.SETUP_FAILED),
+    (1, None, None, "Traceback (most recent call last):\nRuntimeError: CUDA error: unknown error\n", False, False,
+     Cause.SETUP_FAILED),
+    (1, None, None, "Traceback (most recent call last):\ntorch.distributed.DistBackendError: NCCL error\n", False,
+     False, Cause.SETUP_FAILED),
+    (1, None, None, "Traceback (most recent call last):\nSyntaxError: 'epoch' is not a valid YOLO argument.\n",
+     False, False, Cause.CONFIG_ERROR),
+    (1, None, None, "Traceback (most recent call last):\nRuntimeError: Dataset 'x.yaml' error ❌ missing\n", False,
+     False, Cause.CONFIG_ERROR),
+    (1, None, None, "Traceback (most recent call last):\nRuntimeError: Dataset 'x.yaml' error ❌ [Errno 116] "
+                    "Stale file handle\n", False, False, Cause.SETUP_FAILED),
+    # Ultralytics gave up on a NaN loss: diverged, wherever it happened
+    (1, None, None, "Traceback (most recent call last):\nRuntimeError: Training failed: NaN persisted for 4 "
+                    "epochs\n", True, False, Cause.DIVERGED),
+    (1, None, {"exception": "RuntimeError", "message": "Checkpoint last.pt is corrupted with NaN/Inf weights"},
+     "Traceback (most recent call last):\n", True, False, Cause.DIVERGED),
     # re-adopted attempts: no exit status of ours, the child's exit record tells
     (None, None, {"exit_code": 0}, "", True, False, Cause.COMPLETED),
     (None, None, {"exit_code": 75, "preempted": "x"}, "", True, False, Cause.PREEMPTED),

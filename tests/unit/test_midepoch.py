@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.child import midepoch
-from supervisor.daemon.resume import midepoch_pt, prepare_resume
+from supervisor.daemon.resume import choose, midepoch_pt, prepare_resume
 from supervisor.jobs.spec import parse_spec
 from supervisor.jobs.states import Cause
 from supervisor.observe.goodput import goodput
@@ -101,12 +101,42 @@ def test_pass_batches_follows_the_batch_sampler():
 
 
 def test_the_version_guard_refuses_an_untested_version(monkeypatch):
-    assert midepoch.support_problem("cpu") is None  # the installed 8.4.x is supported
+    assert midepoch.support_problem("cpu") is None  # the installed, tested version is supported
     monkeypatch.setenv("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS", "8.5.0")
     assert "8.5.0 is not a version" in midepoch.support_problem("cpu")
+    monkeypatch.setenv("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS", "8.4.191")  # a patch release is not tested
+    assert "8.4.191 is not a version" in midepoch.support_problem("cpu") and "8.4.190" in midepoch.support_problem()
     monkeypatch.delenv("YOLO_SUPERVISOR_PRETEND_ULTRALYTICS")
     assert "multi-GPU (DDP)" in midepoch.support_problem("0,1")
     assert midepoch.support_problem("0") is None
+
+
+def test_the_guard_checks_the_shape_of_save_model_and_load_checkpoint_state():
+    from ultralytics.engine.trainer import BaseTrainer
+
+    assert midepoch._unexpected_shape(BaseTrainer) is None
+
+    class WritesInPlace(BaseTrainer):
+        def save_model(self):  # a save that no longer goes through write_bytes: the atomic wrap misses it
+            import torch
+            torch.save({}, self.last)
+
+    class LoadsElsewhere(BaseTrainer):
+        def _load_checkpoint_state(self, ckpt, strict=True):
+            pass
+
+    assert midepoch._unexpected_shape(WritesInPlace) == "save_model"
+    assert midepoch._unexpected_shape(LoadsElsewhere) == "_load_checkpoint_state"
+
+
+def test_a_record_from_another_ultralytics_resumes_the_epoch_from_its_start(monkeypatch):
+    notes = []
+    mid = midepoch.MidEpoch(0, {"epoch": 2, "next_batch": 5, "batches": 20, "pass_key": 2, "seed": 0,
+                                "shuffle": True, "dataset_len": 160, "batch_size": 8, "ultralytics": "8.4.100"},
+                            note=notes.append)
+    resumed = mid._resume_pass(160, 8, True)
+    assert resumed.skip == 0 and mid.resume_skip == 0
+    assert "ultralytics 8.4.100 -> 8.4.190" in notes[0] and "epoch 3 is trained again from its start" in notes[0]
 
 
 def test_the_record_key_is_the_one_the_probe_reads():
@@ -183,6 +213,31 @@ def test_resume_takes_the_state_furthest_along_and_restores_a_damaged_mid_state(
     assert plan.resume_from == run / "weights" / "last.pt" and plan.position == (2, 0)
 
 
+def test_states_across_a_batch_change_are_ordered_by_images_not_batches(real_checkpoints, tmp_path):
+    """on_oom: reduce_batch: batch 8 saved at batch 15 (120 images); the resume with batch 4 goes on at
+    batch 30. Its save at batch 25 would be behind (100 images), its save at batch 34 ahead (136 images):
+    images decide, not batch indices."""
+    v = CheckpointVault(tmp_path / "vault", keep=2)
+    run = tmp_path / "run"
+    mid = with_midepoch(real_checkpoints["resumable0"], midepoch_pt(run), 1, 15, batches=20)  # 120 images
+    assert v.snapshot(mid).trained == (1, 120)
+    with_midepoch(real_checkpoints["resumable0"], mid, 1, 25, batches=40, batch_size=4)       # 100 images
+    assert v.snapshot(mid) is None                                   # behind the copy, though batch 25 > 15
+    assert choose(run, v).from_vault and choose(run, v).state.trained == (1, 120)
+    with_midepoch(real_checkpoints["resumable0"], mid, 1, 34, batches=40, batch_size=4)       # 136 images
+    kept = v.snapshot(mid)
+    assert kept.trained == (1, 136) and v.newest().trained == (1, 136)
+    assert choose(run, v).state.path == mid                          # the newer file in place, not the copy
+    plan = prepare_resume(run, v, attempt=3)
+    assert plan.position == (1, 34) and plan.images == 136
+
+
+def test_a_halved_batch_is_progress_in_images():
+    s = spec(restart={"max_no_progress": 1})
+    halved = AttemptEnd(Cause.CUDA_OOM, epochs_before=1, epochs_after=1, images_before=120, images_after=136)
+    assert halved.progressed and decide(s, Budget(), halved).action is Action.RESTART
+
+
 # --------------------------------------------------------------------------- policy, spec, goodput
 
 
@@ -193,10 +248,10 @@ def spec(**extra):
 def test_a_mid_epoch_save_counts_as_progress():
     """Two kills inside one hour-long epoch: each resumed further along, so the job is not failed."""
     s = spec(restart={"max_no_progress": 1})
-    moved = AttemptEnd(Cause.KILLED, epochs_before=3, epochs_after=3, batch_before=100, batch_after=180)
+    moved = AttemptEnd(Cause.KILLED, epochs_before=3, epochs_after=3, images_before=800, images_after=1440)
     assert moved.progressed
     assert decide(s, Budget(no_progress_streak=0), moved).action is Action.RESTART
-    stuck = AttemptEnd(Cause.KILLED, epochs_before=3, epochs_after=3, batch_before=180, batch_after=180)
+    stuck = AttemptEnd(Cause.KILLED, epochs_before=3, epochs_after=3, images_before=1440, images_after=1440)
     assert decide(s, Budget(no_progress_streak=0), stuck).action is Action.FAIL
 
 

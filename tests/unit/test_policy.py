@@ -39,15 +39,32 @@ CASES = [
     (Cause.TERMINATED, Budget(3, 0, 0), {}, Action.RESTART, Budget(3, 0, 1)),
     # a failed node (Slurm NODE_FAIL) is not the job's fault either
     (Cause.NODE_FAILURE, Budget(3, 0, 0), {}, Action.RESTART, Budget(3, 0, 1)),
-    (Cause.NODE_FAILURE, Budget(1, 1, 1), {"after": 3}, Action.RESTART, Budget(1, 1, 2)),
+    (Cause.NODE_FAILURE, Budget(1, 1, 1), {"after": 3}, Action.RESTART, Budget(1, 1, 2, preempt_streak=1)),
     # a Slurm host OOM is charged like a local one
     (Cause.HOST_OOM, Budget(3, 0, 0), {}, Action.FAIL, Budget(3, 0, 0)),
     # no progress: first time restarts, second time in a row fails
     (Cause.KILLED, Budget(0, 0, 0), {"after": 3}, Action.RESTART, Budget(1, 1, 1)),
     (Cause.KILLED, Budget(1, 1, 1), {"after": 3}, Action.FAIL, Budget(1, 2, 1)),
     (Cause.STALLED, Budget(1, 1, 1), {"after": None}, Action.FAIL, Budget(1, 2, 1)),
-    # preemption without progress neither fails the job nor grows the streak
-    (Cause.PREEMPTED, Budget(1, 1, 1), {"after": 3}, Action.RESTART, Budget(1, 1, 2)),
+    # preemption without progress neither fails the job nor grows the streak, but grows its own
+    (Cause.PREEMPTED, Budget(1, 1, 1), {"after": 3}, Action.RESTART, Budget(1, 1, 2, preempt_streak=1)),
+    # ... and the 10th in a row holds the job (the default max_preemptions_without_progress)
+    (Cause.PREEMPTED, Budget(0, 0, 5, preempt_streak=9), {"after": 3}, Action.HOLD, Budget(0, 0, 5, 0, 10)),
+    (Cause.TERMINATED, Budget(0, 0, 5, preempt_streak=8), {"after": 3}, Action.RESTART,
+     Budget(0, 0, 6, 0, 9)),
+    # progress, or an attempt that was not a preemption, ends the row
+    (Cause.PREEMPTED, Budget(0, 0, 5, preempt_streak=9), {}, Action.RESTART, Budget(0, 0, 1)),
+    (Cause.KILLED, Budget(0, 0, 0, preempt_streak=9), {"after": 3}, Action.RESTART, Budget(1, 1, 1)),
+    # a failure before the first batch that is not the configuration: retried with backoff, charged to
+    # neither the crash budget nor the no-progress streak, up to max_setup_failures (3) in a row
+    (Cause.SETUP_FAILED, Budget(3, 1, 0), {"after": None, "before": 0}, Action.RESTART, Budget(3, 1, 1, 1)),
+    (Cause.SETUP_FAILED, Budget(0, 0, 2, 2), {"after": None, "before": 0}, Action.RESTART, Budget(0, 0, 3, 3)),
+    (Cause.SETUP_FAILED, Budget(0, 0, 3, 3), {"after": None, "before": 0}, Action.FAIL, Budget(0, 0, 3, 4)),
+    # an attempt that got past its setup ends the row of setup failures
+    (Cause.KILLED, Budget(0, 0, 0, 2), {}, Action.RESTART, Budget(1, 0, 1)),
+    # a divergence: held, whatever the budgets say (resuming the same state diverges again)
+    (Cause.DIVERGED, Budget(0, 0, 0), {}, Action.HOLD, Budget(0, 0, 0)),
+    (Cause.DIVERGED, Budget(5, 5, 5, 2, 3), {"after": 3}, Action.HOLD, Budget(5, 5, 5)),
     # user stop and unhealthy devices
     (Cause.STOPPED, Budget(), {"user_stop": True}, Action.STOP, Budget()),
     (Cause.KILLED, Budget(), {"devices_unhealthy": True}, Action.HOLD, Budget()),
@@ -105,3 +122,40 @@ def test_every_state_an_ended_attempt_leads_to_is_in_the_transition_table():
         for action in Action:
             for restart in (False, True):
                 assert can_transition(old, next_state(action, restart)), (old, action, restart)
+
+
+def test_a_setup_failure_that_ends_the_job_names_the_last_error():
+    d = decide(spec(), Budget(0, 0, 3, 3), end(Cause.SETUP_FAILED, before=0, after=None,
+                                              detail="failed before the first batch: OSError: [Errno 116] Stale file handle"))
+    assert d.action is Action.FAIL
+    assert "setup failed 4 times in a row" in d.reason and "Stale file handle" in d.reason
+
+
+def test_setup_failures_wait_with_backoff():
+    first = decide(spec(), Budget(), end(Cause.SETUP_FAILED, before=0, after=None))
+    second = decide(spec(), first.budget, end(Cause.SETUP_FAILED, before=0, after=None))
+    assert (first.delay_s, second.delay_s) == (2, 6)
+
+
+def test_max_setup_failures_is_the_job_files():
+    s = spec(restart={"max_setup_failures": 0})
+    assert decide(s, Budget(), end(Cause.SETUP_FAILED, before=0, after=None)).action is Action.FAIL
+
+
+@pytest.mark.parametrize("on_slurm, words", [
+    (True, ["slurm.time", "checkpoint_every (10m)"]),
+    (False, ["SIGTERM soon after it starts"]),
+])
+def test_a_preemption_loop_is_held_with_what_to_change(on_slurm, words):
+    s = spec(restart={"max_preemptions_without_progress": 2})
+    d = decide(s, Budget(preempt_streak=1), end(Cause.PREEMPTED, before=0, after=None, on_slurm=on_slurm))
+    assert d.action is Action.HOLD and "preempted 2 times in a row without progress" in d.reason
+    assert all(w in d.reason for w in words), d.reason
+
+
+def test_only_a_person_lifts_a_divergence_or_a_preemption_loop():
+    from supervisor.policy import DIVERGED_REASON, held_until_start
+
+    assert held_until_start(spec(), DIVERGED_REASON, 0)
+    assert held_until_start(spec(), "preempted 10 times ...", 10)
+    assert not held_until_start(spec(), "devices unhealthy: GPU 0: XID 79", 0)
