@@ -92,6 +92,7 @@ ADDED_COLUMNS = (
     ("attempts", "slurm_job_id", "TEXT"),
     ("attempts", "slurm_node", "TEXT"),
     ("jobs", "slurm_job_id", "TEXT"),
+    ("jobs", "trackers", "TEXT"),
 )
 
 
@@ -123,6 +124,8 @@ class JobRecord:
     devices: Optional[str] = None
     # executor: slurm: the Slurm job of the newest attempt (the attempt rows keep every one).
     slurm_job_id: Optional[str] = None
+    # The job's experiment-tracker runs (JSON, supervisor/jobs/trackers.py: TrackerRecord).
+    trackers: Optional[str] = None
 
 
 @dataclass
