@@ -30,6 +30,7 @@ import os
 import re
 import sys
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 CALLBACK_MODULES = {
     "mlflow": "ultralytics.utils.callbacks.mlflow",
@@ -120,6 +121,7 @@ class _Attempt:
         self.rep = reporter
         self.active: set[str] = set()
         self.opened_wandb = False
+        self.trained_epoch: Optional[int] = None  # the epoch whose training this attempt finished last
 
     # -- on_pretrain_routine_start: before any tracker callback has run ----------------------
     def arrange(self, trainer) -> None:
@@ -130,11 +132,26 @@ class _Attempt:
             return
         at_train_end = [f for f in cbs["on_train_epoch_end"] if _tracker(f)]
         at_fit_end = [f for f in cbs["on_fit_epoch_end"] if _tracker(f)]
-        cbs["on_train_epoch_end"] = [f for f in cbs["on_train_epoch_end"] if f not in at_train_end]
+        cbs["on_train_epoch_end"] = [f for f in cbs["on_train_epoch_end"] if f not in at_train_end] \
+            + [self.epoch_trained]
         others = [f for f in cbs["on_fit_epoch_end"] if f not in at_fit_end]
-        cbs["on_fit_epoch_end"] = at_train_end + at_fit_end + [_quiet(self.flush, self.rep)] + others
+        cbs["on_fit_epoch_end"] = [self._after_training(f) for f in at_train_end + at_fit_end] \
+            + [_quiet(self.flush, self.rep)] + others
         cbs["on_pretrain_routine_end"].append(_quiet(self.runs_opened, self.rep))
         cbs["on_train_end"].append(_quiet(self.finish, self.rep))
+
+    def epoch_trained(self, trainer) -> None:
+        self.trained_epoch = trainer.epoch
+
+    def _after_training(self, fn: Callable) -> Callable:
+        """``fn`` at the end of an epoch this attempt trained. Not at the re-validation of best.pt
+        that ends a run (Ultralytics logs it at step epochs + 1): an ``extend`` would log that step
+        again as a real epoch."""
+        def after_training(trainer):
+            if trainer.epoch == self.trained_epoch:
+                fn(trainer)
+        after_training.__qualname__ = f"after_training({getattr(fn, '__qualname__', fn)})"
+        return after_training
 
     # -- on_pretrain_routine_end: before the trackers' own -----------------------------------
     def open_runs(self, trainer) -> None:
@@ -229,11 +246,19 @@ def _mlflow_run(trainer) -> Optional[dict[str, Any]]:
     run = mlflow.active_run() if mlflow is not None and getattr(trainer, "_mlflow_active", False) else None
     if run is None:
         return None
-    uri = mlflow.get_tracking_uri()
+    uri = _without_credentials(mlflow.get_tracking_uri())
     url = f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" \
         if uri.startswith(("http://", "https://")) else uri
     os.environ["MLFLOW_RUN_ID"] = run.info.run_id  # a later start_run in this process continues it too
     return {"id": run.info.run_id, "url": url}
+
+
+def _without_credentials(uri: str) -> str:
+    """A tracking URI as shown in status and notifications: never its user:password part."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
 
 
 def _wandb_run(trainer) -> Optional[dict[str, Any]]:
