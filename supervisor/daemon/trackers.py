@@ -48,8 +48,11 @@ def plan_for_attempt(daemon: "Daemon", job: "JobRecord", spec: "JobSpec", attemp
     previous = daemon.store.attempts(job.name)[-1:] or [None]
     last = previous[0]
     extend_to = spec.epochs if "epochs" in daemon.edited_keys(job.name) else None
-    rec.note_attempt(attempt, attempt_cause(attempt, last and last.cause, last and last.detail, extend_to,
-                                            devices, job.devices))
+    # Why the previous attempt ended: the daemon's own reason when it ended it (a user's stop, a
+    # stall), else what its exit was classified as.
+    cause = last and (last.stop_cause or last.cause)
+    detail = last and (last.stop_detail or last.detail)
+    rec.note_attempt(attempt, attempt_cause(attempt, cause, detail, extend_to, devices, job.devices))
     rec.finalized = None  # running again: the runs are open
     daemon.store.update_job(job.name, trackers=rec.dump())
     return rec.plan(owner_settings(daemon, job), spec.settings or {})
