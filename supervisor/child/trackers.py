@@ -43,6 +43,8 @@ TRACKER_OF_MODULE = {module: name for name, module in CALLBACK_MODULES.items()}
 # Never taken from an owner's file or a job: they describe the file, not a choice.
 UNSETTABLE = {"settings_version"}
 
+WANDB_FLUSH_ENV, WANDB_FLUSH_S = "WANDB__TRANSACTION_LOG_FLUSH_INTERVAL", "0.25"
+
 _trackers_plan: dict[str, Any] = {}
 
 
@@ -64,6 +66,10 @@ def pin_environment(ids: dict[str, str], env: Any) -> None:
     pins = {}
     if ids.get("wandb"):
         pins.update(WANDB_RUN_ID=ids["wandb"], WANDB_RESUME="allow")
+        # wandb-core writes the run's data to disk every 15 s by default and a killed process loses
+        # the rest (offline, that is all of it): write it every quarter second (its private setting
+        # x_transaction_log_flush_interval; an older wandb ignores the name).
+        pins[WANDB_FLUSH_ENV] = WANDB_FLUSH_S
     if ids.get("comet"):
         pins["COMET_EXPERIMENT_KEY"] = ids["comet"]
     if ids.get("mlflow"):

@@ -101,6 +101,8 @@ def _finalize(daemon: "Daemon", name: str, outcome: str) -> None:
     if job is None:
         return
     rec = TrackerRecord.load(job.trackers)
+    # The last attempt may have opened its run moments before it ended, unseen by a tick.
+    take_reported(daemon, name, rec, from_json(Progress, read_json(daemon.home.job_progress(name))))
     argv = finalize_argv(launcher.child_python(), status, rec.ids)
     if argv is None or rec.finalized == status or (outcome == "removed" and rec.finalized):
         return  # closed already (a removed job keeps the outcome it ended with)

@@ -89,7 +89,7 @@ def kill_in_epoch(d: DaemonProcess, attempt: int, epoch: int, sig: int) -> None:
         p = progress(d)
         d.assert_alive()
         return p if p.get("attempt") == attempt and p.get("phase") == "training" and (p.get("epoch") or 0) >= epoch \
-            and (p.get("batch") or 0) >= 1 else None
+            and (p.get("batch") or 0) >= 3 else None
     p = wait_for(training, 300, interval=0.05, what=f"attempt {attempt} training epoch {epoch}")
     os.kill(p["pid"], sig)
 

