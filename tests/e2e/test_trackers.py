@@ -1,7 +1,7 @@
 """End to end: one run per job in MLflow, W&B and TensorBoard, whatever happens to the training.
 
 One real CPU training with every tracker on at once (a real ``mlflow server`` on loopback with a
-SQLite backend, W&B offline, TensorBoard event files), SIGKILLed twice, preempted once (SIGTERM)
+SQLite backend, W&B and Comet offline, TensorBoard event files), SIGKILLed twice, preempted once (SIGTERM)
 and extended after it completed. Then each tracker holds exactly one run, in its final state, with
 every epoch's metrics once. Select it with ``-m trackers``; it needs the tracker packages (the
 ``test`` extra).
@@ -28,6 +28,7 @@ from tests.conftest import FAKE_DATA, DaemonProcess, cpu_job, ctl, kill_job_proc
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
 pytest.importorskip("tensorboard")
+pytest.importorskip("comet_ml")
 
 pytestmark = pytest.mark.trackers
 
@@ -103,9 +104,11 @@ def test_one_run_per_tracker_through_kills_a_preemption_and_an_extend(tracked_da
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     data = make_dataset(tmp_path / "data", images=48, size=64)
     spec = cpu_job("tracked", data, epochs=EPOCHS, checkpoint_every="1s")
+    comet_dir = tmp_path / "comet"
     spec["env"] = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "tracked",
-                   "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    spec["settings"] = {"mlflow": True, "wandb": True, "tensorboard": True, "comet": False, "clearml": False,
+                   "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                   "COMET_MODE": "offline", "COMET_OFFLINE_DIRECTORY": str(comet_dir)}
+    spec["settings"] = {"mlflow": True, "wandb": True, "tensorboard": True, "comet": True, "clearml": False,
                         "dvc": False, "raytune": False}
     d.start()
     wait_socket(d)
@@ -124,7 +127,7 @@ def test_one_run_per_tracker_through_kills_a_preemption_and_an_extend(tracked_da
     status = json.loads(ctl(d.home, "status", "--json").stdout)
     runs = next(j for j in (status if isinstance(status, list) else status["jobs"]) if j["name"] == "tracked")
     runs = runs["trackers"]
-    assert set(runs) == {"mlflow", "wandb", "tensorboard"}, runs
+    assert set(runs) == {"mlflow", "wandb", "tensorboard", "comet"}, runs
     run_dir = Path(job.run_dir)
 
     # MLflow: one run, FINISHED, every epoch once (step = 0-based epoch), each attempt and its cause
@@ -155,9 +158,30 @@ def test_one_run_per_tracker_through_kills_a_preemption_and_an_extend(tracked_da
     assert steps == list(range(1, EXTENDED + 1)), steps
     assert runs["tensorboard"]["id"] == str(run_dir)
 
+    # Comet offline: every archive under the one experiment key, no epoch twice. (An offline archive
+    # is written at a clean exit only: the killed and preempted attempts' points are not in any.)
+    archives = sorted(comet_dir.glob("*.zip"))
+    assert archives and {a.name.split("-")[0] for a in archives} == {runs["comet"]["id"]}, archives
+    epochs = Counter(m["epoch"] for m in comet_metrics(archives) if m.get("metricName") == METRIC)
+    assert epochs and set(epochs.values()) == {1} and max(epochs) == EXTENDED, epochs
+
     # where to look: history names the runs
     history = ctl(d.home, "history", "tracked").stdout
     assert runs["mlflow"]["url"] in history and runs["wandb"]["id"] in history
+
+
+def comet_metrics(archives: list[Path]) -> list[dict]:
+    """The metric messages of Comet's offline archives (messages.json: one JSON message a line)."""
+    import zipfile
+
+    metrics = []
+    for archive in archives:
+        with zipfile.ZipFile(archive) as z:
+            for line in z.read("messages.json").decode().splitlines():
+                message = json.loads(line)
+                if message.get("type") == "metric_msg":
+                    metrics.append(message["payload"]["metric"])
+    return metrics
 
 
 def wandb_history(paths: list[Path]) -> list[dict]:
