@@ -10,6 +10,8 @@ plan, supervisor/jobs/trackers.py keeps them):
 - W&B: ``WANDB_RUN_ID`` + ``WANDB_RESUME=allow``, and the run is opened here with that id (and
   ``resume="allow"``) before Ultralytics' callback, which would otherwise choose a new id.
 - Comet: ``COMET_EXPERIMENT_KEY``, chosen by the daemon at the first attempt.
+- ClearML: the first attempt's task id is kept; later attempts create the task here with
+  ``continue_last_task=<id>`` before Ultralytics' callback, which takes ``Task.current_task()``.
 - TensorBoard: one log directory (the run's); a resumed attempt's writer purges every point from
   its first epoch on, so nothing a killed attempt logged past its checkpoint is shown twice.
 
@@ -136,6 +138,8 @@ class _Attempt:
         self.active = {t for fns in cbs.values() for t in map(_tracker, fns) if t}
         if not self.active:
             return
+        if "clearml" in self.active:
+            self._continue_clearml(trainer)
         at_train_end = [f for f in cbs["on_train_epoch_end"] if _tracker(f)]
         at_fit_end = [f for f in cbs["on_fit_epoch_end"] if _tracker(f)]
         cbs["on_train_epoch_end"] = [f for f in cbs["on_train_epoch_end"] if f not in at_train_end] \
@@ -158,6 +162,18 @@ class _Attempt:
                 fn(trainer)
         after_training.__qualname__ = f"after_training({getattr(fn, '__qualname__', fn)})"
         return after_training
+
+    def _continue_clearml(self, trainer) -> None:
+        """The job's task, created before Ultralytics' callback (which takes ``Task.current_task()``)."""
+        task_id = (self.plan.get("ids") or {}).get("clearml")
+        module = sys.modules[CALLBACK_MODULES["clearml"]]
+        if not task_id or getattr(module, "Task", None) is None or module.Task.current_task() is not None:
+            return
+        # Ultralytics' own arguments (callbacks/clearml.py), and the job's task to continue.
+        module.Task.init(project_name=str(trainer.args.project or "Ultralytics").lstrip("/") or "Ultralytics",
+                         task_name=trainer.args.name, tags=["Ultralytics"], output_uri=True,
+                         reuse_last_task_id=False, continue_last_task=task_id,
+                         auto_connect_frameworks={"pytorch": False, "matplotlib": False})
 
     # -- on_pretrain_routine_end: before the trackers' own -----------------------------------
     def open_runs(self, trainer) -> None:
@@ -282,13 +298,26 @@ def _comet_run(trainer) -> Optional[dict[str, Any]]:
     return {"id": experiment.get_key(), "url": getattr(experiment, "url", None)}
 
 
+def _clearml_run(trainer) -> Optional[dict[str, Any]]:
+    task_class = getattr(sys.modules[CALLBACK_MODULES["clearml"]], "Task", None)
+    task = task_class.current_task() if task_class is not None else None
+    if task is None:
+        return None
+    try:
+        url = task.get_output_log_web_page()
+    except Exception:  # noqa: BLE001 - offline, or a server that does not say
+        url = None
+    return {"id": task.id, "url": url}
+
+
 def _tensorboard_run(trainer) -> Optional[dict[str, Any]]:
     module = sys.modules[CALLBACK_MODULES["tensorboard"]]
     return {"id": str(trainer.save_dir), "url": None} if getattr(module, "WRITER", None) is not None else None
 
 
 RUN_READERS: dict[str, Callable[[Any], Optional[dict[str, Any]]]] = {
-    "mlflow": _mlflow_run, "wandb": _wandb_run, "comet": _comet_run, "tensorboard": _tensorboard_run,
+    "mlflow": _mlflow_run, "wandb": _wandb_run, "comet": _comet_run, "clearml": _clearml_run,
+    "tensorboard": _tensorboard_run,
 }
 
 
@@ -307,6 +336,11 @@ def _comet_attempts(attempts: dict[str, str]) -> None:
     sys.modules[CALLBACK_MODULES["comet"]].comet_ml.get_running_experiment().log_parameters(attempts)
 
 
+def _clearml_attempts(attempts: dict[str, str]) -> None:
+    task = sys.modules[CALLBACK_MODULES["clearml"]].Task.current_task()
+    task.connect({k.removeprefix("supervisor.attempt."): v for k, v in attempts.items()}, name="supervisor attempts")
+
+
 def _tensorboard_attempts(attempts: dict[str, str]) -> None:
     writer = sys.modules[CALLBACK_MODULES["tensorboard"]].WRITER
     writer.add_text("supervisor/attempts", "\n\n".join(f"{k}: {v}" for k, v in attempts.items()),
@@ -315,7 +349,7 @@ def _tensorboard_attempts(attempts: dict[str, str]) -> None:
 
 ATTEMPT_WRITERS: dict[str, Callable[[dict[str, str]], None]] = {
     "mlflow": _mlflow_attempts, "wandb": _wandb_attempts, "comet": _comet_attempts,
-    "tensorboard": _tensorboard_attempts,
+    "clearml": _clearml_attempts, "tensorboard": _tensorboard_attempts,
 }
 
 
