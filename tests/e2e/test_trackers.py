@@ -161,7 +161,7 @@ def test_one_run_per_tracker_through_kills_a_preemption_and_an_extend(tracked_da
     # Comet offline: every archive under the one experiment key, no epoch twice. (An offline archive
     # is written at a clean exit only: the killed and preempted attempts' points are not in any.)
     archives = sorted(comet_dir.glob("*.zip"))
-    assert archives and {a.name.split("-")[0] for a in archives} == {runs["comet"]["id"]}, archives
+    assert archives and {a.stem.split("-")[0] for a in archives} == {runs["comet"]["id"]}, archives
     epochs = Counter(m["epoch"] for m in comet_metrics(archives) if m.get("metricName") == METRIC)
     assert epochs and set(epochs.values()) == {1} and max(epochs) == EXTENDED, epochs
 
