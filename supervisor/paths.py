@@ -75,24 +75,25 @@ class Home:
         # Made 0755 whatever the daemon's umask (0077): users reach the socket, the inbox and their
         # own job folders through them. What is inside is private: the database, each job's folder.
         for d in (self.root, self.inbox, self.root / "jobs"):
-            _make_dir(d, 0o755)
+            make_dir(d, 0o755)
         return self
 
     def ensure_job(self, name: str) -> Path:
         """The job's folder, its owner's alone (0700; chowned to the owner before a launch)."""
         top = self.job_dir(name)
-        _make_dir(top, 0o700)
+        make_dir(top, 0o700)
         _narrow(top, 0o700)  # an older daemon's 0755 folder
         for d in (self.job_vault(name), self.job_yolo_config(name)):
             d.mkdir(parents=True, exist_ok=True)
         return top
 
 
-def _make_dir(path: Path, mode: int) -> None:
+def make_dir(path: Path, mode: int) -> None:
     """``mkdir -p`` that gives a folder it makes exactly ``mode`` (not narrowed by the umask)."""
     if path.is_dir():
         return
-    _make_dir(path.parent, 0o755) if not path.parent.exists() else None
+    if not path.parent.exists():
+        make_dir(path.parent, 0o755)
     try:
         os.mkdir(path, mode)
     except FileExistsError:

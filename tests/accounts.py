@@ -78,3 +78,45 @@ def root_secret(folder: Path, name: str = "secret", text: str = "root only\n") -
     path.chmod(0o600)
     os.chown(path, 0, 0)
     return path
+
+
+@dataclass
+class Group:
+    name: str
+    gid: int
+
+
+@pytest.fixture
+def accounts():
+    """``make(groups=())``: fresh users (their own group, plus the ``Group``s given), and ``group()``:
+    a fresh group; all removed at teardown. For tests with several users of one server."""
+    need_root()
+    made_users: list[str] = []
+    made_groups: list[str] = []
+
+    class Factory:
+        @staticmethod
+        def group() -> Group:
+            name = f"ysgrp{secrets.token_hex(3)}"
+            _run("groupadd", name)
+            made_groups.append(name)
+            return Group(name, grp.getgrnam(name).gr_gid)
+
+        @staticmethod
+        def make(groups: tuple[Group, ...] = ()) -> Account:
+            extra = Factory.group()
+            name = f"ystest{secrets.token_hex(3)}"
+            member_of = ",".join([extra.name, *(g.name for g in groups)])
+            _run("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", "-G", member_of, name)
+            made_users.append(name)
+            pw = pwd.getpwnam(name)
+            return Account(name, pw.pw_uid, pw.pw_gid, extra.gid, extra.name)
+
+    try:
+        yield Factory
+    finally:
+        for name in made_users:
+            subprocess.run(["userdel", "--force", name], capture_output=True)
+            subprocess.run(["groupdel", name], capture_output=True)
+        for name in made_groups:
+            subprocess.run(["groupdel", name], capture_output=True)

@@ -2,9 +2,10 @@
 
 Who may do what is decided from the kernel's word about the peer
 (SO_PEERCRED, SO_PEERGROUPS), never from anything the client says:
-- anyone who can connect may read (status, history, tail);
-- root, the daemon's own user and members of ``socket_group`` may change
-  things (submit, stop, start, restart, remove).
+- anyone who can connect may read the queue (status, history, events);
+- root, the daemon's own user and members of ``socket_group`` may submit;
+- a job is acted on (stop, start, edit, remove, tail, ...) only by its owner
+  and the admins: checked per job in ``handlers.dispatch`` (supervisor/control/authz.py).
 The socket is 0660 and owned by ``socket_group``, so by default only those
 users can connect at all; loosen it (an ACL, a wider mode) to give others
 read access.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from supervisor.control import handlers
+from supervisor.paths import make_dir
 from supervisor.control.peer import Peer, may_mutate, peer_of
 from supervisor.control.protocol import Connection, ErrorCode, ProtocolError, Request, RequestError, Response
 from supervisor.store import StoreError
@@ -80,7 +82,7 @@ class ControlServer:
     # -- socket life cycle -----------------------------------------------------
     def start(self) -> None:
         """Bind (refusing if another daemon answers on the path) and start accepting."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent, 0o755)  # users reach the socket through it (the daemon's umask is 0077)
         self._refuse_if_in_use()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)

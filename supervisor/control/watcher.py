@@ -28,6 +28,7 @@ from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileDeletedEvent
                              FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers.inotify import InotifyObserver
 
+from supervisor.paths import make_dir
 from supervisor.control.inbox import candidates, handle_drop_file, is_candidate, reject
 from supervisor.store import StoreError
 
@@ -63,7 +64,7 @@ class DropWatcher:
         self._lost = False  # the watched folder itself was deleted (its inode may be reused at once)
 
     def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dir(self.folder, 0o755)  # as it always was, not the daemon's 0077 umask: users drop files here
         st = os.stat(self.folder)
         self._made_like = (stat.S_IMODE(st.st_mode), st.st_gid)  # what a folder made again gets
         self._watch()

@@ -397,6 +397,10 @@ class Daemon(GpuScheduling, AttemptEnding):
             return  # a `gpus: N` job starts only through placement, which picks its set
         if not self._devices_ready(name, gpus, spec, actor):
             return
+        self.home.ensure_job(name)
+        identity = self.job_identity(job)
+        if identity is not None:  # the folder is 0700: its owner's before anything is looked at in it as them
+            self._chown_job_dir(name, identity)
         blocker = self.launch_blocker(job, spec)
         if blocker is not None:
             self.preflight_holds[name] = time.monotonic() + self.config.preflight_recheck_s
@@ -404,7 +408,6 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.transition(name, S.HELD, blocker, actor)
             return
         self.preflight_holds.pop(name, None)
-        self.home.ensure_job(name)
         self._kill_strays(name)
         attempt = job.attempts + 1
         run_dir = Path(job.run_dir) if job.run_dir else None

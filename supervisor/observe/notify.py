@@ -228,7 +228,7 @@ def _public(address) -> bool:
 
 def _kind(address) -> str:
     address = getattr(address, "ipv4_mapped", None) or address
-    for kind in ("loopback", "link_local", "private", "unspecified", "multicast", "reserved"):
+    for kind in ("unspecified", "loopback", "link_local", "private", "multicast", "reserved"):
         if getattr(address, f"is_{kind}"):
             return kind.replace("_", "-")
     return "not public"

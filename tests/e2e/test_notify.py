@@ -166,7 +166,8 @@ def gpu_job(name, **extra) -> str:
 def test_a_held_job_notifies_its_own_target_with_the_reason(local, receiver):
     probe = FakeGpuProbe(1)
     probe.set_ecc(0, 3)
-    d = local(RUN_FOREVER, probe)  # no URL in the daemon's config: the job file's only
+    # No URL in the daemon's config: the job file's only, on this host, which the admin allows.
+    d = local(RUN_FOREVER, probe, DaemonConfig(notify=NotifySettings(allow_hosts=["127.0.0.1"])))
     d.submit(gpu_job("quiet", notify={"urls": [receiver.url()], "on": ["failed"]}), source="test")
     pump(d, lambda: d.store.get_job("quiet").state == "held", what="quiet held")
     d.submit(gpu_job("loud", notify={"urls": [receiver.url()]}), source="test")

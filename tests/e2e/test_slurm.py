@@ -280,7 +280,9 @@ def test_a_root_daemon_submits_each_job_as_its_owner(open_dir, account, slurm_no
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # the node's cwd is the job folder
     d = DaemonProcess(open_dir / "home")
     d.home.mkdir(parents=True)
-    (d.home / "config.yaml").write_text(yaml.safe_dump({"executor": "slurm", "tick_s": 0.5, "slurm": {"poll_s": 1}}))
+    # PYTHONPATH: a job run as its owner gets a built environment; the admin passes this one on.
+    (d.home / "config.yaml").write_text(yaml.safe_dump({"executor": "slurm", "tick_s": 0.5, "slurm": {"poll_s": 1},
+                                                        "pass_env": ["PYTHONPATH"]}))
     d.start()
     try:
         wait_socket(d)
