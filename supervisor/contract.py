@@ -41,6 +41,8 @@ class Plan:
     extend_epochs: Optional[int] = None   # `extend`: rewrite the checkpoint's epochs to this first
     progress_file: str = ""
     exit_record: str = ""
+    # {"ids", "attempts", "settings"}: the job's tracker runs to continue (supervisor/jobs/trackers.py)
+    trackers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Progress:
     notes: list[str] = field(default_factory=list)  # one-line notes for the history
     startup: dict[str, float] = field(default_factory=dict)  # seconds from the process start to each setup step
     ddp: Optional[dict[str, Any]] = None            # {"rank", "world_size", "pid"} when rank 0 of a DDP run writes
+    trackers: Optional[dict[str, Any]] = None       # tracker -> {"id", "url"}: the runs this attempt logs to
 
 
 @dataclass

@@ -95,6 +95,7 @@ ADDED_COLUMNS = (
     ("jobs", "slurm_job_id", "TEXT"),
     ("jobs", "setup_failures", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "preempt_streak", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "trackers", "TEXT"),
 )
 
 
@@ -129,6 +130,8 @@ class JobRecord:
     # The policy's streaks of failures before the first batch and of preemptions without progress.
     setup_failures: int = 0
     preempt_streak: int = 0
+    # The job's experiment-tracker runs (JSON, supervisor/jobs/trackers.py: TrackerRecord).
+    trackers: Optional[str] = None
 
 
 @dataclass

@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from supervisor.child import ddp
+from supervisor.child import ddp, trackers
 from supervisor.child.drill import Drills, request_path
 from supervisor.child.finite import record_finiteness
 from supervisor.child.midepoch import MidEpoch, support_problem
@@ -227,7 +227,7 @@ def _install_callbacks(model, rep: Reporter, mid_epoch: Optional[MidEpoch]) -> N
             # Saving is the point of a preemption: a failure there must end the attempt, not be swallowed.
             wrap = _raises_loudly if event in ("on_pretrain_routine_start", "on_train_batch_start") else _never_raises
             model.add_callback(event, wrap(fn, rep))
-
+    trackers.install(model, rep)  # the job's one run in each experiment tracker (after ours)
 
 
 def _save_midepoch(trainer, rep: Reporter, mid: MidEpoch, whole_pass: bool = False) -> Optional[dict]:
@@ -467,6 +467,7 @@ def run(plan: dict[str, Any]) -> int:
         return _run_fake_trainer(os.environ[FAKE_TRAINER_ENV], plan, rep)
     try:
         rep.mark("child_started")
+        trackers.prepare(plan)  # the job's tracker run ids and Ultralytics settings, before YOLO starts
         from ultralytics import YOLO
 
         rep.mark("ultralytics_imported")

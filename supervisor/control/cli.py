@@ -477,6 +477,8 @@ def render_history(hist: dict[str, Any]) -> str:
     lines = [f"job {job['name']}: {job['state']} ({one_line(job['state_reason'] or '')})"]
     if hist.get("goodput"):
         lines.append(render_goodput(hist["goodput"]))
+    for tracker, run in (job.get("trackers") or {}).items():
+        lines.append(f"{tracker}: run {run['id']}" + (f"  {run['url']}" if run.get("url") else ""))
     lines.append("")
     rows = [("ATTEMPT", "START", "END", "PID", "GPUS", "EXIT", "CAUSE", "EPOCHS", "TRAINING", "DOWN AFTER",
              "REDONE", "DETAIL")]

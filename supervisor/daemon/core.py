@@ -27,6 +27,7 @@ from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import gpus as gpu_facts
 from supervisor.daemon import preflight
+from supervisor.daemon import trackers as tracker_runs
 from supervisor.daemon.reactor import Reactor
 from supervisor.daemon.scheduling import GpuScheduling
 from supervisor.daemon.ending import AttemptEnding
@@ -129,6 +130,8 @@ class Daemon(GpuScheduling, AttemptEnding):
         self.store.update_job(name, state=new.value, state_reason=reason, **fields)
         if new in (S.STOPPED, S.FAILED, S.COMPLETED):
             self.health.forget(name)  # a wait for the GPU memory to be released ends with the job
+            if old is not new:
+                tracker_runs.finalize(self, name, new.value)  # the MLflow run ends with the job
         if old is not new:
             self.store.add_event(name, "state", reason, from_state=old.value, to_state=new.value, actor=actor)
             self.log.info("transition", job=name, **{"from": old.value}, to=new.value, reason=reason,
@@ -597,6 +600,7 @@ class Daemon(GpuScheduling, AttemptEnding):
                     devices: Optional[str]) -> Path:
         """The attempt's instructions for the child; stale progress/exit files are removed first."""
         name = job.name
+        trackers = tracker_runs.plan_for_attempt(self, job, spec, attempt, devices)  # reads the old progress
         exit_record = self.home.job_exit_record(name)  # a drill asked of an ended attempt is not this one's:
         for stale in (self.home.job_progress(name), exit_record, drill.request_path(exit_record)):
             stale.unlink(missing_ok=True)
@@ -620,6 +624,7 @@ class Daemon(GpuScheduling, AttemptEnding):
             extend_epochs=spec.epochs if "epochs" in self.edited_keys(name) else None,
             progress_file=str(self.home.job_progress(name)),
             exit_record=str(self.home.job_exit_record(name)),
+            trackers=trackers,
         ))
         self.executor.adjust_plan(plan, spec)
         path = self.home.job_plan(name)
@@ -664,6 +669,7 @@ class Daemon(GpuScheduling, AttemptEnding):
 
     def _note_progress(self, name: str, run: Running, progress: Progress) -> None:
         self._note_child_lines(name, run, progress)
+        tracker_runs.take_reported(self, name, None, progress)
         job = self.store.get_job(name)
         if progress.save_dir and progress.save_dir != job.run_dir:
             self._take_run_dir(job, run, progress.save_dir)
@@ -764,6 +770,7 @@ class Daemon(GpuScheduling, AttemptEnding):
             raise _wrong_state(job, "remove")
         if purge:
             _purge(self.home.job_dir(name), name)
+        tracker_runs.finalize(self, name, "removed")
         self.store.remove_job(name)
         _SPECS.forget(name)
         self.health.forget(name)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from supervisor.jobs.slurm_options import SlurmOptions
+from supervisor.jobs.trackers import settings_problems
 from supervisor.observe.notify import JobNotify
 from supervisor.process.jobenv import job_variable_problem
 
@@ -127,6 +128,8 @@ class JobSpec(_Strict):
     env: Optional[dict[str, str]] = Field(None, description="variables for the training's environment")
     env_file: Optional[str] = Field(None, description="a file of NAME=value lines the owner keeps, read as "
                                                       "the owner at each launch")
+    settings: Optional[dict[str, Any]] = Field(None, description="Ultralytics settings over the owner's own "
+                                                                 "settings.json (wandb: true, mlflow: false, ...)")
 
     @field_validator("env")
     @classmethod
@@ -142,6 +145,14 @@ class JobSpec(_Strict):
             if "\0" in value:
                 raise ValueError(f"{name}: the value holds a NUL byte")
         return env
+
+    @field_validator("settings")
+    @classmethod
+    def _settings_keys(cls, settings: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        problems = settings_problems(settings or {})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return settings
 
     @field_validator("env_file")
     @classmethod

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from supervisor.observe.goodput import goodput
+from supervisor.jobs.trackers import TrackerRecord
 
 if TYPE_CHECKING:
     from supervisor.daemon.core import Daemon
@@ -351,6 +352,8 @@ def build_notice(event: str, reason: str, job: "JobRecord", epochs: int, attempt
     by_cause = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in gp.restarts_by_cause.items())
     lines.append(f"epochs {done}/{epochs}, restarts {restarts}" + (f" ({by_cause})" if by_cause else "")
                  + f", goodput {share} of {_duration(gp.wall_s)}")
+    lines += [f"{t}: run {r['id']}" + (f" {r['url']}" if r.get("url") else "")
+              for t, r in TrackerRecord.load(job.trackers).runs().items()]
     if held_back:
         lines.append(f"({held_back} restarted/stalled notification(s) for this job held back by the rate limit)")
     lines.append(f"more: ssh {host} yolo-supervisorctl history {job.name}")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from supervisor.child.progress import read_json
 from supervisor.contract import Progress, from_json
+from supervisor.jobs.trackers import TrackerRecord
 from supervisor.jobs.spec import SpecError
 from supervisor.jobs.states import JobState
 from supervisor.observe.goodput import goodput
@@ -92,6 +93,7 @@ def job_view(daemon: "Daemon", job: JobRecord, now: Optional[float] = None,
         "next_start_at": job.next_start_at, "owner_uid": job.owner_uid, "created_at": job.created_at,
         "goodput": goodput(job, attempts, now).summary(), "spec_problem": spec_problem,
         "slurm": daemon.executor.view(job.name) if state.has_process else None,  # executor: slurm
+        "trackers": TrackerRecord.load(job.trackers).runs(),  # tracker -> {"id", "url"}: the job's one run
     }
 
 

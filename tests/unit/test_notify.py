@@ -290,3 +290,16 @@ def test_the_daemon_imports_apprise_only_when_it_sends_and_apprise_pulls_no_torc
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])))
     assert out.stdout.split("\n")[:2] == ["False", "True []"], out.stdout
+
+
+def test_a_notice_names_the_jobs_tracker_runs():
+    from supervisor.jobs.trackers import TrackerRecord
+
+    rec = TrackerRecord()
+    rec.take_reported({"mlflow": {"id": "r1", "url": "http://mlflow:5000/#/experiments/1/runs/r1"},
+                       "wandb": {"id": "abcd1234", "url": "https://wandb.ai/me/coco/runs/abcd1234"}})
+    notice = build_notice("completed", "training finished", job(state="completed", trackers=rec.dump()), 300,
+                          [], 2000.0, "gpu1")
+    lines = notice.body.splitlines()
+    assert "mlflow: run r1 http://mlflow:5000/#/experiments/1/runs/r1" in lines
+    assert "wandb: run abcd1234 https://wandb.ai/me/coco/runs/abcd1234" in lines
