@@ -34,7 +34,7 @@ def daemon(tmp_path):
     d = Daemon(Home(tmp_path / "home"), DaemonConfig())
     yield d
     for run in list(d.running.values()):
-        launcher.kill_job_now(run.child.job, run.child.pid, daemon_id=d.daemon_id)
+        launcher.kill_job_now(run.child.job, run.child, daemon_id=d.daemon_id)
     d.store.close()
 
 
