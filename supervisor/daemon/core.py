@@ -658,8 +658,10 @@ class Daemon(GpuScheduling, AttemptEnding):
             self._snapshot_retry_at[name] = time.monotonic() + STEP_RETRY_S
             self.log.error("could not keep a verified copy of a checkpoint", job=name,
                            error=outcome.problem(jobwork.SNAPSHOT_DEADLINE_S), retry_in_s=STEP_RETRY_S)
-            return
-        self._note_snapshots(name, outcome.value)
+        else:
+            self._note_snapshots(name, outcome.value)
+        if name in self.ending:  # the attempt ended while its snapshot ran: gather its end now
+            self._guarded(self._end_attempt, name)
 
     def _note_snapshots(self, name: str, kept: list) -> None:
         """The copies a worker kept go to the history, and the epochs they hold to the job."""

@@ -55,9 +55,11 @@ class AttemptEnding:
         killed = run.exit_status[1] == signal.SIGKILL
         task = functools.partial(jobwork.end_facts, self.job_work(job, spec), self.executor, run.log_offset,
                                  run.child.pid, killed)
-        self.retry_at[name] = time.monotonic() + STEP_RETRY_S  # while in flight; set again on failure
-        self.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S,
-                            functools.partial(self._attempt_ended, name))
+        submitted = self.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S,
+                                        functools.partial(self._attempt_ended, name))
+        # In flight: not again before its deadline. Not submitted (the job's snapshot still runs):
+        # the snapshot's answer starts it, or the next tick does.
+        self.retry_at[name] = time.monotonic() + (STEP_RETRY_S if submitted else 0.0)
 
     def _attempt_ended(self, name: str, outcome) -> None:
         run = self.ending.get(name)
