@@ -457,8 +457,8 @@ class Daemon(GpuScheduling, AttemptEnding):
             if job is None or job.state != S.HELD.value:
                 self.preflight_holds.pop(name, None)
                 continue
-            if due > now:
-                continue
+            if due > now or self.workers.busy(("job", name)):
+                continue  # not due, or the last check has not answered yet
             task = functools.partial(jobwork.launch_blocker, self.job_work(job, self.spec(name)))
             if self.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S,
                                    functools.partial(self._rechecked, name)):
