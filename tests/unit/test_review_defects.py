@@ -17,7 +17,7 @@ from supervisor.control import handlers
 from supervisor.control.peer import Peer
 from supervisor.control.protocol import RequestError
 from supervisor.daemon.config import DaemonConfig, load_config
-from supervisor.daemon.core import Daemon, IllegalTransition
+from supervisor.daemon.core import CommandError, Daemon, IllegalTransition
 from supervisor.jobs.states import JobState
 from supervisor.paths import Home
 from supervisor.process import launcher
@@ -201,3 +201,20 @@ def test_the_check_of_recorded_moves_sees_one_outside_the_table(tmp_path):
     store.add_event("j", "state", "fine", from_state="queued", to_state="starting")
     store.close()
     assert d.moves_outside_the_table() == ["j: completed->running (a bug)"]
+
+
+# -- launches on a worker (issue 20) ---------------------------------------------------------
+def test_a_job_whose_launch_is_in_flight_says_so_and_a_stop_meanwhile_leaves_nothing_running(daemon, monkeypatch):
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    add(daemon)
+    daemon.start_due_jobs()  # the launch's files, strays and spawn go to a worker; the loop goes on
+    job = daemon.store.get_job("j")
+    assert job.state == "queued" and job.state_reason.startswith("starting: checking")
+    with pytest.raises(CommandError, match="cannot remove"):  # dispatch answers it as WRONG_STATE
+        handlers.remove(daemon, {"name": "j"}, ROOT)
+    handlers.stop(daemon, {"name": "j"}, ROOT)
+    settle(daemon)
+    settle(daemon)  # the kill of the attempt nobody will watch is a worker task of its own
+    assert daemon.store.get_job("j").state == "stopped"
+    assert "j" not in daemon.running and daemon.store.attempts("j") == []
+    assert launcher.job_processes("j", daemon_id=daemon.daemon_id) == []
