@@ -381,7 +381,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         devices = ",".join(str(g) for g in gpus) or None
         abandoned = threading.Event()
         task = functools.partial(jobwork.prepare_launch, work, self.executor, attempt, devices, abandoned)
-        done = functools.partial(self._launched, name, spec, attempt, gpus, actor, abandoned)
+        done = functools.partial(self._launched, name, attempt, gpus, actor, abandoned)
         if self.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S, done):
             self.launching[name] = tuple(gpus)
             if job.state_reason != LAUNCHING:
@@ -391,7 +391,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         """What a worker needs about the job, read here on the loop (workers never use the store)."""
         return jobwork.JobWork(job, spec, self.home, self.job_identity(job), frozenset(self.edited_keys(job.name)))
 
-    def _launched(self, name: str, spec: JobSpec, attempt: int, gpus: tuple[int, ...], actor: Optional[str],
+    def _launched(self, name: str, attempt: int, gpus: tuple[int, ...], actor: Optional[str],
                   abandoned: threading.Event, outcome: Outcome) -> None:
         """The worker's half of a launch is done: record it (hold, complete, or watch the attempt)."""
         self.launching.pop(name, None)
@@ -399,10 +399,10 @@ class Daemon(GpuScheduling, AttemptEnding):
             abandoned.set()
             self._launch_failed(name, outcome)
             return
-        self._guarded(functools.partial(self._take_launch, spec=spec, attempt=attempt, gpus=gpus, actor=actor,
+        self._guarded(functools.partial(self._take_launch, attempt=attempt, gpus=gpus, actor=actor,
                                         found=outcome.value), name)
 
-    def _take_launch(self, name: str, spec: JobSpec, attempt: int, gpus: tuple[int, ...], actor: Optional[str],
+    def _take_launch(self, name: str, attempt: int, gpus: tuple[int, ...], actor: Optional[str],
                      found: jobwork.Launch) -> None:
         job = self.store.get_job(name)
         if job is None or S(job.state) not in (S.QUEUED, S.BACKOFF):  # stopped or removed meanwhile
