@@ -640,9 +640,10 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.event(name, "checkpoint", f"attempt {run.attempt_no}: {line}")
         run.extra["notes_seen"] = len(notes)
 
-    def _snapshot(self, name: str, job: JobRecord) -> None:
+    def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
         """Copy a newly saved last.pt or mid-epoch state into the vault once it verifies (on a
         worker: a copy and CRC check of hundreds of MB); one snapshot of a job at a time."""
+        job = job or self.store.get_job(name)
         if not job.run_dir or self._snapshot_retry_at.get(name, 0) > time.monotonic():
             return
         try:
