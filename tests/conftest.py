@@ -46,6 +46,14 @@ def pump(d, until, timeout: float = 30.0, what: str = "condition"):
     return wait_for(once, timeout, interval=0, what=what)
 
 
+def settle(d, timeout: float = 60.0):
+    """Run an in-process daemon's loop until no worker task is in flight (their results recorded)."""
+    def once():
+        d.step(0.02)
+        return d.workers.in_flight() == 0
+    return wait_for(once, timeout, interval=0, what="the daemon's worker tasks")
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """data.yaml of 16 generated 64x64 images with coloured boxes."""

@@ -54,7 +54,7 @@ def test_a_full_disk_loses_no_job_no_file_and_no_attempt_end(small_disk, tmp_pat
         # the training dies while its end cannot be written
         killed_at = time.time()
         os.kill(first.pid, signal.SIGKILL)
-        wait_for(lambda: log_has(d, '"step": "on_child_exit"'), 30, what="the attempt end refused by the disk")
+        wait_for(lambda: log_has(d, '"step": "_record_end"'), 30, what="the attempt end refused by the disk")
         status = ctl(d.home, "status", "--json")
         assert status.returncode == 0, status.stderr  # still serving
         assert [j["name"] for j in yaml.safe_load(status.stdout)] == ["j1"]

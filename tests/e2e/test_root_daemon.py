@@ -17,7 +17,8 @@ import pytest
 
 from supervisor.control.protocol import Request, connect
 from tests.accounts import SYSTEM_PYTHON, Account, account, open_dir, root_secret  # noqa: F401 - fixtures
-from tests.conftest import FAKE_DATA, FAKE_TRAINER, DaemonProcess, ctl, kill_job_processes, wait_for, wait_socket
+from tests.conftest import (FAKE_DATA, FAKE_TRAINER, DaemonProcess, ctl, kill_job_processes, settle, wait_for,
+                            wait_socket)
 
 
 @pytest.fixture
@@ -184,6 +185,7 @@ def test_checkpoint_copies_are_taken_as_the_jobs_user(account, open_dir, real_ch
         theirs.chmod(0o600)
         (weights / "last.pt").symlink_to(theirs)
         d._snapshot("v")
+        settle(d)  # the copy runs on a worker
         vault = d.home.job_vault("v")
         assert not [p for p in vault.iterdir() if p.name.startswith("epoch-")], "copied through the link"
 
@@ -192,6 +194,7 @@ def test_checkpoint_copies_are_taken_as_the_jobs_user(account, open_dir, real_ch
         os.chown(weights / "last.pt", account.uid, account.gid)
         d._snapshot_retry_at.clear()
         d._snapshot("v")
+        settle(d)
         [copy] = [p for p in vault.iterdir() if p.name.startswith("epoch-")]
         assert copy.stat().st_uid == account.uid  # made as the user: theirs, no chown needed
     finally:

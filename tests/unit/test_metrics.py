@@ -30,6 +30,7 @@ NAMES = {  # every family a scrape must have, with its type
     "yolo_supervisor_job_epochs_redone": "gauge", "yolo_supervisor_job_batches_per_second": "gauge",
     "yolo_supervisor_job_batches_redone": "gauge",
     "yolo_supervisor_job_eta_seconds": "gauge", "yolo_supervisor_gpu_healthy": "gauge",
+    "yolo_supervisor_loop_lag_seconds": "gauge",
 }
 
 
