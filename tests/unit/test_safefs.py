@@ -13,17 +13,34 @@ from supervisor.child.progress import read_json, write_json_atomic
 from tests.accounts import account, open_dir, root_secret  # noqa: F401 - fixtures
 
 
-def test_write_json_atomic_never_writes_through_a_planted_temp_name(tmp_path):
-    # The old temp name was ".NAME.<pid>.tmp": a job's user could plant a link there
-    # and root wrote the plan through it into any file.
+def test_write_json_atomic_replaces_a_link_at_the_plan_and_never_writes_through_its_temp_name(tmp_path,
+                                                                                              monkeypatch):
+    # A job's user can plant a link at any name in their folder; root writes the plan there.
+    # (tests/unit/test_job_folder_links.py does this for every name the writers use, found from the code.)
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
     plan = tmp_path / "attempt.json"
-    (tmp_path / f".{plan.name}.{os.getpid()}.tmp").symlink_to(victim)
+    plan.symlink_to(victim)
     write_json_atomic(plan, {"job": "x"})
     assert victim.read_text() == "untouched\n"
     assert read_json(plan) == {"job": "x"} and not plan.is_symlink()
     assert oct(plan.stat().st_mode & 0o777) == oct(0o644)  # the job's user must read the plan
+
+    made: list[str] = []
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            made.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(safefs.secrets, "token_hex", lambda n=None: "0" * 16)  # the temp name, drawn again
+    monkeypatch.setattr(os, "open", open_)
+    write_json_atomic(plan, {"job": "y"})
+    [temp_name] = made
+    (tmp_path / temp_name).symlink_to(victim)
+    with pytest.raises(FileExistsError):                      # O_EXCL: refused, not followed
+        write_json_atomic(plan, {"job": "z"})
+    assert victim.read_text() == "untouched\n" and read_json(plan) == {"job": "y"}
 
 
 def test_read_json_does_not_follow_links_or_hard_links(tmp_path):
