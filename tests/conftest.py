@@ -67,7 +67,10 @@ def real_checkpoints(tmp_path_factory, dataset) -> dict[str, Path]:
     ``save_period=1`` keeps resumable ``epoch0.pt``/``epoch1.pt``; ``last.pt`` is
     stripped by Ultralytics' final_eval (epoch -1, no optimizer).
     """
-    root = tmp_path_factory.mktemp("ckpt-run")
+    cached = os.environ.get(CHECKPOINTS_ENV)
+    root = Path(cached) if cached else tmp_path_factory.mktemp("ckpt-run")
+    if cached and (root / "run" / "weights" / "last.pt").exists():
+        return _checkpoint_files(root)
     cmd = [
         sys.executable, "-c",
         "import sys; from ultralytics import YOLO; "
@@ -76,6 +79,15 @@ def real_checkpoints(tmp_path_factory, dataset) -> dict[str, Path]:
         str(dataset), str(root),
     ]
     subprocess.run(cmd, check=True, env=offline_env(root / "cfg"), capture_output=True, timeout=600)
+    return _checkpoint_files(root)
+
+
+# A folder that keeps ``real_checkpoints`` between pytest sessions (scripts/mutation.sh: one pytest
+# session per mutant); made by the first session that finds it empty. Unset: a fresh training.
+CHECKPOINTS_ENV = "YOLO_SUPERVISOR_TEST_CHECKPOINTS"
+
+
+def _checkpoint_files(root: Path) -> dict[str, Path]:
     weights = root / "run" / "weights"
     return {
         "resumable0": weights / "epoch0.pt",
