@@ -104,3 +104,10 @@ def test_an_impossible_request_says_what_the_daemon_has():
     assert impossible(job("p", 1, pinned=[2]), []) == (
         "waiting: GPU 2 is not among the daemon's GPUs (none); edit the job's device or the daemon's `gpus`")
     assert impossible(job("n", 1, count=3), [0, 1]) == "waiting: needs 3 GPUs, the daemon has 2 (0,1)"
+
+
+def test_every_job_past_the_slots_is_told_why_it_waits():
+    out = place([job("a", 1), job("b", 2), job("c", 3, count=1)], [0], {}, slots=1)
+    assert out.starts == [("a", ())]
+    assert out.waits == {"b": "waiting for a free slot (max_running reached)",
+                         "c": "waiting for a free slot (max_running reached)"}
