@@ -302,6 +302,7 @@ def test_a_save_records_the_batch_after_the_one_that_just_ended(saving, tmp_path
     assert extra[midepoch.MODEL_KEY] == {"w": 1}
     assert (tmp_path / midepoch.MIDEPOCH_NAME).read_bytes() == b"checkpoint"
     assert reports == [{**record, "size": len(b"checkpoint")}]
+    assert record["format"] == midepoch.RECORD_FORMAT and record["saved_at"] > 0
     assert not trainer.mid.due(preempt=False)                 # the save restarted the timer
     assert trainer.mid.due(preempt=True)
 
@@ -330,6 +331,9 @@ def test_saves_are_due_every_interval_and_never_when_off(monkeypatch):
     assert timed.due(False) and not off.due(False) and off.due(True)
     timed.epoch_saved()
     assert not timed.due(False)
+    half = midepoch.MidEpoch(interval_s=0.5)                 # sub-second intervals too (the e2e tests use them)
+    clock[0] += 0.5
+    assert half.due(False)
 
 
 def _record(**changes) -> dict:
