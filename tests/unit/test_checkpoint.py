@@ -222,3 +222,23 @@ def test_probe_imports_and_reads_without_torch(real_checkpoints):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code, str(real_checkpoints["resumable1"])], check=True, timeout=60)
+
+
+def test_what_cannot_be_read_is_reported_whole_and_never_raises(tmp_path):
+    from supervisor.probes.checkpoint import CheckpointInfo, CkptKind
+
+    missing = tmp_path / "none.pt"
+    assert inspect_checkpoint(missing) == CheckpointInfo(missing, CkptKind.MISSING, None, False, None, 0,
+                                                         f"{missing} does not exist")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert inspect_checkpoint(tmp_path / "empty.pt") == CheckpointInfo(
+        tmp_path / "empty.pt", CkptKind.CORRUPT, None, False, None, 0, "empty file")
+    (tmp_path / "file").write_bytes(b"x")
+    under_a_file = tmp_path / "file" / "last.pt"                      # stat: ENOTDIR
+    assert inspect_checkpoint(under_a_file) == CheckpointInfo(
+        under_a_file, CkptKind.CORRUPT, None, False, None, 0, "cannot stat: Not a directory")
+    folder = tmp_path / "folder.pt"                                   # open: EISDIR
+    folder.mkdir()
+    got = inspect_checkpoint(folder)
+    assert got == CheckpointInfo(folder, CkptKind.CORRUPT, None, False, None, folder.stat().st_size,
+                                 "cannot read: Is a directory")
