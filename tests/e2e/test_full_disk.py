@@ -82,6 +82,8 @@ def test_a_full_disk_loses_no_job_no_file_and_no_attempt_end(small_disk, tmp_pat
         d.stop()
         for name in ("j1", "j2", "j3"):
             kill_job_processes(name)
+    # here, while the small disk holding its database is still mounted (the check after the test is too late)
+    assert not d.moves_outside_the_table(), d.moves_outside_the_table()
 
 
 def test_a_vault_copy_that_does_not_fit_leaves_no_partial_file(small_disk, real_checkpoints):

@@ -2,7 +2,8 @@
 Slurm cluster, real CPU training across allocations, real scancel and a real daemon restart.
 
 The cluster comes from scripts/slurm_single_node.sh (.ci/run starts it). Where sbatch is
-missing or no controller answers, the tests marked `slurm` skip and say why.
+missing or no controller answers, the tests marked `slurm` skip and say why, except where
+YOLO_SUPERVISOR_REQUIRE=slurm is set (CI sets it): there they fail.
 """
 
 import json
@@ -37,9 +38,18 @@ def slurm_problem() -> str | None:
     return None
 
 
+REQUIRE_ENV = "YOLO_SUPERVISOR_REQUIRE"  # "slurm" (CI sets it): no cluster fails these tests, not skips them
+
+
+def slurm_required() -> bool:
+    return "slurm" in os.environ.get(REQUIRE_ENV, "").replace(",", " ").split()
+
+
 @pytest.fixture(scope="session")
 def slurm_node() -> str:
     problem = slurm_problem()
+    if problem and slurm_required():
+        pytest.fail(f"{REQUIRE_ENV}=slurm, and Slurm cannot run here: {problem}", pytrace=False)
     if problem:
         pytest.skip(problem)
     out = subprocess.run(["sinfo", "--noheader", "--format=%N"], capture_output=True, text=True, check=True)
