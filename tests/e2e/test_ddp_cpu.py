@@ -251,7 +251,7 @@ def test_a_sigterm_that_reaches_one_rank_stops_all_of_them_at_the_same_batch(ddp
 def test_a_sigterm_to_the_parent_alone_reaches_the_ranks_and_the_parent_waits_for_their_save(ddp_job):
     ddp_job.wait_in_epoch(2, 1)
     saves_before = ddp_job.save_lines()
-    os.kill(ddp_job.child, signal.SIGTERM)  # e.g. `kill PID` by hand; before, it exited at once
+    os.kill(ddp_job.child.pid, signal.SIGTERM)  # e.g. `kill PID` by hand; before, it exited at once
 
     assert_preempted_at_one_batch(ddp_job, ddp_job.wait_exit(), saves_before)
     assert "ranks ended; exiting 75 as rank 0 recorded" in ddp_job.log_text()
