@@ -1,0 +1,123 @@
+"""The package's import graph, read with ast (nothing is imported): no circles, and the job model
+stays below observe/, daemon/, control/ and web/.
+
+Every import counts, those under ``if TYPE_CHECKING:`` and inside functions included: a type-only
+import is still a dependency a reader has to follow.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[2] / "supervisor"
+
+# The job model (the spec, its parts, the states) and the daemon-child contract are the floor.
+JOB_MODEL = ("supervisor.jobs", "supervisor.contract")
+ABOVE_JOB_MODEL = ("supervisor.observe", "supervisor.daemon", "supervisor.control", "supervisor.web")
+
+# Type-only edges that close a circle today, each with the work that removes it. The mixins
+# (``Daemon(GpuScheduling, AttemptEnding)``) annotate ``Running`` from core.py; they go when the
+# mixins become collaborators (issue 21, item 4), together with the worker-pool changes to those files.
+KNOWN_TYPE_ONLY = {
+    ("supervisor.daemon.ending", "supervisor.daemon.core"),
+    ("supervisor.daemon.scheduling", "supervisor.daemon.core"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imported_names(name: str, path: Path) -> set[str]:
+    """Every module name an import statement in ``path`` names (``from a import b`` gives a and a.b)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of this package it imports (not counting itself)."""
+    found = modules()
+    return {name: {dep for dep in imported_names(name, path) if dep in found and dep != name}
+            for name, path in found.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, without recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, deps = work[-1]
+            dep = next(deps, None)
+            if dep is not None:
+                if dep not in index:
+                    index[dep] = low[dep] = len(index)
+                    stack.append(dep)
+                    on_stack.add(dep)
+                    work.append((dep, iter(sorted(graph[dep]))))
+                elif dep in on_stack:
+                    low[node] = min(low[node], index[dep])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_circle_finder_finds_a_circle_and_nothing_else():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert circles(graph) == [["a", "b", "c"]]
+
+
+def test_the_package_has_no_import_circles():
+    graph = import_graph()
+    for source, target in KNOWN_TYPE_ONLY:
+        graph[source].discard(target)
+    assert circles(graph) == []
+
+
+def test_the_known_type_only_edges_are_still_there():
+    """So the exception list shrinks with the code: an edge that is gone must leave the list."""
+    graph = import_graph()
+    assert [edge for edge in sorted(KNOWN_TYPE_ONLY) if edge[1] not in graph[edge[0]]] == []
+
+
+def test_the_job_model_imports_nothing_from_the_layers_above_it():
+    upward = sorted(f"{name} -> {dep}" for name, deps in import_graph().items() if name.startswith(JOB_MODEL)
+                    for dep in deps if dep.startswith(ABOVE_JOB_MODEL))
+    assert upward == []
