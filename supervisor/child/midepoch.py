@@ -19,7 +19,7 @@ save was taken. What "exactly" needs, and how each piece is restored (see ../sha
   optimizer step (``GRADS_KEY``, None right after a step), which the resume puts back.
 - **Model, EMA, optimizer, scaler, best fitness, stopper**: Ultralytics' own checkpoint dict (taken
   from its ``save_model`` so the format stays its own), plus the raw model weights (its resume
-  loads the EMA into the model) and a plain record (``RECORD_KEY``) the daemon reads without torch.
+  loads the EMA into the model) and a plain record (``MIDEPOCH_KEY``) the daemon reads without torch.
 - **Atomic writes.** Every checkpoint file the child writes (this one, and Ultralytics' own last.pt,
   best.pt, epochN.pt and the final stripped files) goes to a temp file in the same directory,
   is fsynced and renamed over the old one.
@@ -44,15 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path, PosixPath
 from typing import Any, Callable, Optional
 
+from supervisor import safefs
 from supervisor.child.ddp import TESTED_VERSIONS, requested_gpus  # the Ultralytics versions tested
+# the plain record (MIDEPOCH_KEY) is the daemon's to read: its key and the file names are the contract's
+from supervisor.contract import FINAL_RESUMABLE_NAME, MIDEPOCH_KEY, MIDEPOCH_NAME
 
-RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything the resume restores
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
 GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
 RECORD_FORMAT = 1
 WORLD_SIZE = 1  # mid-epoch states are single-process (DDP jobs use epoch-level checkpoints)
-MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
-FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
 _DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
 
 
@@ -203,20 +203,17 @@ def rebuild_with_order(loader, order: PassOrder):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory: a kill leaves the old file."""
+    """Temp file in the same directory, fsync, rename, fsync the directory: a kill leaves the old file.
+
+    The child runs as the job's user in that user's run folder: the folder is opened as named
+    (a link of theirs is theirs to make); the file itself is written by safefs, like the daemon's.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+        safefs.write_atomic_at(dir_fd, path.name, data, 0o666 & ~_umask(), durable=True)
+    finally:
+        os.close(dir_fd)
 
 
 def _drop_partial_files(directory: Path) -> None:
@@ -229,14 +226,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AtomicPath(PosixPath):
@@ -273,7 +262,7 @@ def make_strip_atomic(trainer_module) -> None:
                 os.fchmod(fh.fileno(), 0o666 & ~_umask())
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            safefs.fsync_dir(target.parent)
             return result
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -402,7 +391,7 @@ class MidEpoch:
         return Pass(int(rec["pass_key"]), self.resume_skip)
 
     def _resume_training(self, original, ckpt):
-        rec = (ckpt or {}).get(RECORD_KEY) if isinstance(ckpt, dict) else None
+        rec = (ckpt or {}).get(MIDEPOCH_KEY) if isinstance(ckpt, dict) else None
         t = self.trainer
         if rec is None or not t.resume:
             return original(ckpt)
@@ -518,7 +507,7 @@ class MidEpoch:
         }
         model = _unwrap(trainer.model)
         grads = [p.grad for p in model.parameters()] if record["grads_pending"] else None
-        data = _checkpoint_bytes(trainer, epoch, {RECORD_KEY: record, MODEL_KEY: model.state_dict(),
+        data = _checkpoint_bytes(trainer, epoch, {MIDEPOCH_KEY: record, MODEL_KEY: model.state_dict(),
                                                    GRADS_KEY: grads})
         atomic_write_bytes(Path(str(trainer.wdir)) / MIDEPOCH_NAME, data)
         self.epoch_saved()

@@ -30,8 +30,7 @@ from supervisor.child import ddp, trackers
 from supervisor.child.drill import Drills, request_path
 from supervisor.child.finite import record_finiteness
 from supervisor.child.midepoch import MidEpoch, support_problem
-from supervisor.contract import ExitRecord, Plan, Progress, from_json, to_json
-from supervisor.child.progress import read_json, write_json_atomic
+from supervisor.contract import ExitRecord, Plan, Progress, from_json, read_json, to_json, write_json_atomic
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE
 from supervisor.process.torchrun import is_torch_launcher
 from supervisor.probes.checkpoint import inspect_checkpoint
@@ -43,13 +42,13 @@ PROGRESS_FIELDS = frozenset(f.name for f in dataclasses.fields(Progress))
 class Reporter:
     """Tracks the attempt's progress and writes it to the progress file, throttled."""
 
-    def __init__(self, plan: dict[str, Any]):
-        self.path = Path(plan["progress_file"])
-        self.exit_path = Path(plan["exit_record"])
+    def __init__(self, plan: Plan):
+        self.path = Path(plan.progress_file)
+        self.exit_path = Path(plan.exit_record)
         # The fields are the contract's (supervisor/contract.py: Progress); beat() refuses others.
         now = time.time()
-        self.state: dict[str, Any] = to_json(Progress(pid=os.getpid(), attempt=plan["attempt"], started_at=now,
-                                                      epochs=plan.get("epochs"), last_beat_at=now))
+        self.state: dict[str, Any] = to_json(Progress(pid=os.getpid(), attempt=plan.attempt, started_at=now,
+                                                      epochs=plan.epochs, last_beat_at=now))
         self._born = _process_start_time()
         self._last_write = 0.0
         self._epoch_start = None
@@ -392,25 +391,25 @@ def _ddp_launch_failed(rep: Reporter, exc: BaseException) -> Optional[int]:
 FAKE_TRAINER_ENV = "YOLO_SUPERVISOR_FAKE_TRAINER"
 
 
-def _run_fake_trainer(script: str, plan: dict[str, Any], rep: Reporter) -> int:
-    """TEST ONLY (see FAKE_TRAINER_ENV): ``script`` runs with ``plan`` and ``reporter`` as globals."""
+def _run_fake_trainer(script: str, plan: Plan, rep: Reporter) -> int:
+    """TEST ONLY (see FAKE_TRAINER_ENV): ``script`` runs with ``plan`` (as JSON) and ``reporter`` as globals."""
     import runpy
 
-    runpy.run_path(script, init_globals={"plan": plan, "reporter": rep}, run_name="__main__")
+    runpy.run_path(script, init_globals={"plan": to_json(plan), "reporter": rep}, run_name="__main__")
     rep.exit_record(0)
     return 0
 
 
-def _midepoch_controller(plan: dict[str, Any], rep: Reporter) -> tuple[Optional[MidEpoch], Optional[dict]]:
+def _midepoch_controller(plan: Plan, rep: Reporter) -> tuple[Optional[MidEpoch], Optional[dict]]:
     """The mid-epoch controller for this attempt (None: epoch-level only) and the record resumed from."""
-    resume = plan.get("resume")
+    resume = plan.resume
     record = inspect_checkpoint(resume).midepoch if resume else None
-    problem = support_problem(str(plan["train"].get("device", "cpu")))
+    problem = support_problem(str(plan.train.get("device", "cpu")))
     rep.state["midepoch"] = {"supported": problem is None, "why": problem}
     if problem is not None:
         rep.note(problem)
         return None, record
-    interval = float(plan.get("checkpoint_every_s") or 0)
+    interval = float(plan.checkpoint_every_s or 0)
 
     def saved(record: dict, seconds: float) -> None:
         rep.beat(force=True, last_midepoch={"epoch": record["epoch"] + 1, "next_batch": record["next_batch"],
@@ -420,8 +419,8 @@ def _midepoch_controller(plan: dict[str, Any], rep: Reporter) -> tuple[Optional[
     return MidEpoch(interval, record, on_saved=saved, note=rep.note), record
 
 
-def _note_ddp_support(plan: dict[str, Any], rep: Reporter) -> None:
-    if ddp.requested_gpus(plan["train"].get("device", "cpu")) > 1:
+def _note_ddp_support(plan: Plan, rep: Reporter) -> None:
+    if ddp.requested_gpus(plan.train.get("device", "cpu")) > 1:
         problem = ddp.support_problem()
         if problem is not None:
             rep.note(problem)
@@ -458,7 +457,7 @@ def _process_start_time() -> float:
         return time.time()
 
 
-def run(plan: dict[str, Any]) -> int:
+def run(plan: Plan) -> int:
     rep = Reporter(plan)
     ddp.clear_stop_request(rep.stop_path)
     _install_sigterm(rep)
@@ -467,15 +466,15 @@ def run(plan: dict[str, Any]) -> int:
         return _run_fake_trainer(os.environ[FAKE_TRAINER_ENV], plan, rep)
     try:
         rep.mark("child_started")
-        trackers.prepare(plan)  # the job's tracker run ids and Ultralytics settings, before YOLO starts
+        trackers.prepare(plan.trackers)  # the job's tracker run ids and Ultralytics settings, before YOLO starts
         from ultralytics import YOLO
 
         rep.mark("ultralytics_imported")
         _note_ddp_support(plan, rep)
         mid, record = _midepoch_controller(plan, rep)
-        resume = plan.get("resume")
-        if resume and plan.get("extend_epochs"):
-            _set_checkpoint_epochs(Path(resume), int(plan["extend_epochs"]), rep)
+        resume = plan.resume
+        if resume and plan.extend_epochs:
+            _set_checkpoint_epochs(Path(resume), int(plan.extend_epochs), rep)
         if resume and record is not None and mid is None and int(record["epoch"]) == 0:
             # An unsupported version cannot resume inside the first epoch: start it again, honestly.
             rep.note("the mid-epoch state is inside epoch 1: starting the training again from scratch")
@@ -483,11 +482,11 @@ def run(plan: dict[str, Any]) -> int:
         if resume:
             model = YOLO(resume)
             _install_callbacks(model, rep, mid)
-            model.train(resume=resume, **plan.get("overrides", {}))
+            model.train(resume=resume, **plan.overrides)
         else:
-            model = YOLO(plan["train"]["model"])
+            model = YOLO(plan.train["model"])
             _install_callbacks(model, rep, mid)
-            model.train(**{k: v for k, v in plan["train"].items() if k != "model"})
+            model.train(**{k: v for k, v in plan.train.items() if k != "model"})
     except BaseException as exc:  # record every way out, then let Python print the traceback
         ranks_code = _ddp_launch_failed(rep, exc)
         if ranks_code is not None:
@@ -504,8 +503,8 @@ def run(plan: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    plan = json.loads(Path(argv[0]).read_text())
-    if from_json(Plan, plan) is None:  # the daemon writes it from the contract: anything else is not ours
+    plan = from_json(Plan, json.loads(Path(argv[0]).read_text()))
+    if plan is None:  # the daemon writes it from the contract: anything else is not ours
         raise SystemExit(f"{argv[0]}: not an attempt plan (see supervisor/contract.py: Plan)")
     return run(plan)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from supervisor.child import drill
-from supervisor.child.progress import write_json_atomic
+from supervisor.contract import write_json_atomic
 from supervisor.contract import Plan, Progress, to_json
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.contract import ExitRecord, Progress, from_json
 from supervisor.daemon.resume import best_verified
 from supervisor.jobs.spec import SpecError

@@ -16,8 +16,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from supervisor import safefs
-from supervisor.child.progress import read_json
-from supervisor.contract import Progress, from_json
+from supervisor.contract import Progress, from_json, read_json
 from supervisor.jobs.trackers import (FINAL_STATUS, MAX_OWNER_SETTINGS_BYTES, TrackerRecord, attempt_cause,
                                       finalize_argv, owner_settings_path, parse_owner_settings)
 from supervisor.process import jobenv, launcher

@@ -5,7 +5,7 @@ import signal
 from pathlib import Path
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from tests.conftest import cpu_job, wait_for
 
 

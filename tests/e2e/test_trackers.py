@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.demo import make_dataset
 from tests.conftest import FAKE_DATA, DaemonProcess, cpu_job, ctl, kill_job_processes, wait_for, wait_socket
 

@@ -85,9 +85,11 @@ TORCHRUN_FAILED = subprocess.CalledProcessError(1, ["/venv/bin/python", "-m", "t
 
 def _parent(tmp_path: Path):
     from supervisor.child import train
+    from supervisor.contract import Plan
 
-    return train, train.Reporter({"progress_file": str(tmp_path / "progress.json"),
-                                  "exit_record": str(tmp_path / "exit.json"), "attempt": 1, "epochs": 3})
+    return train, train.Reporter(Plan(job="j", attempt=1, epochs=3, train={},
+                                      progress_file=str(tmp_path / "progress.json"),
+                                      exit_record=str(tmp_path / "exit.json")))
 
 
 def test_the_parent_ends_with_the_exit_record_rank_zero_wrote(tmp_path):
@@ -122,9 +124,10 @@ from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.dist import generate_ddp_file
 from supervisor.child import train
+from supervisor.contract import Plan
 
 progress, exit_record, data, project = sys.argv[1:5]
-rep = train.Reporter({"progress_file": progress, "exit_record": exit_record, "attempt": 1, "epochs": 2})
+rep = train.Reporter(Plan(job="j", attempt=1, epochs=2, train={}, progress_file=progress, exit_record=exit_record))
 model = YOLO("yolov8n.yaml")
 train._install_callbacks(model, rep, None)
 # What Model.train does before trainer.train(); device=cpu, so the trainer is built here without GPUs.

@@ -121,3 +121,22 @@ def test_the_job_model_imports_nothing_from_the_layers_above_it():
     upward = sorted(f"{name} -> {dep}" for name, deps in import_graph().items() if name.startswith(JOB_MODEL)
                     for dep in deps if dep.startswith(ABOVE_JOB_MODEL))
     assert upward == []
+
+
+# -- one boundary between the daemon and the child ---------------------------------------------
+BOUNDARY_LITERALS = {"midepoch.pt", "resumable-final.pt", "yolo_supervisor_midepoch", "yolo_supervisor_finite"}
+
+
+def test_the_names_both_sides_use_are_spelled_only_in_the_contract():
+    """A file name or checkpoint key written twice drifts apart; each side imports supervisor/contract.py."""
+    spelled = sorted(f"{name}: {node.value}" for name, path in modules().items()
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Constant) and node.value in BOUNDARY_LITERALS)
+    assert spelled and all(line.startswith("supervisor.contract: ") for line in spelled), spelled
+
+
+def test_files_are_made_durable_by_one_helper():
+    helpers = sorted(f"{name}.{node.name}" for name, path in modules().items()
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.FunctionDef) and "fsync" in node.name)
+    assert helpers == ["supervisor.safefs.fsync_dir", "supervisor.safefs.fsync_file"]

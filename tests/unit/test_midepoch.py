@@ -19,7 +19,8 @@ from supervisor.jobs.spec import parse_spec
 from supervisor.jobs.states import Cause
 from supervisor.observe.goodput import goodput
 from supervisor.policy import Action, AttemptEnd, Budget, decide
-from supervisor.probes.checkpoint import CkptKind, MIDEPOCH_KEY, inspect_checkpoint
+from supervisor.contract import MIDEPOCH_KEY
+from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
 from supervisor.probes.vault import CheckpointVault
 from tests.unit.test_checkpoint import truncated
 from tests.unit.test_goodput import att, job
@@ -137,10 +138,6 @@ def test_a_record_from_another_ultralytics_resumes_the_epoch_from_its_start(monk
     resumed = mid._resume_pass(160, 8, True)
     assert resumed.skip == 0 and mid.resume_skip == 0
     assert "ultralytics 8.4.100 -> 8.4.190" in notes[0] and "epoch 3 is trained again from its start" in notes[0]
-
-
-def test_the_record_key_is_the_one_the_probe_reads():
-    assert midepoch.RECORD_KEY == MIDEPOCH_KEY
 
 
 # --------------------------------------------------------------------------- real checkpoints
