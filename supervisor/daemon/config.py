@@ -11,7 +11,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from supervisor.address import METRICS_DEFAULT_HOST, parse_address  # noqa: F401 (re-exported)
+from supervisor.address import parse_address
 from supervisor.web.settings import WebSettings
 from supervisor.jobs.slurm_options import SlurmSettings
 from supervisor.observe.logging import get_logger

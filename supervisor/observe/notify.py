@@ -17,7 +17,7 @@ scheme and a fingerprint), and what apprise says about a failure is redacted fir
 
 apprise is imported on first use (``apprise_quiet.load_apprise``), not with this module. The
 configuration models (``JobNotify``, ``NotifySettings``) live with the job model, in
-``jobs/notify_spec.py``; they are re-exported here.
+``jobs/notify_spec.py``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from supervisor.apprise_quiet import captured_warnings, load_apprise
-from supervisor.jobs.notify_spec import (DEFAULT_ON, JobNotify, NotifyEvent, NotifySettings,  # noqa: F401 (re-exported)
-                                         RestartRate, allowed_entry, url_problem)
+from supervisor.jobs.notify_spec import JobNotify, NotifySettings, allowed_entry
 from supervisor.observe.goodput import goodput
 from supervisor.jobs.trackers import TrackerRecord
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.child import midepoch
+from supervisor.child import midepoch, sample_order
 from supervisor.daemon.resume import choose, midepoch_pt, prepare_resume
 from supervisor.jobs.spec import parse_spec
 from supervisor.jobs.states import Cause
@@ -44,8 +44,8 @@ def collate(items):
 
 
 def loader(n: int, bs: int, workers: int, resume=None, first_key: int = 0):
-    order = midepoch.PassOrder(n, seed=7, shuffle=True, batch_size=bs, resume=resume, first_key=first_key)
-    cls = midepoch._resumable_loader_class()
+    order = sample_order.PassOrder(n, seed=7, shuffle=True, batch_size=bs, resume=resume, first_key=first_key)
+    cls = sample_order.resumable_loader_class()
     extra = {"prefetch_factor": 2} if workers else {}
     return cls(dataset=Indices(n), batch_size=bs, shuffle=False, num_workers=workers, sampler=order,
                collate_fn=collate, drop_last=False, **extra)
@@ -77,7 +77,7 @@ def test_every_epoch_is_one_whole_permutation_named_by_its_key(workers):
 def test_a_resumed_pass_yields_exactly_the_batches_not_yet_trained(workers):
     full = loader(n=37, bs=8, workers=0)
     key, reference = epochs(full, 2)[1]  # the epoch that will be interrupted
-    dl = loader(n=37, bs=8, workers=workers, resume=midepoch.Pass(key, skip=3))
+    dl = loader(n=37, bs=8, workers=workers, resume=sample_order.Pass(key, skip=3))
     assert len(dl) == 5  # Ultralytics reads nb once: it stays the full epoch
     (k1, rest), (k2, after) = epochs(dl, 2)
     assert k1 == key and rest == reference[3:]  # none skipped, none twice, same batch composition
@@ -86,7 +86,7 @@ def test_a_resumed_pass_yields_exactly_the_batches_not_yet_trained(workers):
 
 
 def test_reset_drops_passes_drawn_ahead_but_keeps_an_unconsumed_resume():
-    order = midepoch.PassOrder(10, seed=1, shuffle=True, batch_size=2, resume=midepoch.Pass(4, skip=2))
+    order = sample_order.PassOrder(10, seed=1, shuffle=True, batch_size=2, resume=sample_order.Pass(4, skip=2))
     drawn = list(iter(order))          # drawn ahead by a prefetching loader, then dropped by reset()
     assert drawn == order.order(4)[4:]
     order.drop_started()
@@ -96,9 +96,9 @@ def test_reset_drops_passes_drawn_ahead_but_keeps_an_unconsumed_resume():
 
 
 def test_pass_batches_follows_the_batch_sampler():
-    assert midepoch.pass_batches(37, 8, 0, drop_last=False) == 5
-    assert midepoch.pass_batches(37, 8, 3, drop_last=False) == 2
-    assert midepoch.pass_batches(37, 8, 3, drop_last=True) == 1
+    assert sample_order.pass_batches(37, 8, 0, drop_last=False) == 5
+    assert sample_order.pass_batches(37, 8, 3, drop_last=False) == 2
+    assert sample_order.pass_batches(37, 8, 3, drop_last=True) == 1
 
 
 def test_the_version_guard_refuses_an_untested_version(monkeypatch):
