@@ -46,23 +46,27 @@ def _check_urls(urls: Sequence[str]) -> Sequence[str]:
     return urls
 
 
-class JobNotify(BaseModel):
-    """``notify:`` in a job file: more targets for this job, and which events it reports."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    urls: tuple[str, ...] = Field((), description="apprise URLs, added to config.yaml's")
-    on: Optional[tuple[NotifyEvent, ...]] = Field(None, description="events to report (default: config.yaml's)")
+class _Targets(BaseModel):
+    """What both ``notify:`` sections share: ``urls`` checked one by one, and YAML's ``on`` key."""
 
     @model_validator(mode="before")
     @classmethod
     def _yaml_on(cls, data):
         return _on_key(data)
 
-    @field_validator("urls")
+    @field_validator("urls", check_fields=False)
     @classmethod
     def _urls(cls, urls):
         return _check_urls(urls)
+
+
+class JobNotify(_Targets):
+    """``notify:`` in a job file: more targets for this job, and which events it reports."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: tuple[str, ...] = Field((), description="apprise URLs, added to config.yaml's")
+    on: Optional[tuple[NotifyEvent, ...]] = Field(None, description="events to report (default: config.yaml's)")
 
 
 class RestartRate(BaseModel):
@@ -72,7 +76,7 @@ class RestartRate(BaseModel):
     per_s: float = Field(3600.0, gt=0, description="... in this many seconds")
 
 
-class NotifySettings(BaseModel):
+class NotifySettings(_Targets):
     """``notify:`` in config.yaml: the daemon's targets and how it sends."""
 
     model_config = ConfigDict(extra="forbid")
@@ -93,16 +97,6 @@ class NotifySettings(BaseModel):
         for host in hosts:
             allowed_entry(host)  # ValueError for garbage
         return hosts
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_on(cls, data):
-        return _on_key(data)
-
-    @field_validator("urls")
-    @classmethod
-    def _urls(cls, urls):
-        return _check_urls(urls)
 
 
 def allowed_entry(entry: str):
