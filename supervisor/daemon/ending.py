@@ -24,7 +24,7 @@ from supervisor.process import launcher
 from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
 
 if TYPE_CHECKING:
-    from supervisor.daemon.core import Running
+    from supervisor.daemon.running import Running
 
 S = JobState
 

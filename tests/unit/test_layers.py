@@ -16,14 +16,6 @@ PACKAGE = Path(__file__).parents[2] / "supervisor"
 JOB_MODEL = ("supervisor.jobs", "supervisor.contract")
 ABOVE_JOB_MODEL = ("supervisor.observe", "supervisor.daemon", "supervisor.control", "supervisor.web")
 
-# Type-only edges that close a circle today, each with the work that removes it. The mixins
-# (``Daemon(GpuScheduling, AttemptEnding)``) annotate ``Running`` from core.py; they go when the
-# mixins become collaborators (issue 21, item 4), together with the worker-pool changes to those files.
-KNOWN_TYPE_ONLY = {
-    ("supervisor.daemon.ending", "supervisor.daemon.core"),
-    ("supervisor.daemon.scheduling", "supervisor.daemon.core"),
-}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -105,16 +97,7 @@ def test_the_circle_finder_finds_a_circle_and_nothing_else():
 
 
 def test_the_package_has_no_import_circles():
-    graph = import_graph()
-    for source, target in KNOWN_TYPE_ONLY:
-        graph[source].discard(target)
-    assert circles(graph) == []
-
-
-def test_the_known_type_only_edges_are_still_there():
-    """So the exception list shrinks with the code: an edge that is gone must leave the list."""
-    graph = import_graph()
-    assert [edge for edge in sorted(KNOWN_TYPE_ONLY) if edge[1] not in graph[edge[0]]] == []
+    assert circles(import_graph()) == []
 
 
 def test_the_job_model_imports_nothing_from_the_layers_above_it():
