@@ -46,6 +46,14 @@ def pump(d, until, timeout: float = 30.0, what: str = "condition"):
     return wait_for(once, timeout, interval=0, what=what)
 
 
+def settle(d, timeout: float = 60.0):
+    """Run an in-process daemon's loop until no worker task is in flight (their results recorded)."""
+    def once():
+        d.step(0.02)
+        return d.workers.in_flight() == 0
+    return wait_for(once, timeout, interval=0, what="the daemon's worker tasks")
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """data.yaml of 16 generated 64x64 images with coloured boxes."""
@@ -67,7 +75,10 @@ def real_checkpoints(tmp_path_factory, dataset) -> dict[str, Path]:
     ``save_period=1`` keeps resumable ``epoch0.pt``/``epoch1.pt``; ``last.pt`` is
     stripped by Ultralytics' final_eval (epoch -1, no optimizer).
     """
-    root = tmp_path_factory.mktemp("ckpt-run")
+    cached = os.environ.get(CHECKPOINTS_ENV)
+    root = Path(cached) if cached else tmp_path_factory.mktemp("ckpt-run")
+    if cached and (root / "run" / "weights" / "last.pt").exists():
+        return _checkpoint_files(root)
     cmd = [
         sys.executable, "-c",
         "import sys; from ultralytics import YOLO; "
@@ -76,6 +87,15 @@ def real_checkpoints(tmp_path_factory, dataset) -> dict[str, Path]:
         str(dataset), str(root),
     ]
     subprocess.run(cmd, check=True, env=offline_env(root / "cfg"), capture_output=True, timeout=600)
+    return _checkpoint_files(root)
+
+
+# A folder that keeps ``real_checkpoints`` between pytest sessions (scripts/mutation.sh: one pytest
+# session per mutant); made by the first session that finds it empty. Unset: a fresh training.
+CHECKPOINTS_ENV = "YOLO_SUPERVISOR_TEST_CHECKPOINTS"
+
+
+def _checkpoint_files(root: Path) -> dict[str, Path]:
     weights = root / "run" / "weights"
     return {
         "resumable0": weights / "epoch0.pt",
@@ -86,12 +106,17 @@ def real_checkpoints(tmp_path_factory, dataset) -> dict[str, Path]:
 
 
 class DaemonProcess:
-    """A real ``yolo-supervisord`` in a temp home, observed through its real SQLite database."""
+    """A real ``yolo-supervisord`` in a temp home, observed through its real SQLite database.
 
-    def __init__(self, home: Path):
+    After the test, its state changes are checked against the table (the ``table_check`` fixture)
+    unless ``table_check`` is False (a test of the check itself plants a bad one)."""
+
+    def __init__(self, home: Path, table_check: bool = True):
         self.home = home
         self.proc: subprocess.Popen | None = None
         self.log = home / "daemon.log"
+        if table_check:
+            _DAEMON_HOMES.append(self)
 
     def start(self, *args: str) -> "DaemonProcess":
         self.home.mkdir(parents=True, exist_ok=True)
@@ -160,18 +185,7 @@ class DaemonProcess:
 
         The table must be the truth: the e2e and chaos tests check it after every daemon run.
         """
-        from supervisor.jobs.states import JobState, can_transition
-
-        bad = []
-        if (self.home / "state.db").exists():
-            s = self.store()
-            try:
-                for job in s.list_jobs():
-                    bad += [f"{job.name}: {e.from_state}->{e.to_state} ({e.reason})" for e in s.events(job.name)
-                            if e.kind == "state" and e.from_state and e.to_state
-                            and not can_transition(JobState(e.from_state), JobState(e.to_state))]
-            finally:
-                s.close()
+        bad = recorded_moves_outside_the_table(self.home / "state.db")
         if self.log.exists():
             bad += [ln for ln in self.log.read_text(errors="replace").splitlines() if "no transition from" in ln]
         return bad
@@ -184,6 +198,73 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def recorded_moves_outside_the_table(db: Path) -> list[str]:
+    """The state changes recorded in the database ``db`` that jobs/states.py does not list."""
+    from supervisor.jobs.states import JobState, can_transition
+    from supervisor.store import Store
+
+    if not db.exists():
+        return []
+    s = Store(db)
+    try:
+        return [f"{job.name}: {e.from_state}->{e.to_state} ({e.reason})"
+                for job in s.list_jobs() for e in s.events(job.name)
+                if e.kind == "state" and e.from_state and e.to_state
+                and not can_transition(JobState(e.from_state), JobState(e.to_state))]
+    finally:
+        s.close()
+
+
+# Every daemon the running test started: a DaemonProcess, or an in-process Daemon (its home).
+_DAEMON_HOMES: list = []
+
+
+class TableCheck:
+    """What ``table_check`` found attempted in process; a test that makes an illegal move on purpose
+    takes it back with ``planted``."""
+
+    def __init__(self) -> None:
+        self.attempted: list[str] = []
+
+    def planted(self, move: str) -> None:
+        self.attempted.remove(move)
+
+
+@pytest.fixture(autouse=True)
+def table_check(monkeypatch):
+    """After every test, each state change of every daemon it ran, in a process or in this one, is
+    checked against the table (jobs/states.py): the moves recorded in its database and its log, and,
+    in process, every move attempted through ``Daemon.transition`` (an illegal one raises there).
+
+    Torn down after the test's other fixtures (it is set up first), so after their daemons stopped;
+    a fixture whose database goes away in its own teardown (a tmpfs) checks before that."""
+    from supervisor.daemon.core import Daemon
+    from supervisor.jobs.states import JobState, can_transition
+
+    _DAEMON_HOMES.clear()
+    check = TableCheck()
+    real_init, real_transition = Daemon.__init__, Daemon.transition
+
+    def init(self, home, *args, **kwargs):
+        real_init(self, home, *args, **kwargs)
+        _DAEMON_HOMES.append(home)
+
+    def transition(self, name, new, reason, actor=None, **fields):
+        job = self.store.get_job(name)
+        old = JobState(job.state) if job is not None else None
+        if old is not None and old is not new and not can_transition(old, new):
+            check.attempted.append(f"{name}: {old.value}->{new.value} ({reason})")
+        return real_transition(self, name, new, reason, actor, **fields)
+
+    monkeypatch.setattr(Daemon, "__init__", init)
+    monkeypatch.setattr(Daemon, "transition", transition)
+    yield check
+    bad = list(check.attempted)
+    for d in _DAEMON_HOMES:
+        bad += d.moves_outside_the_table() if isinstance(d, DaemonProcess) else recorded_moves_outside_the_table(d.db)
+    assert not bad, f"state changes outside the table (jobs/states.py): {bad}"
 
 
 _BASETEMP: list[str] = []  # this pytest session's temporary root: every test daemon's home is below it

@@ -2,9 +2,13 @@
 
 Put this directory on PYTHONPATH and set TRACE_BATCHES to a file: each batch Ultralytics trains in
 ``python -m supervisor.child.train`` or the ``yolo`` CLI appends one JSON line (pid, time, 0-based
-epoch, batch index, batches per epoch, the image files, lr, running loss mean, last_opt_step).
-tests/e2e/test_midepoch.py counts from it which images were
-trained, which twice and which never: what a mid-epoch resume must get right.
+epoch, batch index, batches per epoch, the image files, lr, running loss mean, last_opt_step), and
+each time a file named ``midepoch.pt`` is renamed into place (the end of a mid-epoch save) one line
+``{"pid", "at", "saved": "midepoch.pt"}``. The batch line is written by a default callback, before
+any callback the training adds, so a save at a batch end follows that batch's line.
+tests/e2e/test_midepoch.py counts from it which images were trained, which twice and which never,
+and which batches a save covered: what a mid-epoch resume must get right, measured without reading
+the saved record.
 """
 
 import json
@@ -27,13 +31,29 @@ def _install(callbacks):
                "lr": [g["lr"] for g in trainer.optimizer.param_groups][:1],
                "tloss": {k: float(v) for k, v in (trainer.tloss or {}).items()},
                "last_opt_step": int(loc["last_opt_step"])}
-        fd = os.open(_OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, (json.dumps(rec) + "\n").encode())
-        finally:
-            os.close(fd)
+        _append(rec)
 
     callbacks["on_train_batch_end"].append(on_train_batch_end)
+
+
+def _append(rec: dict) -> None:
+    fd = os.open(_OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (json.dumps(rec) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _trace_saves() -> None:
+    """A line once a rename puts ``midepoch.pt`` in place: the save is then complete on disk."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if os.path.basename(os.fspath(dst)) == "midepoch.pt":
+            _append({"pid": os.getpid(), "at": time.time(), "saved": "midepoch.pt"})
+
+    os.replace = replace
 
 
 def _is_training() -> bool:
@@ -67,3 +87,4 @@ if _OUT and _is_training():
             return spec
 
     sys.meta_path.insert(0, _Finder())
+    _trace_saves()

@@ -416,8 +416,10 @@ def with_slurm_cells(job: dict[str, Any]) -> dict[str, Any]:
 
 def slurm_waiting(jobs: list[dict[str, Any]]) -> list[str]:
     """executor: slurm: one line per job waiting in Slurm's queue, with its job id and Slurm's reason."""
-    return [f"  {j['name']}: Slurm job {j['slurm']['job_id']} pending ({j['slurm'].get('reason') or 'no reason given'})"
-            for j in jobs if (j.get("slurm") or {}).get("state") == "PENDING"]
+    lines = [f"  {j['name']}: Slurm job {j['slurm']['job_id']} pending ({j['slurm'].get('reason') or 'no reason given'})"
+             for j in jobs if (j.get("slurm") or {}).get("state") == "PENDING"]
+    warning = next((j["slurm"]["warning"] for j in jobs if (j.get("slurm") or {}).get("warning")), None)
+    return lines + ([f"  warning: {warning}"] if warning else [])  # one line: it is about Slurm, not a job
 
 
 def render_gpus(gpus: list[dict[str, Any]]) -> str:

@@ -439,11 +439,16 @@ def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
     """Forget a job that has no process; its files stay unless ``purge``."""
     job = _job(daemon, args)
     purged = bool(args.get("purge"))
-    try:
-        daemon.remove_job(job.name, purged, peer.actor)
-    except PurgeFailed as err:  # not the job's state: the daemon could not do it (a wrong state maps below)
-        raise RequestError(ErrorCode.INTERNAL, str(err)) from None
-    return {"name": job.name, "purged": purged, "job_dir": str(daemon.home.job_dir(job.name))}
+    done = daemon.remove_job(job.name, purged, peer.actor)  # the purge runs on a worker
+    answer = {"name": job.name, "purged": purged, "job_dir": str(daemon.home.job_dir(job.name))}
+
+    def wait() -> dict[str, Any]:
+        try:
+            done.result()
+        except PurgeFailed as err:  # not the job's state: the daemon could not do it (a wrong state maps below)
+            raise RequestError(ErrorCode.INTERNAL, str(err)) from None
+        return answer
+    return Deferred(wait)
 
 
 HANDLERS: dict[str, Handler] = {

@@ -12,28 +12,28 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import signal
+import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from supervisor.child import drill
-from supervisor.contract import write_json_atomic
-from supervisor.contract import Plan, Progress, to_json
+from supervisor.contract import Progress
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.health import DeviceHealth
 from supervisor.daemon import gpus as gpu_facts
-from supervisor.daemon import preflight
+from supervisor.daemon import jobwork
 from supervisor.daemon import trackers as tracker_runs
+from supervisor.daemon.loop_lag import LoopLag
 from supervisor.daemon.reactor import Reactor
 from supervisor.daemon.running import Running
+from supervisor.daemon.workers import Outcome, Workers
 from supervisor.daemon.scheduling import GpuScheduling
 from supervisor.daemon.ending import AttemptEnding
-from supervisor.daemon.resume import (checkpoint_mismatch, choose, final_resumable_pt, last_pt, midepoch_pt,
-                                      prepare_resume)
-from supervisor.jobs.edit import RESUME_OVERRIDABLE, Edit, plan_edit
+from supervisor.daemon.resume import choose
+from supervisor.jobs.edit import Edit, plan_edit
 from supervisor.jobs.spec import Health, JobSpec, SpecError, parse_spec_text, spec_to_yaml
 from supervisor.jobs.states import Cause, JobState, can_transition
 from supervisor.observe.logging import get_logger
@@ -45,11 +45,13 @@ from supervisor.probes.progress import ProgressFiles, stall_verdict
 from supervisor.probes.vault import CheckpointVault
 from supervisor.process import launcher
 from supervisor.process.executor import make_executor
-from supervisor.process.jobenv import MAX_ENV_FILE_BYTES, EnvFileError, JobEnvironment, parse_env_file
+from supervisor.process import jobenv
+from supervisor.process.jobenv import JobEnvironment
 from supervisor import safefs
 from supervisor.store import JobRecord, Store
 
 S = JobState
+LAUNCHING = "starting: checking its files and checkpoints"  # the reason while a launch's worker runs
 STEP_RETRY_S = 15.0  # a job step that failed on the disk (full, read-only) is tried again after this
 PROCESS_STATES = tuple(s.value for s in JobState if s.has_process)
 NOTES_PER_ATTEMPT = 5  # the child's notes recorded as events per attempt; the rest are counted in one
@@ -88,6 +90,10 @@ class Daemon(GpuScheduling, AttemptEnding):
         self._placed: dict[str, tuple[int, ...]] = {}  # job -> the GPUs placement just gave it (for launch)
         self.progress_files = ProgressFiles()
         self.reactor = Reactor()  # child exits, and calls from the control and drop-directory threads
+        # Blocking work (files, processes, checkpoints, commands) runs there; results come back as events.
+        self.workers = Workers(self.reactor.wake)
+        self.launching: dict[str, tuple[int, ...]] = {}  # job -> its GPUs, while a launch's worker runs
+        self.loop_lag = LoopLag(self.log)
         self.stopping = False
         self.reload_requested = False
         self.hooks: list[Callable[["Daemon"], None]] = []  # extra housekeeping (inbox, metrics, ...)
@@ -132,17 +138,22 @@ class Daemon(GpuScheduling, AttemptEnding):
             try:
                 if now >= next_tick:
                     next_tick = now + self.config.tick_s
-                    self.housekeeping()
+                    with self.loop_lag.busy("housekeeping"):
+                        self.housekeeping()
                 self.step(max(0.0, next_tick - time.monotonic()))
             except Exception as exc:  # last resort: the daemon outlives any one failure and keeps serving
                 self.log.exception("loop step failed", error=repr(exc))
         self.shutdown()
 
     def step(self, timeout: float) -> None:
-        """Wait for one batch of events (child exits, control calls) and handle them."""
-        for name in self.reactor.wait(timeout):
-            self._guarded(self.on_child_exit, name)
-        self.reactor.run_calls()
+        """Wait for one batch of events (child exits, workers' results, control calls) and handle them."""
+        due = self.workers.next_due()
+        ready = self.reactor.wait(timeout if due is None else min(timeout, due))
+        with self.loop_lag.busy("events"):
+            for name in ready:
+                self._guarded(self.on_child_exit, name)
+            self.workers.deliver()
+            self.reactor.run_calls()
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run ``fn`` on the loop thread and return its result (used by the control server)."""
@@ -162,6 +173,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         for run in self.running.values():
             run.child.close()
         self.running.clear()
+        self.workers.close()
         self.notifications.close()
         try:
             self.store.backup()  # the copy the recovery hint for a damaged database points at
@@ -229,21 +241,22 @@ class Daemon(GpuScheduling, AttemptEnding):
 
     def _guarded(self, fn: Callable[[str], None], name: str) -> None:
         """One job's failure (a full disk, an unexpected state) is reported, and the daemon keeps serving."""
+        step = getattr(getattr(fn, "func", fn), "__name__", "step")  # a partial names its function
         try:
             fn(name)
         except OSError as exc:
             wait = STEP_RETRY_S
-            self.log.error("job step failed", job=name, step=fn.__name__, error=str(exc), retry_in_s=wait)
+            self.log.error("job step failed", job=name, step=step, error=str(exc), retry_in_s=wait)
             self.retry_at[name] = time.monotonic() + wait  # kept in memory: the store may be what failed
             try:
-                self.store.add_event(name, "error", f"{fn.__name__}: {exc}; retrying in {wait:g}s")
+                self.store.add_event(name, "error", f"{step}: {exc}; retrying in {wait:g}s")
                 if S(self.store.get_job(name).state) in (S.QUEUED, S.BACKOFF):
-                    self.transition(name, S.BACKOFF, f"{fn.__name__} failed: {exc}; retrying in {wait:g}s",
+                    self.transition(name, S.BACKOFF, f"{step} failed: {exc}; retrying in {wait:g}s",
                                     next_start_at=time.time() + wait)
             except Exception:  # the store itself may be on the full disk
                 pass
         except Exception as exc:  # a bug must not take every other job down with it
-            self.log.exception("job step failed", job=name, step=fn.__name__, error=repr(exc))
+            self.log.exception("job step failed", job=name, step=step, error=repr(exc))
 
     # -- submitting ----------------------------------------------------------
     def submit(self, text: str, source: str, actor: Optional[str] = None,
@@ -307,21 +320,8 @@ class Daemon(GpuScheduling, AttemptEnding):
         return identity.uid if identity is not None else os.geteuid()
 
     def job_environment(self, job: JobRecord, spec: JobSpec) -> JobEnvironment:
-        """What the attempt's environment gets beyond the baseline: config.yaml's pass_env and the
-        job's env: and env_file: (read as the owner, now: a changed key reaches the next attempt).
-        EnvFileError names the file and line, never a value."""
-        values = dict(spec.env or {})
-        if spec.env_file:
-            with safefs.as_user(self.job_identity(job)):  # the owner's file, read with the owner's rights
-                try:
-                    data = safefs.read_regular(spec.env_file, MAX_ENV_FILE_BYTES + 1)
-                except OSError as err:
-                    raise EnvFileError(f"env_file {spec.env_file}: cannot read it as the job's owner: "
-                                       f"{err.strerror or err}") from None
-            if len(data) > MAX_ENV_FILE_BYTES:
-                raise EnvFileError(f"env_file {spec.env_file}: over the {MAX_ENV_FILE_BYTES} byte limit")
-            values.update(parse_env_file(data.decode("utf-8", errors="replace"), f"env_file {spec.env_file}"))
-        return JobEnvironment(pass_env=tuple(self.config.pass_env), values=values)
+        """The job's env:, env_file: (read as its owner) and config.yaml's pass_env."""
+        return jobenv.job_environment(spec.env, spec.env_file, self.job_identity(job), self.config.pass_env)
 
     def as_owner(self, name: str):
         """File operations inside the job's directories run as its user (see supervisor.safefs)."""
@@ -366,6 +366,8 @@ class Daemon(GpuScheduling, AttemptEnding):
 
     # -- launching -------------------------------------------------------------
     def launch(self, name: str, actor: Optional[str] = None) -> None:
+        """Decide on the loop (spec, GPUs, devices); the files, strays and the spawn go to a worker,
+        and ``_launched`` records what it did. Meanwhile the job waits, saying so."""
         job = self.store.get_job(name)
         try:
             spec = self.spec(name)
@@ -379,72 +381,106 @@ class Daemon(GpuScheduling, AttemptEnding):
             return  # a `gpus: N` job starts only through placement, which picks its set
         if not self._devices_ready(name, gpus, spec, actor):
             return
-        self.home.ensure_job(name)
-        identity = self.job_identity(job)
-        if identity is not None:  # the folder is 0700: its owner's before anything is looked at in it as them
-            self._chown_job_dir(name, identity)
-        blocker = self.launch_blocker(job, spec)
-        if blocker is not None:
-            self.preflight_holds[name] = time.monotonic() + self.config.preflight_recheck_s
-            self.event(name, "preflight", blocker, actor)
-            self.transition(name, S.HELD, blocker, actor)
+        work, attempt = self.job_work(job, spec), job.attempts + 1
+        devices = ",".join(str(g) for g in gpus) or None
+        abandoned = threading.Event()
+        trackers = tracker_runs.plan_for_attempt(self, job, spec, attempt, devices)  # reads the old progress
+        task = functools.partial(jobwork.prepare_launch, work, self.executor, attempt, devices, abandoned,
+                                 trackers)
+        done = functools.partial(self._launched, name, attempt, gpus, actor, abandoned)
+        if self.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S, done):
+            self.launching[name] = tuple(gpus)
+            if job.state_reason != LAUNCHING:
+                self.store.update_job(name, state_reason=LAUNCHING)
+
+    def job_work(self, job: JobRecord, spec: Optional[JobSpec]) -> jobwork.JobWork:
+        """What a worker needs about the job, read here on the loop (workers never use the store)."""
+        return jobwork.JobWork(job, spec, self.home, self.job_identity(job), frozenset(self.edited_keys(job.name)),
+                               pass_env=tuple(self.config.pass_env))
+
+    def _launched(self, name: str, attempt: int, gpus: tuple[int, ...], actor: Optional[str],
+                  abandoned: threading.Event, outcome: Outcome) -> None:
+        """The worker's half of a launch is done: record it (hold, complete, or watch the attempt)."""
+        self.launching.pop(name, None)
+        if not outcome.ok:
+            abandoned.set()
+            self._launch_failed(name, outcome)
+            return
+        self._guarded(functools.partial(self._take_launch, attempt=attempt, gpus=gpus, actor=actor,
+                                        found=outcome.value), name)
+
+    def _take_launch(self, name: str, attempt: int, gpus: tuple[int, ...], actor: Optional[str],
+                     found: jobwork.Launch) -> None:
+        job = self.store.get_job(name)
+        if job is None or S(job.state) not in (S.QUEUED, S.BACKOFF):  # stopped or removed meanwhile
+            if found.child is not None:
+                self._abandon(name, found.child)
+            return
+        if found.blocker is not None:
+            self._hold_for(name, found.blocker, actor)
             return
         self.preflight_holds.pop(name, None)
-        self._kill_strays(name)
-        attempt = job.attempts + 1
-        run_dir = Path(job.run_dir) if job.run_dir else None
-        with self.as_owner(name):
-            plan = prepare_resume(run_dir, self.vault(name, spec), attempt, extended=bool(job.extend_pending))
-        for note in plan.notes:
+        if found.strays:
+            self.event(name, "orphans", f"{len(found.strays)} process(es) of the job alive before launch; killed",
+                       pids=found.strays, survivors=found.stray_survivors)
+        for note in found.notes:
             self.event(name, "checkpoint", note)
-        if plan.finished:
-            self.transition(name, S.COMPLETED, "training already finished (stripped last.pt)")
+        if found.finished:
+            self.transition(name, S.COMPLETED, found.finished)
             return
-        if plan.resume_from is None and plan.epochs_done == 0 and run_dir is not None:
+        if found.clear_run_dir:
             self.store.update_job(name, run_dir=None)
-        if plan.epochs_done >= spec.epochs:
-            self.transition(name, S.COMPLETED, f"all {spec.epochs} epochs in the checkpoint")
+        if found.env_error is not None:
+            self.transition(name, S.FAILED, f"{found.env_error}; fix it and `yolo-supervisorctl start {name}`", actor)
+        elif found.spawn_error is not None:
+            self.transition(name, S.FAILED, f"could not start the training process: {found.spawn_error}", actor)
+        elif found.child is not None:
+            self._record_attempt(job, attempt, found, actor, gpus)
+
+    def _launch_failed(self, name: str, outcome: Outcome) -> None:
+        """A launch's worker failed (a full disk, Slurm's controller down) or did not answer in
+        time (a hung filesystem): the job backs off and is tried again, as ``_guarded`` does."""
+        wait = STEP_RETRY_S
+        problem = outcome.problem(jobwork.LAUNCH_DEADLINE_S)
+        self.log.error("launch failed", job=name, error=problem, retry_in_s=wait)
+        self.retry_at[name] = time.monotonic() + wait
+        job = self.store.get_job(name)
+        if job is None:
             return
-        self._spawn(job, spec, attempt, plan.resume_from, plan.position, actor, gpus, images_before=plan.images)
+        self.store.add_event(name, "error", f"launch: {problem}; retrying in {wait:g}s")
+        if S(job.state) in (S.QUEUED, S.BACKOFF):
+            self.transition(name, S.BACKOFF, f"launch failed: {problem}; retrying in {wait:g}s",
+                            next_start_at=time.time() + wait)
 
-    def launch_blocker(self, job: JobRecord, spec: JobSpec) -> Optional[str]:
-        """Why the next attempt must not start (a missing path, another run's checkpoint), or None.
-
-        Reads only; the files are changed by prepare_resume once nothing blocks."""
-        run_dir = Path(job.run_dir) if job.run_dir else None
-        with self.as_owner(job.name):  # the run directory is the job user's: read it as them
-            choice = choose(run_dir, self.vault(job.name, spec), extended=bool(job.extend_pending))
-        if choice.finished:
-            return None
-        best = choice.state
-        if best is not None:
-            mismatch = checkpoint_mismatch(best.train_args, spec.train, run_dir, self.edited_keys(job.name))
-            if mismatch:
-                return (f"{best.path} is not this job's checkpoint: {mismatch}; it is never resumed from "
-                        "(move it away, or submit the job under another name)")
-        identity = self.job_identity(job)  # the account's own group, not one stored from a file
-        owner = (identity.uid, identity.gid) if identity is not None else None
-        model = None if best is not None else str(spec.train["model"])
-        check = preflight.check(str(spec.train["data"]), model, job.name, owner)
-        return None if check.ok else check.reason
+    def _hold_for(self, name: str, blocker: str, actor: Optional[str] = None) -> None:
+        self.preflight_holds[name] = time.monotonic() + self.config.preflight_recheck_s
+        self.event(name, "preflight", blocker, actor)
+        self.transition(name, S.HELD, blocker, actor)
 
     def recheck_preflight_holds(self) -> None:
-        """A job held for a missing path is queued again once the path is back (an NFS mount after a reboot)."""
+        """A job held for a missing path is queued again once the path is back (an NFS mount after
+        a reboot); the check runs on a worker, and one that does not answer leaves the job held."""
         now = time.monotonic()
         for name, due in list(self.preflight_holds.items()):
             job = self.store.get_job(name)
             if job is None or job.state != S.HELD.value:
                 self.preflight_holds.pop(name, None)
                 continue
-            if due > now:
-                continue
-            blocker = self.launch_blocker(job, self.spec(name))
-            if blocker is None:
-                self.preflight_holds.pop(name, None)
-                self.event(name, "preflight", "what the job needs is there again")
-                self.transition(name, S.QUEUED, "preflight passed: what the job needs is there again")
-            else:
+            if due > now or self.workers.busy(("job", name)):
+                continue  # not due, or the last check has not answered yet
+            task = functools.partial(jobwork.launch_blocker, self.job_work(job, self.spec(name)))
+            if self.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S,
+                                   functools.partial(self._rechecked, name)):
                 self.preflight_holds[name] = now + self.config.preflight_recheck_s
+
+    def _rechecked(self, name: str, outcome: Outcome) -> None:
+        job = self.store.get_job(name)
+        if not outcome.ok or outcome.value is not None or job is None or job.state != S.HELD.value:
+            return  # still missing, or no answer: looked at again after preflight_recheck_s
+        if self.preflight_holds.pop(name, None) is None:
+            return  # released meanwhile (an edit, a start)
+        self.event(name, "preflight", "what the job needs is there again")
+        self.transition(name, S.QUEUED, "preflight passed: what the job needs is there again")
 
     # -- changing a job ---------------------------------------------------------
     def edit(self, name: str, values: dict[str, Any], force: bool, actor: Optional[str]) -> Edit:
@@ -504,38 +540,12 @@ class Daemon(GpuScheduling, AttemptEnding):
                 keys.add(str(json.loads(e.data).get("key")))
         return keys
 
-    def _kill_strays(self, name: str) -> None:
-        """Never two trainings of one job: e.g. an attempt spawned just before a daemon crash, unrecorded."""
-        strays = self.executor.strays(name)
-        if strays:
-            survivors = self.executor.kill_job_now(name, None)
-            self.event(name, "orphans", f"{len(strays)} process(es) of the job alive before launch; killed",
-                       pids=strays, survivors=survivors)
-
-    def _spawn(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
-               position: tuple[int, int], actor: Optional[str], gpus: tuple[int, ...] = (),
-               images_before: int = 0) -> None:
-        name = job.name
-        epochs_before, batch_before = position
+    def _record_attempt(self, job: JobRecord, attempt: int, found: jobwork.Launch, actor: Optional[str],
+                        gpus: tuple[int, ...] = ()) -> None:
+        name, child, resume = job.name, found.child, found.resume
+        assert child is not None
+        epochs_before, batch_before = found.position
         devices = ",".join(str(g) for g in gpus) or None
-        plan_path = self._write_plan(job, spec, attempt, resume, devices)
-        log_path = self.home.job_log(name)
-        with self.as_owner(name):  # the log's folder is the job user's: look at it as them
-            offset = log_path.stat().st_size if log_path.exists() else 0
-        try:
-            environment = self.job_environment(job, spec)
-        except EnvFileError as err:  # the owner fixes the file and starts the job again
-            self.transition(name, S.FAILED, f"{err}; fix it and `yolo-supervisorctl start {name}`", actor)
-            return
-        try:
-            user = self.job_identity(job)
-            child = self.executor.spawn(name, attempt, plan_path, log_path, self.home.job_yolo_config(name), user,
-                                        spec, environment)
-        except OSError as exc:
-            if getattr(exc, "transient", False):
-                raise  # Slurm's controller did not answer: _guarded tries the launch again later
-            self.transition(name, S.FAILED, f"could not start the training process: {exc}", actor)
-            return
         at = f"epoch {epochs_before + 1} batch {batch_before + 1}" if batch_before else f"epoch {epochs_before}"
         how = f"resume from {resume} ({at})" if resume else "fresh start"
         how += f" on GPU {devices}" if devices else ""
@@ -557,63 +567,21 @@ class Daemon(GpuScheduling, AttemptEnding):
         except BaseException:
             self._abandon(name, child)
             raise
-        self._watch(name, Running(child, attempt_id, attempt, epochs_before, offset, batch_before,
-                                  images_before=images_before))
+        self._watch(name, Running(child, attempt_id, attempt, epochs_before, found.log_offset, batch_before,
+                                  images_before=found.images))
 
     def _abandon(self, name: str, child: launcher.Child) -> None:
         """An attempt that could not be recorded (a full disk) must not train unwatched, nor leak its pidfd."""
-        self.executor.kill_job_now(name, child)
-        if child.popen is not None:
-            child.popen.wait()  # reap it: no zombie left behind
-        child.close()
+        task = functools.partial(jobwork.abandon, self.executor, name, child)
+        if not self.workers.submit(("abandon", name, child.pid, child.pidfd), task, jobwork.KILL_DEADLINE_S,
+                                   lambda outcome: None):
+            jobwork.abandon(self.executor, name, child)  # never left running: do it here, once
 
     def _watch(self, name: str, run: Running) -> None:
         """From now on the loop hears of the attempt's exit and housekeeping watches its progress."""
         run.progress_path = str(self.home.job_progress(name))
         self.running[name] = run
         self.reactor.watch(run.child.pidfd, name)
-
-    def _write_plan(self, job: JobRecord, spec: JobSpec, attempt: int, resume: Optional[Path],
-                    devices: Optional[str]) -> Path:
-        """The attempt's instructions for the child; stale progress/exit files are removed first."""
-        name = job.name
-        trackers = tracker_runs.plan_for_attempt(self, job, spec, attempt, devices)  # reads the old progress
-        exit_record = self.home.job_exit_record(name)  # a drill asked of an ended attempt is not this one's:
-        for stale in (self.home.job_progress(name), exit_record, drill.request_path(exit_record)):
-            stale.unlink(missing_ok=True)
-        train = dict(spec.train)
-        train.setdefault("project", str(self.home.job_runs(name)))
-        train.setdefault("name", "train")
-        # data: a resume reads the job's dataset, not the one the checkpoint recorded (Ultralytics
-        # allows this override), so a moved dataset is fixed by fixing the job.
-        # device: the job's recorded set (Ultralytics accepts it on resume: a `move` after a GPU failure).
-        train["device"] = devices or spec.device or "cpu"
-        overrides: dict[str, Any] = {"device": train["device"], "data": str(spec.train["data"])}
-        for key in sorted(RESUME_OVERRIDABLE & spec.train.keys()):  # what `edit` may have changed
-            overrides[key] = spec.train[key]
-        if job.batch_override:
-            overrides["batch"] = train["batch"] = job.batch_override
-        plan = to_json(Plan(
-            job=name, attempt=attempt, epochs=spec.epochs, train=train,
-            resume=str(resume) if resume else None, overrides=overrides,
-            checkpoint_every_s=spec.checkpoint_every_s,
-            # extended: the child rewrites the checkpoint's epochs (Ultralytics ignores an override)
-            extend_epochs=spec.epochs if "epochs" in self.edited_keys(name) else None,
-            progress_file=str(self.home.job_progress(name)),
-            exit_record=str(self.home.job_exit_record(name)),
-            trackers=trackers,
-        ))
-        self.executor.adjust_plan(plan, spec)
-        path = self.home.job_plan(name)
-        write_json_atomic(path, plan)
-        identity = self.job_identity(job)
-        if identity is not None:
-            self._chown_job_dir(name, identity)
-        return path
-
-    def _chown_job_dir(self, name: str, identity: safefs.Identity) -> None:
-        """The job's user gets the folders and files the daemon made for them, and nothing through a link."""
-        safefs.chown_tree(self.home.job_dir(name), identity.uid, identity.gid)
 
     # -- watching a running attempt ---------------------------------------------
     def watch_running(self, name: str) -> None:
@@ -696,31 +664,40 @@ class Daemon(GpuScheduling, AttemptEnding):
             run.extra["notes_dropped_told"] = True
 
     def _snapshot(self, name: str, job: Optional[JobRecord] = None) -> None:
-        """Copy a newly saved last.pt or mid-epoch state into the vault once it verifies."""
+        """Copy a newly saved last.pt or mid-epoch state into the vault once it verifies (on a
+        worker: a copy and CRC check of hundreds of MB); one snapshot of a job at a time."""
         job = job or self.store.get_job(name)
         if not job.run_dir or self._snapshot_retry_at.get(name, 0) > time.monotonic():
             return
         try:
-            spec = self.spec(name)  # the store is read as root, outside the switch
+            spec = self.spec_of(job)
         except SpecError:
             return  # keep_checkpoints unknown: the attempt's end fails the job with the reason
-        with self.as_owner(name):
-            vault = self.vault(name, spec)
-        run_dir = Path(job.run_dir)
-        for source in (last_pt(run_dir), midepoch_pt(run_dir), final_resumable_pt(run_dir)):
-            try:
-                with self.as_owner(name):  # the run directory is the job user's: read it as them
-                    info = vault.snapshot(source)
-            except OSError as exc:  # a full disk: the run goes on; the copy is tried again later
-                self._snapshot_retry_at[name] = time.monotonic() + STEP_RETRY_S
-                self.log.error(f"could not keep a verified copy of {source.name}", job=name, error=str(exc),
-                               retry_in_s=STEP_RETRY_S)
+        task = functools.partial(jobwork.snapshots, self.job_work(job, spec))
+        self.workers.submit(("job", name), task, jobwork.SNAPSHOT_DEADLINE_S,
+                            functools.partial(self._snapshots_taken, name))
+
+    def _snapshots_taken(self, name: str, outcome: Outcome) -> None:
+        if not outcome.ok:  # a full disk: the run goes on; the copy is tried again later
+            self._snapshot_retry_at[name] = time.monotonic() + STEP_RETRY_S
+            self.log.error("could not keep a verified copy of a checkpoint", job=name,
+                           error=outcome.problem(jobwork.SNAPSHOT_DEADLINE_S), retry_in_s=STEP_RETRY_S)
+        else:
+            self._note_snapshots(name, outcome.value)
+        if name in self.ending:  # the attempt ended while its snapshot ran: gather its end now
+            self._guarded(self._end_attempt, name)
+
+    def _note_snapshots(self, name: str, kept: list) -> None:
+        """The copies a worker kept go to the history, and the epochs they hold to the job."""
+        job = self.store.get_job(name)
+        for info in kept:
+            if job is None:
                 return
-            if info is not None:
-                if info.epochs_done > (job.epochs_done or 0):
-                    self.store.update_job(name, epochs_done=info.epochs_done)
-                self.event(name, "snapshot", f"verified copy of {info.where()} kept", epoch=info.epochs_done,
-                           batch=info.position[1] or None)
+            if info.epochs_done > (job.epochs_done or 0):
+                self.store.update_job(name, epochs_done=info.epochs_done)
+                job = self.store.get_job(name)
+            self.event(name, "snapshot", f"verified copy of {info.where()} kept", epoch=info.epochs_done,
+                       batch=info.position[1] or None)
 
     # -- commands (control handlers parse the request and render the job; these act) ----------
     def stop_job(self, name: str, actor: str) -> None:
@@ -739,19 +716,41 @@ class Daemon(GpuScheduling, AttemptEnding):
         else:
             raise _wrong_state(job, "stop")
 
-    def remove_job(self, name: str, purge: bool, actor: str) -> None:
-        """Forget a job that has no process; with ``purge`` its folder goes first, so a failed
-        purge keeps the job (and says what could not be deleted)."""
+    def remove_job(self, name: str, purge: bool, actor: str) -> Future:
+        """Forget a job that has no process; with ``purge`` its folder goes first (on a worker), so
+        a failed purge keeps the job (and says what could not be deleted). The future is done (or
+        raises PurgeFailed) once the job is gone: wait for it off the loop."""
         job = self.store.get_job(name)
-        if name in self.running or S(job.state).has_process:
+        if name in self.running or name in self.launching or S(job.state).has_process:
             raise _wrong_state(job, "remove")
-        if purge:
-            _purge(self.home.job_dir(name), name)
-        tracker_runs.finalize(self, name, "removed")
+        tracker_runs.finalize(self, name, "removed")  # before the files go: it reads the last progress
+        answer: Future = Future()
+        if not purge:
+            self._forget(name, actor, purge)
+            answer.set_result(None)
+            return answer
+
+        def purged(outcome: Outcome) -> None:
+            failed = outcome.value if outcome.ok else [outcome.problem(jobwork.PURGE_DEADLINE_S)]
+            if failed:
+                more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+                answer.set_exception(PurgeFailed(f"{name}: could not delete {failed[0]}{more}; the job is kept "
+                                                 "(remove again once fixed)"))
+            elif self.store.get_job(name) is None:
+                answer.set_result(None)
+            else:
+                self._forget(name, actor, purge)
+                answer.set_result(None)
+        task = functools.partial(jobwork.purge, self.home.job_dir(name))
+        if not self.workers.submit(("purge", name), task, jobwork.PURGE_DEADLINE_S, purged):
+            raise CommandError(f"{name}: busy (its files are being looked at or removed); try again shortly")
+        return answer
+
+    def _forget(self, name: str, actor: str, purged: bool) -> None:
         self.store.remove_job(name)
         _SPECS.forget(name)
         self.health.forget(name)
-        self.log.info("removed", job=name, actor=actor, purged=purge)
+        self.log.info("removed", job=name, actor=actor, purged=purged)
 
     def start_job(self, name: str, actor: str) -> None:
         """Queue a stopped, failed or held job again; launch() resumes it from its checkpoint."""
@@ -803,6 +802,8 @@ class Daemon(GpuScheduling, AttemptEnding):
 
     def _requeue(self, name: str, reason: str, actor: str) -> None:
         """A user's start gives the job a fresh restart budget."""
+        if self.workers.busy(("purge", name)):
+            raise CommandError(f"{name}: busy (its files are being looked at or removed); try again shortly")
         self.transition(name, S.QUEUED, reason, actor, crash_restarts=0, no_progress_streak=0,
                         backoff_level=0, next_start_at=None, setup_failures=0, preempt_streak=0)
         self.start_due_jobs()
@@ -815,10 +816,15 @@ class Daemon(GpuScheduling, AttemptEnding):
         run.kill_cause, run.user_stop, run.then = cause, user_stop, then
         run.kill_at = time.monotonic() + grace
         self.note_stop_intent(run)  # before the TERM: a daemon restart right after must not forget it
-        pids = self.executor.signal_job(name, run.child, signal.SIGTERM)
         self.transition(name, S.STOPPING, reason, actor)
-        self.event(name, "signal", f"SIGTERM to {len(pids)} process(es); SIGKILL after {grace:g}s",
-                   actor, pids=pids)
+        task = functools.partial(self.executor.signal_job, name, run.child, signal.SIGTERM)  # a /proc scan
+
+        def sent(outcome: Outcome) -> None:
+            pids = outcome.value if outcome.ok else []
+            self.event(name, "signal", f"SIGTERM to {len(pids)} process(es); SIGKILL after {grace:g}s",
+                       actor, pids=pids)
+        if not self.workers.submit(("signal", name, run.attempt_id), task, jobwork.KILL_DEADLINE_S, sent):
+            run.kill_at = time.monotonic()  # the last TERM still under way: the KILL comes at once
 
     def note_stop_intent(self, run: Running) -> None:
         """Persist why and by when the attempt is being ended; ``reconcile`` restores it."""
@@ -828,10 +834,15 @@ class Daemon(GpuScheduling, AttemptEnding):
                                    kill_at=None if left is None else time.time() + left)
 
     def _escalate_kill(self, name: str, run: Running) -> None:
-        run.kill_at = None
-        survivors = self.executor.kill_job_now(name, run.child)
-        self.event(name, "signal", "grace period over: SIGKILL to every process of the job",
-                   survivors=survivors)
+        """SIGKILL and the wait for it to land run on a worker; the exit comes back as the pidfd."""
+        task = functools.partial(self.executor.kill_job_now, name, run.child)
+
+        def killed(outcome: Outcome) -> None:
+            survivors = outcome.value if outcome.ok else outcome.problem(jobwork.KILL_DEADLINE_S)
+            self.event(name, "signal", "grace period over: SIGKILL to every process of the job",
+                       survivors=survivors)
+        if self.workers.submit(("kill", name, run.attempt_id), task, jobwork.KILL_DEADLINE_S, killed):
+            run.kill_at = None
 
     # -- reconciliation after a daemon restart ------------------------------------
     def reconcile(self) -> None:
@@ -907,20 +918,6 @@ def _restore_stop_intent(run: Running, attempt) -> None:
         run.extra["stall_reason"] = attempt.stop_detail
     if attempt.kill_at is not None:
         run.kill_at = time.monotonic() + max(0.0, attempt.kill_at - time.time())
-
-
-def _purge(folder: Path, name: str) -> None:
-    """Delete the job's folder. shutil.rmtree walks by file descriptor and never follows a link
-    (a link inside is removed, not its target), so doing it as root acts on nothing outside."""
-    failed: list[str] = []
-
-    def note(_fn, path, exc_info) -> None:
-        if not isinstance(exc_info[1], FileNotFoundError):  # gone already is what we want
-            failed.append(f"{path}: {exc_info[1].strerror or exc_info[1]}")
-    shutil.rmtree(folder, onerror=note)
-    if failed:
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise PurgeFailed(f"{name}: could not delete {failed[0]}{more}; the job is kept (remove again once fixed)")
 
 
 def _spec_from(data: dict[str, Any]) -> JobSpec:

@@ -2,31 +2,32 @@
 
 A part of ``Daemon`` (a mixin: it uses the daemon's store, executor and vault). The order is
 the point: every process of the job is gone first, then the attempt is classified from its exit
-status, exit record and log, the furthest verified state is measured, ``policy.decide`` decides,
+status, exit record and log, the furthest verified state is measured (those on a worker:
+supervisor/daemon/jobwork.end_facts), ``policy.decide`` decides,
 and the attempt's end, its exit event and the job's next state land in one transaction. Each
 step is idempotent, so an end that could not be written (a full disk) is simply done again.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from supervisor.contract import read_json
-from supervisor.contract import ExitRecord, Progress, from_json
-from supervisor.daemon.resume import best_verified
+from supervisor.contract import Progress
+from supervisor.daemon import jobwork
 from supervisor.jobs.spec import SpecError
 from supervisor.jobs.states import Cause, JobState
 from supervisor.policy import AttemptEnd, Budget, decide, next_state
 from supervisor.process import launcher
-from supervisor.process.classify import classify, kernel_oom_killed, read_log_tail
+from supervisor.process.classify import classify
 
 if TYPE_CHECKING:
     from supervisor.daemon.running import Running
 
 S = JobState
+STEP_RETRY_S = 15.0  # an end whose facts could not be gathered (a full disk, no answer) is tried again
 
 
 class AttemptEnding:
@@ -42,19 +43,49 @@ class AttemptEnding:
         self._end_attempt(name)
 
     def _end_attempt(self, name: str) -> None:
-        """Classify the ended attempt, record it and decide; idempotent, so a failed write is retried."""
+        """Gather the ended attempt's facts on a worker; ``_attempt_ended`` classifies, records and
+        decides. Idempotent, so a failed write or a worker without an answer is retried. Until then
+        the job keeps its state (``ending`` lists it) and holds its GPUs."""
         run = self.ending[name]
+        job = self.store.get_job(name)
+        try:
+            spec = self.spec_of(job)
+        except SpecError:
+            spec = None
+        killed = run.exit_status[1] == signal.SIGKILL
+        task = functools.partial(jobwork.end_facts, self.job_work(job, spec), self.executor, run.log_offset,
+                                 run.child.pid, killed)
+        submitted = self.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S,
+                                        functools.partial(self._attempt_ended, name))
+        # In flight: not again before its deadline. Not submitted (the job's snapshot still runs):
+        # the snapshot's answer starts it, or the next tick does.
+        self.retry_at[name] = time.monotonic() + (STEP_RETRY_S if submitted else 0.0)
+
+    def _attempt_ended(self, name: str, outcome) -> None:
+        run = self.ending.get(name)
+        if run is None:
+            return
+        if not outcome.ok:
+            self.retry_at[name] = time.monotonic() + STEP_RETRY_S
+            self.log.error("the facts of an ended attempt could not be gathered; trying again", job=name,
+                           error=outcome.problem(jobwork.LAUNCH_DEADLINE_S), retry_in_s=STEP_RETRY_S)
+            return
+        run.extra["end_facts"] = outcome.value
+        self._guarded(self._record_end, name)
+
+    def _record_end(self, name: str) -> None:
+        run = self.ending[name]
+        facts: jobwork.EndFacts = run.extra.pop("end_facts")  # a failed write gathers them again
         exit_code, sig = run.exit_status
-        leftovers = self.executor.kill_job_now(name, None)  # e.g. torchrun workers
-        if leftovers:
-            self.event(name, "orphans", f"{len(leftovers)} process(es) of the job survived SIGKILL",
-                       pids=leftovers)
+        if facts.leftovers:
+            self.event(name, "orphans", f"{len(facts.leftovers)} process(es) of the job survived SIGKILL",
+                       pids=facts.leftovers)
         reported = self.progress_files.read(run.progress_path)[0]
         progress = reported or Progress()
         self._note_progress(name, run, progress)
-        self._snapshot(name)
-        outcome = self._classify(name, run, exit_code, sig, reported)
-        self._finish_attempt(name, run, exit_code, sig, outcome, progress)
+        self._note_snapshots(name, facts.kept)
+        outcome = self._classify(name, run, exit_code, sig, reported, facts)
+        self._finish_attempt(name, run, exit_code, sig, outcome, progress, facts)
         del self.ending[name]
         self.retry_at.pop(name, None)
         self._launch_if_due(name)
@@ -64,14 +95,11 @@ class AttemptEnding:
         jobs waiting for the GPUs or the slot an ended attempt gave back."""
         self.start_due_jobs()
 
-    def _classify(self, name, run: Running, exit_code, sig, progress: Optional[Progress]):
-        with self.as_owner(name):
-            record = from_json(ExitRecord, read_json(self.home.job_exit_record(name)))  # the job user's file
-            tail = read_log_tail(self.home.job_log(name), since_offset=run.log_offset)
+    def _classify(self, name, run: Running, exit_code, sig, progress: Optional[Progress], facts):
+        record, tail = facts.record, facts.log_tail
         tail = tail[max(0, tail.rfind(launcher.LOG_BANNER)):]  # this attempt's output only
         reached = bool(progress and progress.first_batch_at) or bool(record and record.reached_training)
-        oom = sig == signal.SIGKILL and kernel_oom_killed(run.child.pid)
-        outcome = classify(exit_code, sig, record, tail, reached, oom)
+        outcome = classify(exit_code, sig, record, tail, reached, facts.oom_killed)
         outcome = self.executor.refine(name, run.child, outcome, record, progress, tail, run.kill_cause is not None)
         if run.kill_cause is Cause.STALLED and outcome.cause is not Cause.COMPLETED:
             return type(outcome)(Cause.STALLED, run.extra.get("stall_reason", "no progress"))
@@ -79,16 +107,14 @@ class AttemptEnding:
             return type(outcome)(Cause.STOPPED, f"stopped by request ({outcome.detail})")
         return outcome
 
-    def _finish_attempt(self, name, run: Running, exit_code, sig, outcome, progress) -> None:
+    def _finish_attempt(self, name, run: Running, exit_code, sig, outcome, progress, facts) -> None:
         job = self.store.get_job(name)
         try:
             spec = self.spec(name)
         except SpecError as err:
             self._end_unparseable(name, run, exit_code, sig, outcome, err)
             return
-        run_dir = Path(job.run_dir) if job.run_dir else None
-        with self.as_owner(name):
-            best, finished = best_verified(run_dir, self.vault(name, spec))
+        best, finished = facts.best, facts.finished
         epochs_after = best.epochs_done if best else None
         images_after = best.trained[1] if best else 0
         if outcome.cause is Cause.DIVERGED:  # `start` resumes from there: name it in the hold

@@ -6,8 +6,10 @@ first: the dataset YAML, the paths inside it (``path:``, ``train:``, ``val:``) a
 start, the model file. Anything missing holds the job with a reason that names the path and the
 fix; the hold lifts by itself when the path comes back.
 
-The checks run in a forked process with a deadline, so a hung NFS mount cannot stall the daemon's
-loop (it counts as missing). When the daemon is root that process first takes the job owner's
+The checks run on a worker of the daemon (supervisor/daemon/workers.py), in a forked process with
+a deadline, so a hung NFS mount cannot stall the daemon's loop (it counts as missing). A FIFO or
+device where a file should be is never opened for reading (it would wait for a writer): it is
+"not a plain file", and the job waits as for a missing one. When the daemon is root that process first takes the job owner's
 identity: a job cannot make the daemon reveal whether a root-only file exists, and the answer
 never contains file contents.
 """
@@ -19,6 +21,7 @@ import os
 import pwd
 import select
 import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -53,7 +56,8 @@ def _check(data: str, model: Optional[str], name: str) -> Preflight:
     path, what = problem
     fix = (f"yolo-supervisorctl edit {name} data=NEW.yaml" if what.startswith("dataset")
            else f"put the model at {path}, or resubmit with another model")
-    return Preflight(path, f"{what} {path} is missing; the job waits for it to appear (or: {fix})")
+    found = "is not a readable plain file" if os.path.exists(path) else "is missing"  # a FIFO, no permission
+    return Preflight(path, f"{what} {path} {found}; the job waits for it to appear (or: {fix})")
 
 
 def _dataset_problem(data: str) -> Optional[tuple[str, str]]:
@@ -65,7 +69,7 @@ def _dataset_problem(data: str) -> Optional[tuple[str, str]]:
     try:
         if yaml_path.stat().st_size > MAX_DATA_YAML:
             return None
-        spec = yaml.safe_load(yaml_path.read_text(errors="replace"))
+        spec = yaml.safe_load(_read_plain(yaml_path).decode(errors="replace"))
     except (OSError, yaml.YAMLError):
         return None  # unreadable as YAML: Ultralytics will say precisely what is wrong
     if not isinstance(spec, dict):
@@ -106,11 +110,26 @@ def _model_problem(model: str) -> Optional[tuple[str, str]]:
 
 
 def _readable(p: Path) -> bool:
+    """A plain file we may open. A FIFO or device is not: opening one for reading would wait for
+    a writer (O_NONBLOCK keeps the open itself from waiting; the type is checked on the descriptor)."""
     try:
-        with open(p, "rb"):
-            return True
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+def _read_plain(p: Path) -> bytes:
+    """A plain file's bytes (at most MAX_DATA_YAML); OSError for anything else (a FIFO swapped in)."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{p}: not a regular file")
+        os.set_blocking(fd, True)
+        return f.read(MAX_DATA_YAML)
 
 
 def _in_child(owner: Optional[tuple[int, int]], data: str, model: Optional[str], name: str,

@@ -112,7 +112,8 @@ class GpuScheduling:
         self._last_round = self._round_inputs()
 
     def _is_due(self, job: JobRecord) -> bool:
-        if job.name in self.running or job.name in self.ending or self.retry_at.get(job.name, 0) > time.monotonic():
+        if job.name in self.running or job.name in self.ending or job.name in self.launching \
+                or self.retry_at.get(job.name, 0) > time.monotonic():
             return False
         return job.state == S.QUEUED.value or (job.state == S.BACKOFF.value and (job.next_start_at or 0) <= time.time())
 
@@ -124,6 +125,9 @@ class GpuScheduling:
         there and some request wants GPUs) ill health (``sick``, when already read) and memory
         held by processes."""
         held = gpu_facts.held_by_jobs(self._with_specs(jobs), self.running.keys() | self.ending.keys())
+        for name, gpus in self.launching.items():  # placed, and its worker is starting it
+            for gpu in gpus:
+                held.setdefault(gpu, Holder(name, f"job {name}"))
         probe = self.health.probe
         if probe is None or not any(r.needs_gpus for r in requests):
             return held
@@ -141,7 +145,7 @@ class GpuScheduling:
     def _slots_left(self) -> Optional[int]:
         if not self.config.max_running:
             return None
-        return max(0, self.config.max_running - len(self.running))
+        return max(0, self.config.max_running - len(self.running) - len(self.launching))
 
     def _note_waiting(self, jobs: dict[str, JobRecord], waits: dict[str, str]) -> None:
         """A due job that cannot start yet says why (``status``). No event: the reason changes as

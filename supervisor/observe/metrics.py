@@ -55,8 +55,16 @@ class SupervisorCollector(Collector):
         yield up
         if self.stopped:
             return
+        yield self._loop_metrics()
         yield from self._job_metrics(self.clock())
         yield from self._gpu_metrics()
+
+    def _loop_metrics(self) -> Metric:
+        """The daemon watching itself: while the loop is busy, no job and no request is served."""
+        lag = _gauge("loop_lag_seconds", "The longest time the daemon's loop was busy in the last minute "
+                     "(a warning is logged past 1 s)", ())
+        lag.add_metric([], self.daemon.loop_lag.longest())
+        return lag
 
     def _job_metrics(self, now: float) -> Iterator[Metric]:
         states = [s.value for s in JobState]

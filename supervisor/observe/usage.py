@@ -40,7 +40,7 @@ class Line:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def rounded(self) -> dict[str, Any]:
-        out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}  # seconds stay visible
         out["lost_fraction"] = round(self.lost_hours / self.hours, 4) if self.hours > 0 else None
         return out
 

@@ -50,13 +50,11 @@ class LocalExecutor:
         return f"pid {job.pid}"
 
     def signal_job(self, name: str, child: Optional[launcher.Child], sig: int) -> list:
-        return launcher.signal_job(name, child.pid if child else None, sig, daemon_id=self.daemon_id,
-                                   uid=self.uid_of(name))
+        return launcher.signal_job(name, child, sig, daemon_id=self.daemon_id, uid=self.uid_of(name))
 
     def kill_job_now(self, name: str, child: Optional[launcher.Child]) -> list:
         """SIGKILL every process of the job (``child`` None: whatever carries its marker)."""
-        return launcher.kill_job_now(name, child.pid if child else None, daemon_id=self.daemon_id,
-                                     uid=self.uid_of(name))
+        return launcher.kill_job_now(name, child, daemon_id=self.daemon_id, uid=self.uid_of(name))
 
     def strays(self, name: str) -> list:
         """What of the job runs although the daemon has no attempt for it: pids here."""

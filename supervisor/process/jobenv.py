@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+from supervisor import safefs
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STANDARD_PATH = "/usr/local/bin:/usr/bin:/bin"
 LOCALE_NAMES = ("LANG", "LANGUAGE", "TZ")
@@ -128,3 +130,22 @@ def parse_env_file(text: str, where: str) -> dict[str, str]:
             raise EnvFileError(f"{where}: line {number}: {name}: the value holds a NUL byte")
         out[name] = value
     return out
+
+
+def job_environment(env: Optional[Mapping[str, str]], env_file: Optional[str], owner: Optional[safefs.Identity],
+                    pass_env: Sequence[str]) -> JobEnvironment:
+    """What the attempt's environment gets beyond the baseline: config.yaml's pass_env and the
+    job's env: and env_file: (read as the owner, at each launch: a changed key reaches the next
+    attempt). EnvFileError names the file and line, never a value. Reads a file: off the loop."""
+    values = dict(env or {})
+    if env_file:
+        with safefs.as_user(owner):  # the owner's file, read with the owner's rights
+            try:
+                data = safefs.read_regular(env_file, MAX_ENV_FILE_BYTES + 1)
+            except OSError as err:
+                raise EnvFileError(f"env_file {env_file}: cannot read it as the job's owner: "
+                                   f"{err.strerror or err}") from None
+        if len(data) > MAX_ENV_FILE_BYTES:
+            raise EnvFileError(f"env_file {env_file}: over the {MAX_ENV_FILE_BYTES} byte limit")
+        values.update(parse_env_file(data.decode("utf-8", errors="replace"), f"env_file {env_file}"))
+    return JobEnvironment(pass_env=tuple(pass_env), values=values)

@@ -142,34 +142,56 @@ def process_start_time(pid: int) -> Optional[float]:
         return None
 
 
+START_TIME_SLACK_S = 0.05  # psutil's create_time is jiffies since boot: equal within this is the same process
+
+
 def adopt(job: str, pid: int, start_time: Optional[float]) -> Optional[Child]:
-    """Re-attach to an attempt started by an earlier daemon, if it is the same process still alive."""
+    """Re-attach to an attempt started by an earlier daemon, if it is the same process still alive.
+
+    The pidfd is opened first and the start time checked after: the pidfd then names the process
+    that was checked, even if the pid is reused a moment later."""
     if start_time is None:
         return None
     try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - start_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
         fd = os.pidfd_open(pid)
-    except (psutil.Error, OSError):
+    except OSError:
         return None
-    return Child(job=job, pid=pid, start_time=start_time, pidfd=fd, popen=None)
+    if _same_process(pid, start_time):
+        return Child(job=job, pid=pid, start_time=start_time, pidfd=fd, popen=None)
+    os.close(fd)
+    return None
 
 
-def job_processes(job: str, root_pid: Optional[int] = None, daemon_id: Optional[str] = None,
+def _same_process(pid: int, start_time: float) -> bool:
+    """``pid`` still names the live process that started at ``start_time``."""
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - start_time) <= START_TIME_SLACK_S and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def identify(job: str, pid: int) -> Optional[Child]:
+    """A handle (pid, start time, pidfd) on a live process found by pid now; for tests and tools."""
+    start = process_start_time(pid)
+    return adopt(job, pid, start) if start is not None else None
+
+
+def job_processes(job: str, root: Optional[Child] = None, daemon_id: Optional[str] = None,
                   uid: Optional[int] = None) -> list[psutil.Process]:
     """Every live process of a job: descendants of the attempt plus anything carrying its marker
     (with ``daemon_id``: the marker of that daemon only) that runs as ``uid``, the uid the job
     runs as (None: any uid; only for tools that clean up after tests, never for the daemon).
 
-    torchrun's workers start in new sessions and survive a SIGKILL of the
-    trainer as orphans, so the process group is not enough.
+    The attempt's own process is believed only while its start time matches the one recorded
+    (a pid alone may name whatever process reused it). torchrun's workers start in new sessions
+    and survive a SIGKILL of the trainer as orphans, so the process group is not enough.
     """
     found: dict[int, psutil.Process] = {}
-    if root_pid:
+    if root is not None and root.pid and _same_process(root.pid, root.start_time):
         try:
-            root = psutil.Process(root_pid)
-            for p in [root, *root.children(recursive=True)]:
+            proc = psutil.Process(root.pid)
+            for p in [proc, *proc.children(recursive=True)]:
                 found[p.pid] = p
         except psutil.Error:
             pass
@@ -216,24 +238,35 @@ def _is_torch_launcher_process(p: psutil.Process) -> bool:
         return False
 
 
-def signal_job(job: str, root_pid: Optional[int], sig: int, daemon_id: Optional[str] = None,
+def signal_job(job: str, root: Optional[Child], sig: int, daemon_id: Optional[str] = None,
                uid: Optional[int] = None) -> list[int]:
     """Send ``sig`` to every process of the job; return the pids signalled.
 
     A SIGTERM goes only to the processes that act on it (``term_recipients``); the SIGKILL after
-    the grace period (``kill_job_now``) reaches every process.
+    the grace period (``kill_job_now``) reaches every process. Never by a bare pid: the attempt
+    itself through the pidfd the daemon holds, the others through psutil, which checks each
+    process's start time before it signals.
     """
-    procs = job_processes(job, root_pid, daemon_id, uid)
+    procs = job_processes(job, root, daemon_id, uid)
     if sig == signal.SIGTERM:
         procs = term_recipients(procs)
-    sent = []
-    for p in procs:
+    return [p.pid for p in procs if _send(p, sig, root)]
+
+
+def _send(p: psutil.Process, sig: int, root: Optional[Child]) -> bool:
+    if root is not None and p.pid == root.pid:
         try:
-            p.send_signal(sig)
-            sent.append(p.pid)
-        except psutil.Error:
-            pass
-    return sent
+            signal.pidfd_send_signal(root.pidfd, sig)
+            return True
+        except ProcessLookupError:
+            return False  # it has ended
+        except OSError:
+            pass  # not a pidfd (a stand-in handle): psutil checks the start time instead
+    try:
+        p.send_signal(sig)
+        return True
+    except psutil.Error:
+        return False
 
 
 def term_recipients(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -259,15 +292,13 @@ def term_recipients(procs: list[psutil.Process]) -> list[psutil.Process]:
     return chosen
 
 
-def kill_job_now(job: str, root_pid: Optional[int], timeout: float = 5.0,
+def kill_job_now(job: str, root: Optional[Child], timeout: float = 5.0,
                  daemon_id: Optional[str] = None, uid: Optional[int] = None) -> list[int]:
-    """SIGKILL every process of the job and wait until they are gone; return survivors' pids."""
-    procs = job_processes(job, root_pid, daemon_id, uid)
+    """SIGKILL every process of the job and wait until they are gone; return survivors' pids.
+    Blocks up to ``timeout``: the daemon runs it on a worker, never on its loop."""
+    procs = job_processes(job, root, daemon_id, uid)
     for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
+        _send(p, signal.SIGKILL, root)
     # Not psutil.wait_procs: it would waitpid() our own child and steal its exit status from Popen.
     deadline = time.monotonic() + timeout
     alive = [p for p in procs if _alive(p)]

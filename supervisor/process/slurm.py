@@ -33,6 +33,8 @@ _TRANSIENT = re.compile(r"Unable to contact slurm controller|Socket timed out|Ze
                         r"temporarily unable|Communication connection failure|Connection refused|"
                         r"Slurm backup controller in standby mode|Transport endpoint", re.IGNORECASE)
 _SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
+# Slurm's own words for "no such job" (squeue and scontrol): the one error that says a job is gone.
+_UNKNOWN_JOB = re.compile(r"Invalid job id specified", re.IGNORECASE)
 
 
 class SlurmError(OSError):
@@ -100,6 +102,11 @@ def run(argv: Sequence[str], timeout: float, *, input: Optional[str] = None, env
         cls = SlurmUnavailable if _TRANSIENT.search(message) else SlurmError
         raise cls(message if message.startswith(argv[0]) else f"{argv[0]}: {message}")
     return done.stdout
+
+
+def says_unknown_job(message: str) -> bool:
+    """Whether a failed squeue/scontrol says the job is unknown to Slurm (ended and forgotten)."""
+    return bool(_UNKNOWN_JOB.search(message))
 
 
 def submit_env(base: dict[str, str]) -> dict[str, str]:

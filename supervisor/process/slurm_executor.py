@@ -6,12 +6,13 @@ log and checkpoints to the daemon's home, which must be on a filesystem the node
 
 Which jobs are still running is asked by a thread (supervisor.process.slurm_watch), and the
 end of a Slurm job reaches the daemon's ``on_child_exit`` like the exit of a local child.
-sbatch, scancel and the look for strays before a submit run on the loop thread, each with a
-deadline (``command_timeout_s``).
+sbatch, scancel and the look for strays before a submit run on the daemon's workers
+(supervisor/daemon/workers.py), each with a deadline (``command_timeout_s``), never on its loop.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -197,7 +198,8 @@ class SlurmExecutor:
             return None
         last = child.last
         return {"job_id": child.slurm_job_id, "state": last.state if last else "SUBMITTED",
-                "reason": last.reason if last else "", "node": last.node if last else ""}
+                "reason": last.reason if last else "", "node": last.node if last else "",
+                "warning": self.watch.warning}
 
     def housekeeping(self, daemon) -> None:
         """Loop thread: a new Slurm state, pending reason or node goes to the history (and, while
@@ -223,8 +225,10 @@ class SlurmExecutor:
             if job is not None and job.state == JobState.STARTING.value:
                 daemon.transition(name, JobState.STARTING, f"attempt {run.attempt_no}: {_waiting(last)}")
         for job_id, (name, due) in list(self._cancel_retry.items()):
-            if due <= time.monotonic():
-                self._scancel(name, ["scancel", job_id])
+            if due <= time.monotonic():  # on a worker: scancel waits up to command_timeout_s
+                task = functools.partial(self._scancel, name, ["scancel", job_id])
+                daemon.workers.submit(("scancel", job_id), task, self.settings().command_timeout_s + 5,
+                                      lambda outcome: None)
 
 def filesystem_type(path: str) -> Optional[str]:
     """The type of the filesystem ``path`` is on, from /proc/mounts (the longest mount point above it)."""

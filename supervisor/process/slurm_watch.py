@@ -5,7 +5,9 @@ of a pipe. Every ``poll_s`` seconds (or at once when woken) one ``squeue`` call 
 watched job; a job that ended is looked up with ``scontrol show job`` (exit code, node), then
 ``sacct`` where accounting exists, and the write end of its pipe is closed: the daemon's
 selector sees EOF and handles the end like a local child's exit. The loop thread never waits
-for these calls.
+for these calls. Only a state Slurm reports ends an attempt: a controller that does not answer,
+or an answer not understood, leaves every job as it is (a warning in ``status``), so an outage
+pauses supervision and never cancels, charges or restarts anything.
 """
 
 from __future__ import annotations
@@ -46,10 +48,15 @@ class SlurmChild(launcher.Child):
         super().close()
 
 
+class SlurmUnclear(SlurmError):
+    """Slurm answered something that says nothing certain about a job: asked again later."""
+
+
 class SlurmWatch:
     def __init__(self, settings: Callable[[], SlurmSettings]):
         self.settings = settings
         self.log = get_logger()
+        self.warning: Optional[str] = None  # why the last poll told nothing (for `status`); None when it did
         self._lock = threading.Lock()
         self._tracked: dict[str, SlurmChild] = {}  # by Slurm job id
         self._wake = threading.Event()
@@ -100,17 +107,26 @@ class SlurmWatch:
             try:
                 self.poll_once()
             except SlurmUnavailable as err:
-                if time.monotonic() - self._last_warning > 60:  # once a minute, not every poll
-                    self._last_warning = time.monotonic()
-                    self.log.warning("Slurm does not answer; the jobs are asked about again", error=str(err))
+                self._unclear(f"Slurm does not answer ({err}); the jobs are left as they are and asked again")
             except Exception as exc:  # the poller must outlive any one bad answer
                 self.log.exception("Slurm poll failed", error=repr(exc))
 
+    def _unclear(self, warning: str) -> None:
+        """Slurm said nothing we understand: no attempt ends, nothing is cancelled or charged;
+        ``status`` shows the warning until a poll is understood again."""
+        self.warning = warning
+        if time.monotonic() - self._last_warning > 60:  # once a minute in the log, not every poll
+            self._last_warning = time.monotonic()
+            self.log.warning(warning)
+
     def poll_once(self) -> None:
-        """One squeue call for every watched job; ended ones are looked up in detail and ended."""
+        """One squeue call for every watched job; ended ones are looked up in detail and ended.
+        Only a state Slurm itself reports ends an attempt: a job it says it does not know (gone
+        from squeue, "Invalid job id"), or one in an end state. Any other failure is "try later"."""
         with self._lock:
             children = [c for c in self._tracked.values() if not c.ended]
         if not children:
+            self.warning = None
             return
         timeout = self.settings().command_timeout_s
         try:
@@ -118,10 +134,19 @@ class SlurmWatch:
                                                 env=slurm.env_for_commands()))
         except SlurmUnavailable:
             raise
-        except SlurmError:  # "Invalid job id specified": the only one asked about is gone
-            seen = {}
-        for child in children:
-            self._update(child, seen.get(child.slurm_job_id), timeout)
+        except SlurmError as err:
+            if not slurm.says_unknown_job(str(err)):
+                self._unclear(f"Slurm's squeue answered what the daemon does not understand ({err}); the jobs "
+                              "are left as they are and asked again")
+                return
+            seen = {}  # "Invalid job id specified": the only one asked about is gone
+        try:
+            for child in children:
+                self._update(child, seen.get(child.slurm_job_id), timeout)
+        except SlurmUnclear as err:
+            self._unclear(f"{err}; the jobs are left as they are and asked again")
+            return
+        self.warning = None
 
     def _update(self, child: SlurmChild, job: Optional[SlurmJob], timeout: float) -> None:
         if job is None or not job.active:
@@ -151,8 +176,9 @@ def _details(job_id: str, timeout: float) -> Optional[SlurmJob]:
             return found
     except SlurmUnavailable:
         raise
-    except SlurmError:
-        pass
+    except SlurmError as err:
+        if not slurm.says_unknown_job(str(err)):
+            raise SlurmUnclear(f"scontrol answered what the daemon does not understand ({err})") from None
     try:
         return slurm.parse_sacct(slurm.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o",
                                             "JobID,State,ExitCode,NodeList,Start"], timeout, env=env))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from supervisor.control.server import MAX_PER_READER, MAX_READERS_TOTAL
 from supervisor.store import Store
 from tests.accounts import account  # noqa: F401 - fixture
 from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
@@ -109,9 +110,9 @@ held, refused = [], []
 for _ in range(n):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
-    s.settimeout(0.5)
+    s.settimeout(2.0)
     try:
-        answer = s.recv(4096)  # the daemon refuses with one line, then closes
+        answer = s.recv(4096)  # the daemon refuses with one line at once, then closes
     except socket.timeout:
         held.append(s)
         continue
@@ -121,14 +122,25 @@ sys.stdin.read()  # hold the connections until the test is done
 """
 
 
-def hold_connections(sock_path: Path, uid: int, n: int):
+def start_holder(sock_path: Path, uid: int, n: int):
+    """A process of ``uid`` (an account or not: the daemon goes by the peer's uid) opening ``n``
+    connections and holding those not refused; its first output line says how many."""
     import subprocess
 
     from tests.accounts import SYSTEM_PYTHON
 
-    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", HOLDER, str(sock_path), str(n)], user=uid, group=uid,
+    return subprocess.Popen([SYSTEM_PYTHON, "-c", HOLDER, str(sock_path), str(n)], user=uid, group=uid,
                             extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def hold_connections(sock_path: Path, uid: int, n: int):
+    proc = start_holder(sock_path, uid, n)
     return proc, json.loads(proc.stdout.readline())
+
+
+def let_go(proc) -> None:
+    proc.stdin.close()
+    proc.wait(10)
 
 
 @pytest.fixture
@@ -155,7 +167,8 @@ def test_idle_readers_cannot_lock_out_root_or_other_users(open_socket_daemon, ac
     daemon, sock = open_socket_daemon
     nobody, first = hold_connections(sock, 65534, 40)
     try:
-        assert first["held"] <= 8, "one read-only user holds only a few slots"
+        assert first["held"] == MAX_PER_READER == 4, "one read-only user holds 4 slots (README)"
+        assert len(first["refused"]) == 40 - MAX_PER_READER
         assert first["refused"] and all("too many control connections" in r for r in first["refused"])
         other, second = hold_connections(sock, account.uid, 1)
         other.stdin.close()
@@ -167,3 +180,29 @@ def test_idle_readers_cannot_lock_out_root_or_other_users(open_socket_daemon, ac
         nobody.stdin.close()
         nobody.wait(10)
 
+
+
+def test_all_readers_together_hold_at_most_32_slots(open_socket_daemon):
+    """Connections are cut off REQUEST_DEADLINE_S (30 s) after they open: the holders start together."""
+    daemon, sock = open_socket_daemon
+    assert MAX_READERS_TOTAL == 32
+    readers = [3_900_000 + n for n in range(MAX_READERS_TOTAL // MAX_PER_READER)]  # uids without accounts
+    holders = [start_holder(sock, uid, MAX_PER_READER) for uid in readers]
+    late = None
+    try:
+        held = [json.loads(p.stdout.readline()) for p in holders]
+        assert [h["held"] for h in held] == [MAX_PER_READER] * len(readers), held
+        late, answer = hold_connections(sock, 3_900_100, 1)
+        assert answer["held"] == 0 and answer["refused"] and \
+            "too many read-only control connections" in answer["refused"][0], answer
+        done = ctl(None, "--socket", str(sock), "status")
+        assert done.returncode == 0, done.stderr  # root's slots are its own
+    finally:
+        for p in holders + ([late] if late else []):
+            let_go(p)
+    # the slots come back once the connections close
+    def a_slot_is_free():
+        proc, answer = hold_connections(sock, 3_900_101, 1)
+        let_go(proc)
+        return answer["held"] == 1
+    wait_for(a_slot_is_free, 30, interval=0.2, what="a reader slot free again")

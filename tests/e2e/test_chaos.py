@@ -1,7 +1,8 @@
 """Chaos: many short attempts of a real CPU training, killed at seeded random moments.
 
-The chaos loop SIGKILLs the training child (at random moments, and right when
-Ultralytics starts rewriting last.pt, caught with inotify), SIGKILLs the daemon
+The chaos loop SIGKILLs the training child (at random moments, and inside a save of
+last.pt: the moment its atomic save's temp file appears, caught with inotify; a kill that
+does not land there fails the test), SIGKILLs the daemon
 itself and starts a new one (at random moments, and the moment it starts the next
 attempt), and does both at once. A watcher thread samples the process table the
 whole time. At the end the suite checks correctness, not speed:
@@ -111,10 +112,12 @@ def sigkill(proc: psutil.Process) -> bool:
 
 # Runs in its own process, so neither this process's GIL (the watcher thread) nor its
 # polling delays the kill. It watches DIR with inotify and SIGKILLs VICTIM the moment
-# FILE in it is modified:
-# - last.pt: Ultralytics rewrites it in place (Path.write_bytes); inotify reports the
-#   truncating open before the 30 MB follow, so the kill lands inside the write (or,
-#   when the race is lost, just after it); the output says which, from the file left;
+# FILE in it is created or modified:
+# - last.pt: the child saves it atomically (a temp file ".last.pt.*.partial", fsync, rename;
+#   supervisor/child/midepoch.py), as the recovery benchmark's kill-on-write does; FILE is then
+#   the temp file's prefix and suffix. The kill lands the moment the temp file is created or
+#   written, before the rename; the output says whether it did (the temp file is still there,
+#   the save unfinished) and what it left in last.pt (the previous save, whole);
 # - train.log: the daemon writes an attempt's banner there just before it spawns the
 #   child, so a SIGKILL of the daemon lands in the middle of starting an attempt.
 KILL_ON_MODIFY = r"""
@@ -122,9 +125,12 @@ import ctypes, os, select, struct, sys
 from supervisor.probes.checkpoint import inspect_checkpoint
 folder, name, victim, timeout = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), float(sys.argv[4])
 after = int(sys.argv[5]) if len(sys.argv) > 5 else None  # only writes made after this pid ended count
+prefix, star, suffix = name.partition(b"*")
+def matches(n):
+    return n.startswith(prefix) and n.endswith(suffix) if star else n == name
 libc = ctypes.CDLL(None, use_errno=True)
 fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
-if fd < 0 or libc.inotify_add_watch(fd, folder.encode(), 0x2) < 0:  # IN_MODIFY
+if fd < 0 or libc.inotify_add_watch(fd, folder.encode(), 0x2 | 0x100) < 0:  # IN_MODIFY | IN_CREATE
     sys.exit("inotify: " + os.strerror(ctypes.get_errno()))
 def open_pidfd(pid):
     try:
@@ -153,18 +159,26 @@ while True:
         continue
     while off < len(data):
         _, _, _, n = struct.unpack_from("iIII", data, off)
-        if data[off + 16: off + 16 + n].rstrip(b"\0") == name:
+        written = data[off + 16: off + 16 + n].rstrip(b"\0")
+        if matches(written):
             os.kill(victim, 9)
             select.select([pidfd], [], [], 30)
-            if name != b"last.pt":
+            if not star:
                 print(f"killed pid {victim} as {name.decode()} was written", flush=True)
                 sys.exit(0)
+            temp = os.path.join(folder, written.decode())
             info = inspect_checkpoint(os.path.join(folder, "last.pt"))
-            when = "mid-write" if info.kind.value == "corrupt" else "right after the write"
-            print(f"killed {when}: last.pt {info.kind.value} ({info.size} bytes)", flush=True)
+            if os.path.exists(temp):
+                print(f"killed mid-write: {written.decode()} left unfinished ({os.path.getsize(temp)} bytes); "
+                      f"last.pt {info.kind.value} ({info.size} bytes)", flush=True)
+            else:
+                print(f"missed: the kill came after {written.decode()} was renamed; last.pt {info.kind.value}",
+                      flush=True)
             sys.exit(0)
         off += 16 + n
 """
+LAST_PT_SAVE = ".last.pt.*.partial"  # the temp file of last.pt's atomic save (midepoch.atomic_write_bytes)
+LANDED = re.compile(r"^killed mid-write: .* last\.pt (resumable|missing) ")  # the previous save whole, or none yet
 
 
 def arm_kill_on_modify(folder: Path, name: str, victim: int, timeout: float,
@@ -195,7 +209,7 @@ def kill_when_last_pt_is_written(home: Path, proc: psutil.Process, timeout: floa
         return "no weights directory in time"
     if found == "gone":
         return "child ended before its first checkpoint"
-    helper = arm_kill_on_modify(Path(found) / "weights", "last.pt", proc.pid, timeout)
+    helper = arm_kill_on_modify(Path(found) / "weights", LAST_PT_SAVE, proc.pid, timeout)
     return helper_result(helper, timeout + 60)
 
 
@@ -209,6 +223,8 @@ class Chaos:
         self.child_kills = 0
         self.killed: set[int] = set()
         self.daemon_kills = 0
+        self.saves_killed = 0
+        self.missed: list[str] = []  # kills meant to land inside a save of last.pt that did not
 
     def note(self, text: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {text}"
@@ -261,6 +277,10 @@ class Chaos:
                 killed = done.startswith("killed")
                 if killed:
                     self.killed.add(child.pid)
+                if LANDED.match(done):
+                    self.saves_killed += 1
+                else:
+                    self.missed.append(f"action {n + 1}: {done}")
             elif action == "daemon":
                 self.kill_daemon()
                 self.restart_daemon(self.rng.uniform(0.0, 3.0))
@@ -373,6 +393,8 @@ def test_chaos_kills_never_lose_an_epoch_a_row_or_exclusivity(chaos_daemon, data
     for copy in (daemon.home / "jobs" / JOB / "checkpoints").glob("epoch-*.pt"):
         assert inspect_checkpoint(copy).is_resumable, copy
     assert chaos.child_kills >= 3 and chaos.daemon_kills >= 1, "the chaos did too little to show anything"
+    assert not chaos.missed, f"kills meant to land inside a save of last.pt did not: {chaos.missed}"
+    assert chaos.saves_killed >= 1, "no kill landed inside a save of last.pt"
 
 
 # -- a daemon killed at an exact point of starting an attempt ------------------------------

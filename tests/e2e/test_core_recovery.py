@@ -4,6 +4,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from supervisor import results_csv
 from supervisor.contract import read_json
 from tests.conftest import cpu_job, wait_for
@@ -93,3 +95,22 @@ def test_a_missing_dataset_holds_the_job_without_an_attempt_until_it_appears(dae
     data.write_text(dataset.read_text().replace(str(dataset.parent), str(later)))
     job = daemon.wait_state("nfs", "completed", timeout=300)
     assert [a.cause for a in daemon.attempts("nfs")] == ["completed"] and job.crash_restarts == 0
+
+
+def test_a_real_oom_kill_is_host_oom_from_the_kernel_log(daemon, monkeypatch):
+    """The kernel's own OOM killer, at the limit of a memory cgroup the child is moved into."""
+    from tests.conftest import FAKE_DATA
+    from tests.oom import kmsg_problem, memory_cgroup
+
+    problem = kmsg_problem()
+    if problem:
+        pytest.skip(problem)
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(Path(__file__).with_name("hungry_trainer.py")))
+    with memory_cgroup(64 << 20) as group:
+        daemon.start()
+        daemon.drop(cpu_job("oom", FAKE_DATA, epochs=2, restart={"max_restarts": 0}))
+        job = daemon.wait_state("oom", "running", timeout=120)
+        group.add(job.pid)
+        ended = wait_for(lambda: [a for a in daemon.attempts("oom") if a.cause], 120, what="the attempt's end")
+    first = ended[0]
+    assert (first.cause, first.signal) == ("host_oom", signal.SIGKILL), (first.cause, first.detail)

@@ -79,7 +79,7 @@ class DdpJob:
         return self
 
     def processes(self) -> list[psutil.Process]:
-        return launcher.job_processes(self.name, self.child.pid, self.daemon_id)
+        return launcher.job_processes(self.name, self.child, self.daemon_id)
 
     def ranks(self) -> dict[int, psutil.Process]:
         """torchrun's children (their DataLoader workers have the same command line and environment)."""
@@ -143,7 +143,7 @@ class DdpJob:
 
     def cleanup(self) -> None:
         if self.child is not None:
-            launcher.kill_job_now(self.name, self.child.pid, daemon_id=self.daemon_id)
+            launcher.kill_job_now(self.name, self.child, daemon_id=self.daemon_id)
             if self.child.popen.poll() is None:
                 self.child.popen.wait(10)
             self.child.close()
@@ -198,7 +198,7 @@ def test_sigterm_as_the_daemon_sends_it_stops_every_rank_at_one_batch_and_exits_
     saves_before = ddp_job.save_lines()
     assert saves_before == [(0, 0)], saves_before  # the end of epoch 1, on rank 0 only
 
-    sent = launcher.signal_job(ddp_job.name, ddp_job.child.pid, signal.SIGTERM, ddp_job.daemon_id)
+    sent = launcher.signal_job(ddp_job.name, ddp_job.child, signal.SIGTERM, ddp_job.daemon_id)
 
     assert sorted(sent) == sorted([ddp_job.child.pid, *(p.pid for p in ranks.values())])
     # not torchrun: it would SIGKILL the ranks 30 s after its own TERM; not the DataLoader workers:
@@ -218,7 +218,7 @@ def test_no_rank_exits_before_rank_zeros_save_is_on_disk(slow_save, ddp_job):
     # worker-failure path ignores --shutdown_timeout): a longer save on rank 0 would be cut short.
     ddp_job.wait_in_epoch(2, 1)
     saves_before, ranks = ddp_job.save_lines(), ddp_job.ranks()
-    launcher.signal_job(ddp_job.name, ddp_job.child.pid, signal.SIGTERM, ddp_job.daemon_id)
+    launcher.signal_job(ddp_job.name, ddp_job.child, signal.SIGTERM, ddp_job.daemon_id)
 
     rc, ended = ddp_job.wait_exit_watching(ranks)
     assert_preempted_at_one_batch(ddp_job, rc, saves_before)
@@ -233,7 +233,7 @@ def test_a_sigterm_during_the_epoch_end_save_stops_every_rank_after_it_with_no_o
         return p.get("epoch") == 2 and p.get("phase") == "validating"
     wait_for(saving_epoch_2, 240, interval=0.01, what="the end of epoch 2")
     saves_before = ddp_job.save_lines()
-    launcher.signal_job(ddp_job.name, ddp_job.child.pid, signal.SIGTERM, ddp_job.daemon_id)
+    launcher.signal_job(ddp_job.name, ddp_job.child, signal.SIGTERM, ddp_job.daemon_id)
 
     where = assert_preempted_at_one_batch(ddp_job, ddp_job.wait_exit(), saves_before, epochs_done=2)
     assert where == "epoch 2 batch 8/8"  # the epoch-end agreement, after the save in progress
@@ -250,7 +250,7 @@ def test_a_sigterm_that_reaches_one_rank_stops_all_of_them_at_the_same_batch(ddp
 def test_a_sigterm_to_the_parent_alone_reaches_the_ranks_and_the_parent_waits_for_their_save(ddp_job):
     ddp_job.wait_in_epoch(2, 1)
     saves_before = ddp_job.save_lines()
-    os.kill(ddp_job.child.pid, signal.SIGTERM)  # e.g. `kill PID` by hand; before, it exited at once
+    os.kill(ddp_job.child, signal.SIGTERM)  # e.g. `kill PID` by hand; before, it exited at once
 
     assert_preempted_at_one_batch(ddp_job, ddp_job.wait_exit(), saves_before)
     assert "ranks ended; exiting 75 as rank 0 recorded" in ddp_job.log_text()

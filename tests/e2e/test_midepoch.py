@@ -27,6 +27,7 @@ from tests.conftest import cpu_job, ctl, offline_env, wait_for, wait_socket
 TRACE_DIR = Path(__file__).resolve().parents[2] / "scripts" / "batch_trace"
 IMAGES, BATCH = 240, 8
 BATCHES = IMAGES // BATCH  # per epoch (the generated set keeps all 240 for training)
+EVERY_S = 1.0              # checkpoint_every of the SIGKILL test
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,35 @@ def traced(daemon, tmp_path, monkeypatch):
     return daemon
 
 
-def batches(trace: Path) -> list[dict]:
+def trace_lines(trace: Path) -> list[dict]:
+    """Every line of the trace, in the order written: trained batches and completed saves."""
     try:
         return [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         return []
+
+
+def batches(trace: Path) -> list[dict]:
+    return [b for b in trace_lines(trace) if "i" in b]
+
+
+def around_last_save(trace: Path, pid: int, epoch: int) -> tuple[list[dict], list[dict], dict]:
+    """Process ``pid``'s batches of 0-based ``epoch`` before and after its last completed mid-epoch
+    save, and that save's trace line: measured by the trace, not read from the saved record."""
+    seen, before, save = [], [], None
+    for line in trace_lines(trace):
+        if line["pid"] != pid:
+            continue
+        if "saved" in line:
+            before, save = list(seen), line
+        elif line["epoch"] == epoch:
+            seen.append(line)
+    assert save is not None and before, f"no mid-epoch save of pid {pid} inside epoch {epoch + 1} in the trace"
+    return before, seen[len(before):], save
+
+
+def files_of(lines: list[dict]) -> Counter:
+    return Counter(f for b in lines for f in b["files"])
 
 
 def long_job(name: str, data: Path, epochs: int = 3, every: str = "1s", **extra) -> dict:
@@ -89,32 +114,37 @@ def assert_every_epoch_once(job, epochs: int) -> None:
 def test_a_sigkill_late_in_an_epoch_resumes_at_the_saved_batch_and_trains_every_image(traced, long_dataset):
     d = traced
     d.start()
-    d.drop(long_job("late-kill", long_dataset))
+    d.drop(long_job("late-kill", long_dataset, every=f"{EVERY_S}s"))
     first_pid = wait_batch(d, 1, 0)["pid"]
     wait_mid_save(d, "late-kill", epoch=2)
     killed_at = wait_batch(d, 1, int(BATCHES * 0.7), pid=first_pid)
-    saved = progress(d, "late-kill")["last_midepoch"]
     os.kill(first_pid, signal.SIGKILL)
 
     job = d.wait_state("late-kill", "completed")
     first, second = d.attempts("late-kill")[:2]
     assert first.cause == "killed"
     assert second.resumed_from.endswith("weights/midepoch.pt")
-    assert (second.epochs_before, second.batch_before) == (1, saved["next_batch"])
-    done_before_kill = max(b["i"] for b in batches(d.trace) if b["pid"] == first_pid and b["epoch"] == 1) + 1
+    # What the last completed save covered, from the trace: the batches trained before it was on disk.
+    covered, after, save = around_last_save(d.trace, first_pid, epoch=1)
     resumed = [b for b in batches(d.trace) if b["pid"] != first_pid and b["epoch"] == 1]
-    assert resumed[0]["i"] == saved["next_batch"]            # the next batch of the interrupted epoch
-    counts = per_epoch_counts(d.trace, 1)
-    assert len(counts) == IMAGES                              # every image of that epoch trained
-    twice = sum(c - 1 for c in counts.values())
-    assert twice == (done_before_kill - saved["next_batch"]) * BATCH  # only what came after the save
-    assert done_before_kill - saved["next_batch"] < BATCHES // 2    # far less than the epoch so far
+    assert resumed[0]["i"] == covered[-1]["i"] + 1            # the batch after the last one the save holds
+    assert (second.epochs_before, second.batch_before) == (1, covered[-1]["i"] + 1)
+    again = files_of(resumed)
+    assert not files_of(covered).keys() & again.keys()        # nothing the save covered is trained again
+    assert set(again) | set(files_of(covered)) == set(per_epoch_counts(d.trace, 1))
+    assert len(per_epoch_counts(d.trace, 1)) == IMAGES        # every image of that epoch trained
+    assert max(again.values()) == 1
+    twice = sum(c - 1 for c in per_epoch_counts(d.trace, 1).values())
+    assert twice == len(files_of(after)) == sum(len(b["files"]) for b in after)  # only what came after the save
+    # ... which is at most one checkpoint_every of training: each batch but the one a kill may have cut
+    # the next save short in ended less than EVERY_S after that save (slack: the save's own fsync).
+    assert all(b["at"] - save["at"] < EVERY_S + 0.5 for b in after[:-1]), [b["at"] - save["at"] for b in after]
     assert killed_at["i"] >= int(BATCHES * 0.7)
     assert_every_epoch_once(job, 3)
     assert not list((Path(job.run_dir) / "weights").glob(".*.partial"))
 
 
-def test_a_sigterm_redoes_at_most_one_batch_and_skips_no_image(traced, long_dataset):
+def test_a_sigterm_trains_no_image_twice_and_skips_none(traced, long_dataset):
     d = traced
     d.start()
     d.drop(long_job("term", long_dataset, every="off"))
@@ -125,10 +155,14 @@ def test_a_sigterm_redoes_at_most_one_batch_and_skips_no_image(traced, long_data
     first, second = d.attempts("term")[:2]
     assert first.cause == "preempted" and first.exit_code == 75 and "mid-epoch save" in first.detail
     assert job.crash_restarts == 0
-    assert second.resumed_from.endswith("weights/midepoch.pt") and second.batch_before >= BATCHES // 2
+    covered, after, _ = around_last_save(d.trace, first_pid, epoch=1)
+    assert after == []                                        # the SIGTERM save holds every batch trained
+    resumed = [b for b in batches(d.trace) if b["pid"] != first_pid and b["epoch"] == 1]
+    assert resumed[0]["i"] == covered[-1]["i"] + 1 >= BATCHES // 2 + 1
+    assert second.resumed_from.endswith("weights/midepoch.pt") and second.batch_before == resumed[0]["i"]
     counts = per_epoch_counts(d.trace, 1)
     assert len(counts) == IMAGES
-    assert sum(c - 1 for c in counts.values()) <= BATCH       # at most one batch trained twice
+    assert set(counts.values()) == {1}                        # the README: nothing is trained twice
     assert_every_epoch_once(job, 3)
 
 

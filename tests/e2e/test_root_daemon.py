@@ -17,7 +17,8 @@ import pytest
 
 from supervisor.control.protocol import Request, connect
 from tests.accounts import SYSTEM_PYTHON, Account, account, open_dir, root_secret  # noqa: F401 - fixtures
-from tests.conftest import FAKE_DATA, FAKE_TRAINER, DaemonProcess, ctl, kill_job_processes, wait_for, wait_socket
+from tests.conftest import (FAKE_DATA, FAKE_TRAINER, DaemonProcess, ctl, kill_job_processes, settle, wait_for,
+                            wait_socket)
 
 
 @pytest.fixture
@@ -91,19 +92,27 @@ def test_links_in_the_job_folder_are_not_followed_on_relaunch(root_daemon, accou
     job_dir = root_daemon.home / "jobs" / "links"
     secret = root_secret(open_dir)
     (job_dir / "x").symlink_to(secret)            # chowned to the user on the next launch, before
-    plan_secret = root_secret(open_dir, "plan-target")
-    daemon_pid = root_daemon.proc.pid
-    (job_dir / f".attempt.json.{daemon_pid}.tmp").symlink_to(plan_secret)  # the plan's old temp name
+    # A link at every file the first attempt left in the job's folder (the plan attempt.json, progress.json,
+    # ...: the names as the code wrote them, not a list kept here), each to a root file of its own.
+    written = sorted(p for p in job_dir.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "train.log")
+    assert job_dir / "attempt.json" in written
+    targets = {}
+    for n, path in enumerate(written):
+        targets[path] = root_secret(open_dir, f"target-{n}")
+        path.unlink()
+        path.symlink_to(targets[path])
     log_secret = root_secret(open_dir, "log-target")
     (job_dir / "train.log").unlink()
     (job_dir / "train.log").symlink_to(log_secret)  # the next attempt's banner went there
 
     kill_child(root_daemon, "links")
     running_attempt(root_daemon, "links", 2)
-    for f in (secret, plan_secret, log_secret):
+    for f in (secret, log_secret, *targets.values()):
         st = f.stat()
         assert (st.st_uid, st.st_gid) == (0, 0), f"{f.name} was chowned"
-    assert plan_secret.read_text() == "root only\n" and log_secret.read_text() == "root only\n"
+        assert f.read_text() == "root only\n", f"written through a link: {f.name}"
+    plan = job_dir / "attempt.json"                # written again for attempt 2: the link was replaced
+    assert not plan.is_symlink() and json.loads(plan.read_text())["attempt"] == 2
     log = job_dir / "train.log"
     assert not log.is_symlink() and "attempt 2 of job links" in log.read_text()
     assert log.stat().st_uid == account.uid
@@ -184,6 +193,7 @@ def test_checkpoint_copies_are_taken_as_the_jobs_user(account, open_dir, real_ch
         theirs.chmod(0o600)
         (weights / "last.pt").symlink_to(theirs)
         d._snapshot("v")
+        settle(d)  # the copy runs on a worker
         vault = d.home.job_vault("v")
         assert not [p for p in vault.iterdir() if p.name.startswith("epoch-")], "copied through the link"
 
@@ -192,6 +202,7 @@ def test_checkpoint_copies_are_taken_as_the_jobs_user(account, open_dir, real_ch
         os.chown(weights / "last.pt", account.uid, account.gid)
         d._snapshot_retry_at.clear()
         d._snapshot("v")
+        settle(d)
         [copy] = [p for p in vault.iterdir() if p.name.startswith("epoch-")]
         assert copy.stat().st_uid == account.uid  # made as the user: theirs, no chown needed
     finally:

@@ -2,12 +2,14 @@
 Slurm cluster, real CPU training across allocations, real scancel and a real daemon restart.
 
 The cluster comes from scripts/slurm_single_node.sh (.ci/run starts it). Where sbatch is
-missing or no controller answers, the tests marked `slurm` skip and say why.
+missing or no controller answers, the tests marked `slurm` skip and say why, except where
+YOLO_SUPERVISOR_REQUIRE=slurm is set (CI sets it): there they fail.
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +38,18 @@ def slurm_problem() -> str | None:
     return None
 
 
+REQUIRE_ENV = "YOLO_SUPERVISOR_REQUIRE"  # "slurm" (CI sets it): no cluster fails these tests, not skips them
+
+
+def slurm_required() -> bool:
+    return "slurm" in os.environ.get(REQUIRE_ENV, "").replace(",", " ").split()
+
+
 @pytest.fixture(scope="session")
 def slurm_node() -> str:
     problem = slurm_problem()
+    if problem and slurm_required():
+        pytest.fail(f"{REQUIRE_ENV}=slurm, and Slurm cannot run here: {problem}", pytrace=False)
     if problem:
         pytest.skip(problem)
     out = subprocess.run(["sinfo", "--noheader", "--format=%N"], capture_output=True, text=True, check=True)
@@ -346,3 +357,105 @@ def test_gpu_jobs_go_to_slurm_not_to_the_daemons_own_placement(slurm_daemon, fak
     d.drop(spec)
     job = d.wait_state("twogpus", "failed", timeout=60)
     assert "sbatch" in job.state_reason and "gres" in job.state_reason, job.state_reason
+
+
+class WatchdogListener:
+    """systemd's side of sd_notify: a datagram socket that notes when each WATCHDOG=1 arrives."""
+
+    def __init__(self, path: Path):
+        import socket
+        import threading
+        import time
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.5)
+        self.pings: list[float] = []
+        self._time = time.monotonic
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                continue
+            if b"WATCHDOG=1" in data:
+                self.pings.append(self._time())
+
+    def longest_gap(self, since: float, until: float) -> float:
+        times = [since, *[t for t in self.pings if since <= t <= until], until]
+        return max(b - a for a, b in zip(times, times[1:]))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def stopped_controller():
+    """SIGSTOP slurmctld (an outage: it neither answers nor refuses) until the test resumes it."""
+    pid = int(Path("/run/slurmctld.pid").read_text().split()[0])
+
+    def stop():
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume():
+        os.kill(pid, signal.SIGCONT)
+    try:
+        yield stop, resume
+    finally:
+        resume()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(900)
+def test_a_controller_outage_pauses_and_never_kills(slurm_daemon, fake_trainer, stopped_controller, tmp_path,
+                                                     monkeypatch):
+    """slurmctld stopped with 5 jobs due: the watchdog is pinged throughout, no running job is
+    cancelled, charged or restarted, and everything resumes when the controller returns.
+    Before: each due launch ran squeue and sbatch on the loop, each up to command_timeout_s, so the
+    loop (and its watchdog ping) stopped for longer than systemd's WatchdogSec."""
+    import time
+
+    stop, resume = stopped_controller
+    watchdog = WatchdogListener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", str(10_000_000))  # systemd's WatchdogSec=10: a ping every 5 s
+    try:
+        d = slurm_daemon(command_timeout_s=5)
+        d.drop(cpu_job("run0", FAKE_DATA, epochs=2))
+        d.wait_state("run0", "running", timeout=120)
+        job_id = d.job("run0").slurm_job_id
+        wait_for(lambda: (status_json(d, "run0").get("slurm") or {}).get("state") == "RUNNING", 30,
+                 what="Slurm to report run0 running")
+
+        stop()
+        outage = time.monotonic()
+        for i in range(5):
+            d.drop(cpu_job(f"due{i}", FAKE_DATA, epochs=2))
+        wait_for(lambda: "does not answer" in ((status_json(d, "run0").get("slurm") or {}).get("warning") or ""),
+                 60, interval=0.5, what="status to warn that Slurm does not answer")
+        beats = (progress(d, "run0").get("updated_at") or 0, time.time())
+        wait_for(lambda: time.monotonic() - outage > 40 and d.job("due4") is not None, 120, interval=1,
+                 what="40 s of outage")
+        assert (progress(d, "run0").get("updated_at") or 0) > beats[0], "the training went on through the outage"
+        gap = watchdog.longest_gap(outage, time.monotonic())
+        run0 = d.job("run0")
+        assert run0.state == "running" and run0.crash_restarts == 0 and len(d.attempts("run0")) == 1
+        assert all(d.job(f"due{i}").state in ("queued", "backoff") for i in range(5))
+
+        resume()
+        assert our_jobs().get(job_id, ("gone",))[0] == "RUNNING", "the running allocation was cancelled"
+        wait_for(lambda: all(d.job(f"due{i}").slurm_job_id for i in range(5)), 180, interval=1,
+                 what="every due job submitted once the controller is back")
+        assert d.job("run0").state == "running" and len(d.attempts("run0")) == 1
+        assert not any(e.kind == "signal" for e in d.events("run0")), "a signal or cancel during the outage"
+        assert gap < 10, f"the watchdog went {gap:.1f}s without a ping (WatchdogSec=10 would restart the daemon)"
+        wait_for(lambda: (status_json(d, "run0").get("slurm") or {}).get("warning") is None, 60,
+                 what="the warning to clear")
+    finally:
+        watchdog.close()

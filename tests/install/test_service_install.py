@@ -28,7 +28,6 @@ import socket
 import stat
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -39,6 +38,7 @@ import pytest
 import yaml
 
 from supervisor.demo import make_dataset
+from tests.accounts import SYSTEM_PYTHON
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,14 +256,20 @@ def test_install_run_as_the_unit_operate_and_upgrade(sandbox):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     print(f"\nfirst install took {install_s:.0f} s")
 
-    # A Python the service user cannot run is refused with a reason (where the interpreter
-    # running this test is such a one, as pyenv under /root on this project's machines).
-    private = os.path.realpath(sys.executable)
-    if as_user(svc, private, "-c", "").returncode != 0:
-        refused = subprocess.run([*args, "--dry-run", "--python", private], capture_output=True, text=True,
+    # A Python the service user cannot run is refused with a reason: a copy of the system one in a
+    # folder closed to other users (as a pyenv under /root is on this project's machines).
+    closed = Path(tempfile.mkdtemp(prefix="ys-private-python-"))  # 0700, root's
+    try:
+        private = closed / "python3"
+        shutil.copy2(os.path.realpath(SYSTEM_PYTHON), private)
+        assert subprocess.run([str(private), "-c", "import venv, ensurepip"]).returncode == 0  # root can
+        assert as_user(svc, str(private), "-c", "").returncode != 0                            # svc cannot
+        refused = subprocess.run([*args, "--dry-run", "--python", str(private)], capture_output=True, text=True,
                                  timeout=120)
         assert refused.returncode == 1 and f"{svc} cannot run it" in refused.stdout, refused
         assert "--python" in refused.stderr, refused.stderr
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)
 
     unit = unit_dir / "yolo-supervisor.service"
     ctl_bin = bin_dir / "yolo-supervisorctl"

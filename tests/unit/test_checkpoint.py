@@ -292,3 +292,23 @@ def test_sets_in_a_checkpoint_are_stubs_never_built(tmp_path):
                            protocol=4)
     info = inspect_checkpoint(_zip_with_pickle(tmp_path / "s.pt", payload))
     assert info.kind is CkptKind.RESUMABLE and info.train_args == {"k": 1}
+
+
+def test_what_cannot_be_read_is_reported_whole_and_never_raises(tmp_path):
+    from supervisor.probes.checkpoint import CheckpointInfo, CkptKind
+
+    missing = tmp_path / "none.pt"
+    assert inspect_checkpoint(missing) == CheckpointInfo(missing, CkptKind.MISSING, None, False, None, 0,
+                                                         f"{missing} does not exist")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert inspect_checkpoint(tmp_path / "empty.pt") == CheckpointInfo(
+        tmp_path / "empty.pt", CkptKind.CORRUPT, None, False, None, 0, "empty file")
+    (tmp_path / "file").write_bytes(b"x")
+    under_a_file = tmp_path / "file" / "last.pt"                      # stat: ENOTDIR
+    assert inspect_checkpoint(under_a_file) == CheckpointInfo(
+        under_a_file, CkptKind.CORRUPT, None, False, None, 0, "cannot stat: Not a directory")
+    folder = tmp_path / "folder.pt"                                   # open: EISDIR
+    folder.mkdir()
+    got = inspect_checkpoint(folder)
+    assert got == CheckpointInfo(folder, CkptKind.CORRUPT, None, False, None, folder.stat().st_size,
+                                 "cannot read: Is a directory")

@@ -55,3 +55,8 @@ def test_the_child_writes_exactly_the_contracts_fields(tmp_path):
     assert from_json(ExitRecord, written).preempted == "mid-epoch save"
     with pytest.raises(TypeError):
         rep.exit_record(1, excepton="typo")
+
+
+def test_a_boolean_is_not_a_number_of_seconds_but_an_integer_is():
+    assert from_json(Progress, {"max_gap_s": True}).max_gap_s == 0.0
+    assert from_json(Progress, {"max_gap_s": 3}).max_gap_s == 3

@@ -294,11 +294,12 @@ def test_a_sigterm_reaches_the_trainer_but_not_its_dataloader_workers(tmp_path):
                            start_new_session=True, stdout=subprocess.PIPE, text=True)
     try:
         helper = int(run.stdout.readline())
-        wait_for(lambda: len(launcher.job_processes(job, run.pid, daemon_id)) == 2, 30, what="the helper")
-        assert launcher.signal_job(job, run.pid, signal.SIGTERM, daemon_id) == [run.pid]
+        root = launcher.identify(job, run.pid)
+        wait_for(lambda: len(launcher.job_processes(job, root, daemon_id)) == 2, 30, what="the helper")
+        assert launcher.signal_job(job, root, signal.SIGTERM, daemon_id) == [run.pid]
         assert run.wait(30) == -signal.SIGTERM
         assert psutil.Process(helper).status() != psutil.STATUS_ZOMBIE  # its parent's to end, or the SIGKILL's
-        assert launcher.signal_job(job, run.pid, signal.SIGTERM, daemon_id) == [helper]  # now an orphan: TERMed
+        assert launcher.signal_job(job, root, signal.SIGTERM, daemon_id) == [helper]  # now an orphan: TERMed
     finally:
         launcher.kill_job_now(job, None, daemon_id=daemon_id)
 

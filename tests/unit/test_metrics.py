@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +31,7 @@ NAMES = {  # every family a scrape must have, with its type
     "yolo_supervisor_job_epochs_redone": "gauge", "yolo_supervisor_job_batches_per_second": "gauge",
     "yolo_supervisor_job_batches_redone": "gauge",
     "yolo_supervisor_job_eta_seconds": "gauge", "yolo_supervisor_gpu_healthy": "gauge",
+    "yolo_supervisor_loop_lag_seconds": "gauge",
 }
 
 
@@ -77,7 +79,9 @@ def test_collector_reads_the_store_at_scrape_time(tmp_path):
         store.note_epochs_reached("m1", 1, 3)  # epoch 3 trained, not saved: redone by attempt 2
         store.start_attempt("m1", 2, pid=11, pid_start_time=2.0, epochs_before=2, resumed_from="last.pt")
         store.update_job("m1", state="starting", attempts=2, epochs_done=2)
+        before = time.time()
         got = samples(generate_latest(service.registry).decode())
+        after = time.time()
         assert value(got, "yolo_supervisor_up") == 1
         assert value(got, "yolo_supervisor_job_state", job="m1", state="starting") == 1
         assert value(got, "yolo_supervisor_job_state", job="m1", state="running") == 0
@@ -87,8 +91,14 @@ def test_collector_reads_the_store_at_scrape_time(tmp_path):
         assert value(got, "yolo_supervisor_job_attempts_total", job="m1") == 2
         assert value(got, "yolo_supervisor_job_restarts_total", job="m1", cause="killed") == 1
         assert value(got, "yolo_supervisor_job_epochs_redone", job="m1") == 0  # attempt 2 has not got there
-        assert value(got, "yolo_supervisor_job_down_seconds", job="m1") >= 0
-        assert value(got, "yolo_supervisor_job_checkpoint_age_seconds", job="m1") >= 0
+        # down since attempt 1 died (attempt 2 has not trained yet), to 0.1 s; the age of the snapshot event
+        died = store.attempts("m1")[0].ended_at
+        down = value(got, "yolo_supervisor_job_down_seconds", job="m1")
+        assert before - died - 0.051 <= down <= after - died + 0.051, (down, before - died)
+        snapshot_at = next(e.at for e in store.events("m1") if e.kind == "snapshot")
+        assert value(got, "yolo_supervisor_job_last_checkpoint_timestamp_seconds", job="m1") == snapshot_at
+        age = value(got, "yolo_supervisor_job_checkpoint_age_seconds", job="m1")
+        assert before - snapshot_at <= age <= after - snapshot_at, (age, before - snapshot_at)
         assert value(got, "yolo_supervisor_gpu_healthy", gpu="0") == 1
         assert value(got, "yolo_supervisor_gpu_healthy", gpu="1") == 1
 

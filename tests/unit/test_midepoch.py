@@ -296,3 +296,130 @@ def test_a_source_the_vault_verified_is_not_read_again_until_it_changes(real_che
     assert info.path == last and info.position == (2, 0) and last not in reads
     shutil.copyfile(real_checkpoints["resumable0"], last)                 # rewritten: checked again
     assert resume.verified(last, v).position == (1, 0) and last in reads
+
+
+# -- the position a save records and a resume takes (the arithmetic, without a trainer) -------------
+class _Param:
+    def __init__(self, grad):
+        self.grad = grad
+
+
+class _Model:
+    def __init__(self):
+        self.params = [_Param("g1"), _Param(None)]
+
+    def parameters(self):
+        return self.params
+
+    def state_dict(self):
+        return {"w": 1}
+
+
+class _Trainer:
+    def __init__(self, wdir: Path):
+        self.wdir, self.model, self.accumulate, self.tloss = wdir, _Model(), 4, {"box": 1.5}
+
+
+def _do_train(self, i, nb, epoch, last_opt_step, batch=None):  # noqa: ARG001 - read from this frame
+    """Stands in for BaseTrainer._do_train: MidEpoch.save reads the loop's locals from its frame."""
+    return self.mid.save(self)
+
+
+@pytest.fixture
+def saving(tmp_path, monkeypatch):
+    written: list[tuple[int, dict]] = []
+    monkeypatch.setattr(midepoch, "_unwrap", lambda model: model)
+    monkeypatch.setattr(midepoch, "_ultralytics_version", lambda: "8.4.0")
+    monkeypatch.setattr(midepoch, "checkpoint_bytes",
+                        lambda trainer, epoch, extra: written.append((epoch, extra)) or b"checkpoint")
+    reports: list[dict] = []
+    mid = midepoch.MidEpoch(interval_s=60, on_saved=lambda rec, seconds: reports.append(rec))
+    trainer = _Trainer(tmp_path)
+    trainer.mid = mid
+    mid.trainer, mid.seed = trainer, 3
+    mid.loader = type("Loader", (), {"current": midepoch.Pass(key=5),
+                                     "sampler": midepoch.PassOrder(240, 3, True, 8)})()
+    return trainer, written, reports
+
+
+def test_a_save_records_the_batch_after_the_one_that_just_ended(saving, tmp_path):
+    trainer, written, reports = saving
+    record = _do_train(trainer, i=6, nb=30, epoch=2, last_opt_step=6 + 30 * 2)
+    assert record["next_batch"] == 7 and record["epoch"] == 2 and record["batches"] == 30
+    assert (record["pass_key"], record["seed"], record["dataset_len"], record["batch_size"]) == (5, 3, 240, 8)
+    assert record["shuffle"] is True and record["accumulate"] == 4 and record["tloss"] == {"box": 1.5}
+    assert record["grads_pending"] is False and record["last_opt_step"] == 66
+    [(epoch, extra)] = written
+    assert epoch == 2 and extra[midepoch.MIDEPOCH_KEY] is record and extra[midepoch.GRADS_KEY] is None
+    assert extra[midepoch.MODEL_KEY] == {"w": 1}
+    assert (tmp_path / midepoch.MIDEPOCH_NAME).read_bytes() == b"checkpoint"
+    assert reports == [{**record, "size": len(b"checkpoint")}]
+    assert record["format"] == midepoch.RECORD_FORMAT and record["saved_at"] > 0
+    assert not trainer.mid.due(preempt=False)                 # the save restarted the timer
+    assert trainer.mid.due(preempt=True)
+
+
+def test_a_save_between_optimizer_steps_keeps_the_accumulated_gradients(saving):
+    trainer, written, _ = saving
+    record = _do_train(trainer, i=6, nb=30, epoch=2, last_opt_step=64)
+    assert record["grads_pending"] is True and record["next_batch"] == 7
+    assert written[0][1][midepoch.GRADS_KEY] == ["g1", None]
+
+
+def test_no_save_at_an_epochs_last_batch(saving, tmp_path):
+    trainer, written, reports = saving
+    assert _do_train(trainer, i=29, nb=30, epoch=2, last_opt_step=89) is None
+    assert _do_train(trainer, i=28, nb=30, epoch=2, last_opt_step=88)["next_batch"] == 29
+    assert len(written) == len(reports) == 1
+
+
+def test_saves_are_due_every_interval_and_never_when_off(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(midepoch.time, "monotonic", lambda: clock[0])
+    timed, off = midepoch.MidEpoch(interval_s=10), midepoch.MidEpoch(interval_s=0)
+    clock[0] = 109.9
+    assert not timed.due(False) and not off.due(False)
+    clock[0] = 110.0
+    assert timed.due(False) and not off.due(False) and off.due(True)
+    timed.epoch_saved()
+    assert not timed.due(False)
+    half = midepoch.MidEpoch(interval_s=0.5)                 # sub-second intervals too (the e2e tests use them)
+    clock[0] += 0.5
+    assert half.due(False)
+
+
+def _record(**changes) -> dict:
+    return {"epoch": 2, "next_batch": 7, "batches": 30, "pass_key": 5, "seed": 3, "dataset_len": 240,
+            "batch_size": 8, "shuffle": True, "last_opt_step": 66, "world_size": 1,
+            "ultralytics": midepoch._ultralytics_version(), **changes}
+
+
+def test_a_resume_starts_at_the_recorded_batch_of_the_recorded_pass():
+    mid = midepoch.MidEpoch(interval_s=60, record=_record())
+    assert mid._resume_pass(240, 8, True) == midepoch.Pass(5, 7) and mid.resume_skip == 7
+    mid.loader = loader_obj = object()
+    mid.trainer = type("T", (), {"epoch": 2, "start_epoch": 2})()
+    assert mid.enumerate_start(loader_obj) == 7
+    assert mid.enumerate_start(object()) == 0                 # another loader (validation) counts from 0
+    mid.trainer.epoch = 3
+    assert mid.enumerate_start(loader_obj) == 0               # the epochs after the resumed one: from 0
+
+
+@pytest.mark.parametrize("n, shuffle, changes, why", [
+    (200, True, {}, "dataset_len 240 -> 200"),
+    (240, False, {}, "shuffle True -> False"),
+    (240, True, {"world_size": 2}, "world_size 2 -> 1"),
+    (240, True, {"ultralytics": "8.4.0"}, f"ultralytics 8.4.0 -> {midepoch._ultralytics_version()}")])
+def test_a_resume_that_cannot_be_exact_trains_the_epoch_again_and_says_why(n, shuffle, changes, why):
+    """Another order of images (dataset, shuffle, ranks) or another Ultralytics' record: epoch level.
+    A changed batch size is not among them: the position is an image (the batch-change tests)."""
+    notes: list[str] = []
+    bs = 8
+    mid = midepoch.MidEpoch(interval_s=60, record=_record(**changes), note=notes.append)
+    assert mid._resume_pass(n, bs, shuffle) == midepoch.Pass(6) and mid.resume_skip == 0
+    assert notes == [f"mid-epoch resume not exact ({why}): epoch 3 is trained again from its start"]
+    assert mid._resume_pass(n, bs, shuffle) is None           # decided once
+
+
+def test_no_record_means_no_resume_pass():
+    assert midepoch.MidEpoch(interval_s=60)._resume_pass(240, 8, True) is None

@@ -72,3 +72,42 @@ def test_cpu_jobs_take_no_gpu_and_slots_bound_every_start():
     out = place([job("cpu1", 1), job("g", 2, count=1), job("cpu2", 3)], [0], {}, slots=2)
     assert out.starts == [("cpu1", ()), ("g", (0,))]
     assert out.waits == {"cpu2": "waiting for a free slot (max_running reached)"}
+
+
+def test_a_cpu_job_ahead_stops_no_one_behind_it():
+    out = place([job("cpu", 1), job("g", 2, count=1), job("cpu2", 3)], [0], {})
+    assert out.starts == [("cpu", ()), ("g", (0,)), ("cpu2", ())] and out.waits == {}
+
+
+def test_a_waiting_pinned_job_keeps_only_its_free_gpus():
+    foreign = {0: Holder(None, "pids 77 (3000 MiB), not our jobs")}
+    out = place([job("a", 1, pinned=[0, 1]), job("b", 2, count=1)], [0, 1, 2], foreign)
+    assert out.starts == [("b", (2,))]                        # GPU 1 is kept for a; GPU 2 is free
+    assert out.waits == {"a": "waiting for GPU 0 (pids 77 (3000 MiB), not our jobs)"}
+
+
+def test_the_waiting_reasons_word_for_word():
+    out = place([job("a", 1, pinned=[0, 1]), job("b", 2, count=1), job("c", 3, count=2)], [0, 1],
+                held(g0="x", g1="y"))
+    assert out.waits == {"a": "waiting for GPU 0 (job x), GPU 1 (job y)",
+                         "b": "waiting for 1 free GPU: GPU 0 (job x), GPU 1 (job y)",
+                         "c": "waiting for 2 free GPUs: GPU 0 (job x), GPU 1 (job y)"}
+    five = held(g0="a", g1="b", g2="c", g3="d", g4="e")
+    out = place([job("w", 1, count=2)], range(5), five)
+    assert out.waits["w"] == "waiting for 2 free GPUs: GPU 0 (job a), GPU 1 (job b), GPU 2 (job c), GPU 3 (job d), ..."
+    four = held(g0="a", g1="b", g2="c", g3="d")
+    out = place([job("w", 1, count=1)], range(4), four)
+    assert out.waits["w"] == "waiting for 1 free GPU: GPU 0 (job a), GPU 1 (job b), GPU 2 (job c), GPU 3 (job d)"
+
+
+def test_an_impossible_request_says_what_the_daemon_has():
+    assert impossible(job("p", 1, pinned=[2]), []) == (
+        "waiting: GPU 2 is not among the daemon's GPUs (none); edit the job's device or the daemon's `gpus`")
+    assert impossible(job("n", 1, count=3), [0, 1]) == "waiting: needs 3 GPUs, the daemon has 2 (0,1)"
+
+
+def test_every_job_past_the_slots_is_told_why_it_waits():
+    out = place([job("a", 1), job("b", 2), job("c", 3, count=1)], [0], {}, slots=1)
+    assert out.starts == [("a", ())]
+    assert out.waits == {"b": "waiting for a free slot (max_running reached)",
+                         "c": "waiting for a free slot (max_running reached)"}

@@ -159,3 +159,45 @@ def test_only_a_person_lifts_a_divergence_or_a_preemption_loop():
     assert held_until_start(spec(), DIVERGED_REASON, 0)
     assert held_until_start(spec(), "preempted 10 times ...", 10)
     assert not held_until_start(spec(), "devices unhealthy: GPU 0: XID 79", 0)
+
+
+REASONS = [
+    # (cause, budget, end kwargs, the reason the history shows, budget after)
+    (Cause.COMPLETED, Budget(), {}, "training finished", Budget()),
+    (Cause.KILLED, Budget(), {"after": 10}, "all 10 epochs trained; final evaluation interrupted", Budget()),
+    (Cause.STOPPED, Budget(), {"user_stop": True}, "stopped by request", Budget()),
+    (Cause.CONFIG_ERROR, Budget(), {"after": None, "before": 0},
+     "configuration error: not retried (fix the job and start it again)", Budget()),
+    (Cause.KILLED, Budget(), {"devices_unhealthy": True}, "devices unhealthy", Budget()),
+    (Cause.CRASHED, Budget(3, 1, 2), {"after": 3}, "restart budget spent: 3 restarts used, last cause crashed",
+     Budget(3, 2, 2)),
+    (Cause.KILLED, Budget(1, 1, 1), {"after": 3}, "no progress: 2 attempts in a row ended at epoch 3 (last cause killed)",
+     Budget(1, 2, 1)),
+    (Cause.STALLED, Budget(1, 1, 1), {"after": None},
+     "no progress: 2 attempts in a row ended at epoch 0 (last cause stalled)", Budget(1, 2, 1)),
+    (Cause.KILLED, Budget(), {}, "killed: restart 1 of 3", Budget(1, 0, 1)),
+    (Cause.PREEMPTED, Budget(2, 0, 0), {}, "preempted: restart not charged", Budget(2, 0, 1)),
+]
+
+
+@pytest.mark.parametrize("cause, budget, kw, reason, after", REASONS)
+def test_each_decision_says_why(cause, budget, kw, reason, after):
+    d = decide(spec(), budget, end(cause, **kw))
+    assert (d.reason, d.budget) == (reason, after)
+
+
+def test_a_reduced_batch_is_in_the_reason():
+    d = decide(spec(on_oom="reduce_batch"), Budget(), end(Cause.CUDA_OOM, batch=16))
+    assert d.reason == "cuda_oom: restart 1 of 3; batch 16 -> 8" and d.new_batch == 8
+    plain = decide(spec(), Budget(), end(Cause.CUDA_OOM, batch=16))
+    assert plain.reason == "cuda_oom: restart 1 of 3" and plain.new_batch is None
+
+
+def test_a_stop_that_a_restart_asked_for_queues_the_job_again():
+    from supervisor.jobs.states import JobState
+    from supervisor.policy import next_state
+
+    assert next_state(Action.STOP, restart_requested=True) is JobState.QUEUED
+    assert next_state(Action.STOP, restart_requested=False) is JobState.STOPPED
+    assert next_state(Action.RESTART, restart_requested=True) is JobState.BACKOFF
+    assert next_state(Action.FAIL, restart_requested=False) is JobState.FAILED

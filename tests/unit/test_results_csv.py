@@ -98,3 +98,26 @@ def test_backup_replaces_a_planted_link_instead_of_writing_through_it(tmp_path):
     assert trim_after(csv, 1, backup=backup) == 1
     assert victim.read_text() == "untouched\n"
     assert not backup.is_symlink() and backup.read_text() == HEADER + row(1, 0.9) + row(2, 0.8)
+
+
+def test_the_backup_keeps_the_originals_mode(tmp_path):
+    csv = tmp_path / "results.csv"
+    csv.write_text(HEADER + row(1, 0.9) + row(2, 0.8))
+    csv.chmod(0o640)
+    assert trim_after(csv, 1, backup=tmp_path / "b.csv") == 1
+    assert (tmp_path / "b.csv").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_byte_that_is_not_utf8_does_not_stop_the_trim(tmp_path):
+    csv = tmp_path / "results.csv"
+    kept = row(1, 0.9).encode().replace(b"0.9", b"0.9\xff")  # a stray byte: replaced, the row kept
+    csv.write_bytes(HEADER.encode() + kept + row(2, 0.8).encode())
+    assert trim_after(csv, 1, backup=tmp_path / "b.csv") == 1
+    assert csv.read_bytes() == HEADER.encode() + kept.replace(b"\xff", "\ufffd".encode())
+
+
+def test_a_complete_last_row_without_a_newline_gets_one(tmp_path):
+    csv = tmp_path / "results.csv"
+    csv.write_text(HEADER + row(1, 0.9) + row(1, 0.7) + row(2, 0.8).rstrip("\n"))
+    assert trim_after(csv, 2, backup=tmp_path / "b.csv") == 1           # the duplicate epoch 1
+    assert csv.read_text() == HEADER + row(1, 0.7) + row(2, 0.8)        # the next append starts a new line

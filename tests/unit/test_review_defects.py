@@ -17,12 +17,12 @@ from supervisor.control import handlers
 from supervisor.control.peer import Peer
 from supervisor.control.protocol import RequestError
 from supervisor.daemon.config import DaemonConfig, load_config
-from supervisor.daemon.core import Daemon, IllegalTransition
+from supervisor.daemon.core import CommandError, Daemon, IllegalTransition
 from supervisor.jobs.states import JobState
 from supervisor.paths import Home
 from supervisor.process import launcher
 from supervisor.store import StoreError
-from tests.conftest import FAKE_DATA, FAKE_TRAINER, wait_for
+from tests.conftest import FAKE_DATA, FAKE_TRAINER, settle, wait_for
 
 ROOT = Peer(pid=1, uid=0, gid=0)
 SPEC = yaml.safe_dump({"name": "j", "train": {"model": "yolov8n.yaml", "data": str(FAKE_DATA),
@@ -34,7 +34,7 @@ def daemon(tmp_path):
     d = Daemon(Home(tmp_path / "home"), DaemonConfig())
     yield d
     for run in list(d.running.values()):
-        launcher.kill_job_now(run.child.job, run.child.pid, daemon_id=d.daemon_id)
+        launcher.kill_job_now(run.child.job, run.child, daemon_id=d.daemon_id)
     d.store.close()
 
 
@@ -75,14 +75,16 @@ def test_a_queued_job_whose_checkpoint_is_finished_completes(daemon, real_checkp
     shutil.copyfile(real_checkpoints["finished"], run_dir / "weights" / "last.pt")
     add(daemon, run_dir=str(run_dir))
     daemon.launch("j")
+    settle(daemon)
     assert daemon.store.get_job("j").state == "completed"
     assert state_events(daemon) == [("queued", "completed")]
 
 
-def test_an_illegal_move_is_an_internal_error_not_the_users(daemon):
+def test_an_illegal_move_is_an_internal_error_not_the_users(daemon, table_check):
     add(daemon, state="completed")
     with pytest.raises(IllegalTransition, match="internal error"):
         daemon.transition("j", JobState.STARTING, "a bug")
+    table_check.planted("j: completed->starting (a bug)")  # seen by the check after every test, too
 
 
 # -- logging and configuration ----------------------------------------------------------------
@@ -121,6 +123,13 @@ def test_a_request_that_timed_out_is_dropped_not_run_later(daemon):
     assert ran == []
 
 
+def removing(daemon):
+    """``remove --purge`` as the control server runs it: the handler on the loop, the wait after."""
+    answer = handlers.remove(daemon, {"name": "j", "purge": True}, ROOT)
+    settle(daemon)
+    return answer
+
+
 def test_remove_purge_reports_a_folder_it_could_not_delete(daemon):
     if os.geteuid() != 0 or not shutil.which("chattr"):
         pytest.skip("needs root and chattr to make a file that cannot be deleted")
@@ -131,11 +140,11 @@ def test_remove_purge_reports_a_folder_it_could_not_delete(daemon):
         pytest.skip("this file system has no immutable attribute")
     try:
         with pytest.raises(RequestError, match="could not delete .*stuck.*the job is kept"):
-            handlers.remove(daemon, {"name": "j", "purge": True}, ROOT)
+            removing(daemon).wait()
         assert daemon.store.get_job("j") is not None
     finally:
         subprocess.run(["chattr", "-i", str(stuck)], capture_output=True)
-    assert handlers.remove(daemon, {"name": "j", "purge": True}, ROOT)["purged"] is True
+    assert removing(daemon).wait()["purged"] is True
     assert not daemon.home.job_dir("j").exists()
 
 
@@ -147,6 +156,17 @@ def test_stopping_a_job_that_waits_for_gpu_memory_ends_the_wait(daemon):
 
 
 # -- an attempt that cannot be recorded ---------------------------------------------------------
+def pidfds() -> int:
+    """The pidfds this process holds (the count of all descriptors moves with the pool's threads)."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]"
+        except OSError:
+            pass
+    return found
+
+
 def test_an_attempt_that_cannot_be_recorded_is_killed_and_leaks_no_pidfd(daemon, monkeypatch):
     monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
     add(daemon)
@@ -154,11 +174,13 @@ def test_an_attempt_that_cannot_be_recorded_is_killed_and_leaks_no_pidfd(daemon,
     def full(*args, **kwargs):
         raise StoreError("cannot write the state database: database or disk is full")
     monkeypatch.setattr(daemon.store, "start_attempt", full)
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = pidfds()
     daemon.start_due_jobs()
+    settle(daemon)
+    settle(daemon)  # the kill of the unrecorded attempt is a worker task of its own
     assert daemon.store.get_job("j").state == "backoff"
     assert launcher.job_processes("j", daemon_id=daemon.daemon_id) == []
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert pidfds() == fds
     assert "j" not in daemon.running
 
 
@@ -172,7 +194,7 @@ def test_unit_tests_do_not_need_pillow():
 def test_the_check_of_recorded_moves_sees_one_outside_the_table(tmp_path):
     from tests.conftest import DaemonProcess
 
-    d = DaemonProcess(tmp_path / "home")
+    d = DaemonProcess(tmp_path / "home", table_check=False)  # the bad move is planted: not checked after
     d.home.mkdir(parents=True)
     store = d.store()
     store.add_job("j", SPEC, "completed")
@@ -180,3 +202,20 @@ def test_the_check_of_recorded_moves_sees_one_outside_the_table(tmp_path):
     store.add_event("j", "state", "fine", from_state="queued", to_state="starting")
     store.close()
     assert d.moves_outside_the_table() == ["j: completed->running (a bug)"]
+
+
+# -- launches on a worker (issue 20) ---------------------------------------------------------
+def test_a_job_whose_launch_is_in_flight_says_so_and_a_stop_meanwhile_leaves_nothing_running(daemon, monkeypatch):
+    monkeypatch.setenv("YOLO_SUPERVISOR_FAKE_TRAINER", str(FAKE_TRAINER))
+    add(daemon)
+    daemon.start_due_jobs()  # the launch's files, strays and spawn go to a worker; the loop goes on
+    job = daemon.store.get_job("j")
+    assert job.state == "queued" and job.state_reason.startswith("starting: checking")
+    with pytest.raises(CommandError, match="cannot remove"):  # dispatch answers it as WRONG_STATE
+        handlers.remove(daemon, {"name": "j"}, ROOT)
+    handlers.stop(daemon, {"name": "j"}, ROOT)
+    settle(daemon)
+    settle(daemon)  # the kill of the attempt nobody will watch is a worker task of its own
+    assert daemon.store.get_job("j").state == "stopped"
+    assert "j" not in daemon.running and daemon.store.attempts("j") == []
+    assert launcher.job_processes("j", daemon_id=daemon.daemon_id) == []

@@ -13,17 +13,34 @@ from supervisor.contract import read_json, write_json_atomic
 from tests.accounts import account, open_dir, root_secret  # noqa: F401 - fixtures
 
 
-def test_write_json_atomic_never_writes_through_a_planted_temp_name(tmp_path):
-    # The old temp name was ".NAME.<pid>.tmp": a job's user could plant a link there
-    # and root wrote the plan through it into any file.
+def test_write_json_atomic_replaces_a_link_at_the_plan_and_never_writes_through_its_temp_name(tmp_path,
+                                                                                              monkeypatch):
+    # A job's user can plant a link at any name in their folder; root writes the plan there.
+    # (tests/unit/test_job_folder_links.py does this for every name the writers use, found from the code.)
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
     plan = tmp_path / "attempt.json"
-    (tmp_path / f".{plan.name}.{os.getpid()}.tmp").symlink_to(victim)
+    plan.symlink_to(victim)
     write_json_atomic(plan, {"job": "x"})
     assert victim.read_text() == "untouched\n"
     assert read_json(plan) == {"job": "x"} and not plan.is_symlink()
     assert oct(plan.stat().st_mode & 0o777) == oct(0o600)  # the job owner's alone (chowned to them)
+
+    made: list[str] = []
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            made.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(safefs.secrets, "token_hex", lambda n=None: "0" * 16)  # the temp name, drawn again
+    monkeypatch.setattr(os, "open", open_)
+    write_json_atomic(plan, {"job": "y"})
+    [temp_name] = made
+    (tmp_path / temp_name).symlink_to(victim)
+    with pytest.raises(FileExistsError):                      # O_EXCL: refused, not followed
+        write_json_atomic(plan, {"job": "z"})
+    assert victim.read_text() == "untouched\n" and read_json(plan) == {"job": "y"}
 
 
 def test_read_json_does_not_follow_links_or_hard_links(tmp_path):
@@ -145,3 +162,51 @@ def test_identity_for_an_unknown_uid():
 
 def test_the_switch_works_here():
     safefs.check_as_user_works()
+
+
+# -- as root, a switch that does not work: the daemon refuses to start -------------------------------
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the start-up check of the identity switch runs only as root")
+
+
+def test_a_switch_that_changes_nothing_is_refused_at_start(monkeypatch, tmp_path):
+    """The calls succeed but the kernel still lets the thread read root's 0600 file (as on a file
+    system that ignores permissions): the daemon must not go on to act on job files as root."""
+    import contextlib
+
+    from supervisor.daemon.core import Daemon
+    from supervisor.paths import Home
+
+    need_root()
+    monkeypatch.setattr(safefs, "as_user", lambda identity: contextlib.nullcontext())
+    with pytest.raises(OSError, match="has no effect here; refusing to act on job files as root"):
+        safefs.check_as_user_works()
+    with pytest.raises(OSError, match="has no effect here"):  # main() says so and exits 1 (the test below)
+        Daemon(Home(tmp_path / "home"))
+    assert not (tmp_path / "home" / "state.db").exists()
+
+
+# Root without CAP_SETUID/CAP_SETGID (dropped from the bounding set, so the exec'd daemon lacks them):
+# setgroups and setfsuid do not take.
+WITHOUT_SETUID = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (6, 7):  # CAP_SETGID, CAP_SETUID
+    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        sys.exit(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+os.execv(sys.executable, [sys.executable, "-m", "supervisor.daemon.main", *sys.argv[1:]])
+"""
+
+
+def test_a_switch_that_does_not_take_is_refused_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    need_root()
+    home = tmp_path / "home"
+    done = subprocess.run([sys.executable, "-c", WITHOUT_SETUID, "--home", str(home)], capture_output=True,
+                          text=True, timeout=60)  # a daemon that started runs until the timeout: a failure
+    assert done.returncode == 1, done.stderr
+    assert "yolo-supervisord: " in done.stderr and "not permitted" in done.stderr, done.stderr
+    assert not (home / "supervisor.sock").exists()

@@ -162,15 +162,16 @@ def test_restore_to_missing_destination_and_empty_vault(real_checkpoints, tmp_pa
 
 
 def test_seen_file_is_never_written_through_a_planted_link(real_checkpoints, tmp_path):
-    # The vault lives in the job's folder, which its user owns: the old fixed temp name
-    # ".last-source-stat.tmp" let them aim a root daemon's write at any file.
+    # The vault lives in the job's folder, which its user owns: a link at the seen-file must not
+    # aim a root daemon's write at another file (the temp names: tests/unit/test_job_folder_links.py).
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
     vdir = tmp_path / "vault"
-    vdir.mkdir()
-    (vdir / ".last-source-stat.tmp").symlink_to(victim)
+    vault = CheckpointVault(vdir, keep=2)
     src = tmp_path / "last.pt"
     shutil.copyfile(real_checkpoints["resumable1"], src)
-    assert CheckpointVault(vdir, keep=2).snapshot(src) is not None
+    seen = vault._seen_file(src)                               # the name the code uses
+    seen.symlink_to(victim)
+    assert vault.snapshot(src) is not None
     assert victim.read_text() == "untouched\n"
-    assert not (vdir / ".last-source-stat").is_symlink()
+    assert not seen.is_symlink() and seen.read_text().split()[-1] == "epoch-00001.pt"
