@@ -254,7 +254,7 @@ def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644, dura
             os.fchmod(f.fileno(), mode)  # not narrowed by the umask: the job's user must read the plan
             if durable:
                 os.fsync(f.fileno())
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
