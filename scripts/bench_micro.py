@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench_common import PYTHON, median, percentile  # noqa: E402
 
-from supervisor.child.train import FAKE_TRAINER_ENV  # noqa: E402
+from supervisor.child.fake_hook import FAKE_TRAINER_ENV  # noqa: E402
 from supervisor.demo import make_dataset  # noqa: E402
 from supervisor.probes.checkpoint import inspect_checkpoint  # noqa: E402
 from supervisor.store import Store  # noqa: E402
@@ -43,7 +43,7 @@ TARGETS = {"death_p95_ms": 200, "spawn_p95_s": 1.0, "verify_mb_s": 300, "rss_mb"
 # then verifies and resumes from.
 FAKE = '''
 import os, time
-from supervisor.child.train import _exit_preempted
+from supervisor.child.stop import exit_preempted
 
 save_dir = os.environ.get("BENCH_FAKE_SAVE_DIR")
 reporter.state["first_batch_at"] = time.time()
@@ -53,7 +53,7 @@ reporter.beat(force=True, phase="training", epoch=1, batch=1, batches=10)
 i = 0
 while True:
     if reporter.preempt_requested:
-        _exit_preempted(reporter, "bench fake")
+        exit_preempted(reporter, "bench fake")
     i += 1
     reporter.beat(phase="training", epoch=1, batch=i % 10 + 1, batches=10)
     time.sleep(0.1)

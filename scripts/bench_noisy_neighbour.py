@@ -48,7 +48,7 @@ from supervisor.control.protocol import Request, connect  # noqa: E402
 # The stand-in trainer: run by supervisor.child.train with its globals ``plan`` and ``reporter``.
 TRAINER = r'''
 import io, json, os, pickle, time, zipfile
-from supervisor.child.train import _exit_preempted
+from supervisor.child.stop import exit_preempted
 
 job = plan["job"]
 save_dir = os.path.join(plan["train"]["project"], plan["train"]["name"])
@@ -77,7 +77,7 @@ reporter.state["first_batch_at"] = time.time()
 n = 0
 while True:
     if reporter.preempt_requested:
-        _exit_preempted(reporter, "stand-in trainer")
+        exit_preempted(reporter, "stand-in trainer")
     n += 1
     if job.startswith("evil-numbers"):
         atomic(plan["progress_file"], json.dumps({

@@ -59,10 +59,13 @@ GROUPS = [
               "x__midepoch_record", "x__not_a_zip", "x__read_verified", "x__safe_unpickle",
               "x_inspect_checkpoint", "xǁ_SafeUnpicklerǁ*"))),
     Group("midepoch", "supervisor/child/midepoch.py", ("tests/unit/test_midepoch.py",),
-          r"xǁPassOrderǁ|x_pass_batches$|xǁMidEpochǁ(_resume_pass|enumerate_start|due|save|epoch_saved)$",
+          r"xǁMidEpochǁ(_resume_pass|enumerate_start|due|save|epoch_saved)$",
           only=tuple(f"supervisor.child.midepoch.{f}__mutmut_*" for f in (
-              "xǁPassOrderǁ*", "x_pass_batches", "xǁMidEpochǁ_resume_pass", "xǁMidEpochǁenumerate_start",
+              "xǁMidEpochǁ_resume_pass", "xǁMidEpochǁenumerate_start",
               "xǁMidEpochǁdue", "xǁMidEpochǁsave", "xǁMidEpochǁepoch_saved"))),
+    Group("sample_order", "supervisor/child/sample_order.py", ("tests/unit/test_midepoch.py",),
+          r"xǁPassOrderǁ|x_pass_batches$",
+          only=tuple(f"supervisor.child.sample_order.{f}__mutmut_*" for f in ("xǁPassOrderǁ*", "x_pass_batches"))),
     Group("slots", "supervisor/control/server.py", ("tests/unit/test_slots.py",), r"xǁ_Slotsǁ",
           only=("supervisor.control.server.xǁ_Slotsǁ*",)),
 ]

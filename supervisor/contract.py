@@ -7,6 +7,11 @@
 - ``ExitRecord`` (exit.json): how the child ended, written on its way out, so that an attempt
   re-adopted after a daemon restart (whose exit status is not ours to read) is still classified.
 
+and the names both sides use for the checkpoints the child writes beside Ultralytics' own
+(``MIDEPOCH_NAME``, ``FINAL_RESUMABLE_NAME``) and for the plain keys in them that the daemon reads
+without torch (``MIDEPOCH_KEY``, ``FINITE_KEY``). The three JSON files are written with
+``write_json_atomic`` and read with ``read_json`` (safefs: a temp name and a rename, no link followed).
+
 Progress and the exit record are written by the job's user, so the daemon reads them as untrusted
 input: ``from_json`` keeps a value only when it has the field's type (a string where a number
 belongs, a list for a path: the field's default), ignores keys it does not know (a newer child)
@@ -20,13 +25,27 @@ path, and a cut one could name another folder).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, TypeVar, Union
 
+from supervisor import safefs
+
 T = TypeVar("T")
+
+# Files the child writes in the run's weights folder, beside last.pt.
+MIDEPOCH_NAME = "midepoch.pt"                # the mid-epoch state; not "last*" (get_latest_run globs last*.pt)
+FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
+# Plain top-level keys of the checkpoints the child writes, read by the daemon's verifier.
+MIDEPOCH_KEY = "yolo_supervisor_midepoch"    # midepoch.pt: the position and what the resume restores
+FINITE_KEY = "yolo_supervisor_finite"        # every checkpoint: were the weights finite when saved
+# Ultralytics' save_model replaces NaN/Inf before it writes, so the file alone cannot tell.
+
+MAX_JSON_BYTES = 1 << 20  # a progress file is a few KiB; anything bigger is not one
 
 
 @dataclass
@@ -90,6 +109,22 @@ class ExitRecord:
 
 def to_json(value: Any) -> dict[str, Any]:
     return dataclasses.asdict(value)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """The plan, progress and exit record are their job owner's alone (0600). A random temp name
+    created exclusively and a rename: the daemon never reads half a file, and a root daemon never
+    writes through a link planted at a predictable name in the user's folder."""
+    safefs.write_atomic(path, json.dumps(data).encode(), mode=0o600)
+
+
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    """The file's content, or None when missing, unreadable, a link or not plain JSON (never raises)."""
+    try:
+        data = json.loads(safefs.read_regular(path, MAX_JSON_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # Ranges and sizes of what a child may write (its own lists hold 20 notes and 50 epoch times,

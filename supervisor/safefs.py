@@ -237,29 +237,51 @@ def read_regular(path: PathLike, limit: int, dir_fd: Optional[int] = None) -> by
         return f.read(limit)
 
 
-def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644, durable: bool = False) -> None:
     """Replace ``name`` in ``dir_fd`` with ``data``: a fresh temp name opened O_EXCL, then a rename.
 
     Nothing at ``name`` is followed or written through: a link there is replaced, not its target.
+    ``durable``: the data and the rename reach the disk before this returns (a checkpoint must
+    survive a power cut; the JSON files are rewritten every few seconds and need not). A kill
+    leaves the old file and, at worst, a ``.NAME.*.partial`` temp file.
     """
-    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    tmp = f".{name}.{secrets.token_hex(8)}.partial"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
             os.fchmod(f.fileno(), mode)  # not narrowed by the umask: the job's user must read the plan
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
+    if durable:
+        os.fsync(dir_fd)
 
 
-def write_atomic(path: PathLike, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: PathLike, data: bytes, mode: int = 0o644, durable: bool = False) -> None:
     """``write_atomic_at`` for a path whose folder is not itself a link."""
     path = Path(path)
     with opened_dir(path.parent) as dfd:
-        write_atomic_at(dfd, path.name, data, mode)
+        write_atomic_at(dfd, path.name, data, mode, durable)
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Make a rename in ``path`` durable: the directory entry must reach the disk too."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: PathLike) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def chown_tree(top: PathLike, uid: int, gid: int) -> None:

@@ -38,7 +38,7 @@ def request_path(exit_record: Path) -> Path:
 
 def request(path: Path, kind: str, actor: str) -> None:
     """The daemon's side: leave a request for the running child (written as the job's user)."""
-    from supervisor.child.progress import write_json_atomic
+    from supervisor.contract import write_json_atomic
 
     write_json_atomic(path, {"kind": kind, "by": actor, "at": time.time()})
 

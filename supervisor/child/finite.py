@@ -8,7 +8,7 @@ reads and a ``False`` keeps out of the vault and out of every resume (probes/che
 
 from __future__ import annotations
 
-from supervisor.probes.checkpoint import FINITE_KEY
+from supervisor.contract import FINITE_KEY
 
 
 def record_finiteness(trainer) -> None:

@@ -9,20 +9,25 @@ save was taken. What "exactly" needs, and how each piece is restored (see ../sha
   so "the rest of epoch k" cannot be named after a restart. ``PassOrder`` replaces its sampler: each
   pass over the data has a key, and the key alone fixes the permutation (like
   ``DistributedSampler.set_epoch``). A resumed pass drops the first ``k`` batches *in the sampler*,
-  so skipped images are never loaded, and ``ResumableLoader`` yields exactly the remaining batches.
+  so skipped images are never loaded, and ``ResumableLoader`` yields exactly the remaining batches
+  (child/sample_order.py).
 - **The batch index.** ``i`` comes from ``enumerate`` inside ``BaseTrainer._do_train`` and drives
   the warmup (``ni = i + nb * epoch``) and the running loss mean: the trainer module's ``enumerate``
-  is shadowed so the resumed epoch counts from ``k``.
+  is shadowed so the resumed epoch counts from ``k`` (child/frames.py).
 - **The accumulation step.** ``last_opt_step`` is a local of ``_do_train``: the resumed run gets
   the saved value written back into that frame before its first batch. A save (timed or on
   SIGTERM) happens at the first batch end it is due, with the gradients accumulated since the last
   optimizer step (``GRADS_KEY``, None right after a step), which the resume puts back.
 - **Model, EMA, optimizer, scaler, best fitness, stopper**: Ultralytics' own checkpoint dict (taken
   from its ``save_model`` so the format stays its own), plus the raw model weights (its resume
-  loads the EMA into the model) and a plain record (``RECORD_KEY``) the daemon reads without torch.
+  loads the EMA into the model) and a plain record (``MIDEPOCH_KEY``) the daemon reads without torch
+  (child/capture.py).
 - **Atomic writes.** Every checkpoint file the child writes (this one, and Ultralytics' own last.pt,
   best.pt, epochN.pt and the final stripped files) goes to a temp file in the same directory,
-  is fsynced and renamed over the old one.
+  is fsynced and renamed over the old one (child/atomic_files.py).
+
+This module is the controller that ties them together: when a save is due, what a save records,
+and what a resume restores.
 
 All of this depends on trainer internals, so ``support_problem`` checks the installed version and
 the shape of ``_do_train``; on anything else the child falls back to epoch-level checkpoints and says
@@ -33,26 +38,24 @@ restore its loop state alike, which is not built.
 
 from __future__ import annotations
 
-import builtins
-import math
 import os
-import sys
-import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
-from pathlib import Path, PosixPath
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional
 
+from supervisor.child.atomic_files import atomic_path, atomic_write_bytes, drop_partial_files, make_strip_atomic
+from supervisor.child.capture import checkpoint_bytes
 from supervisor.child.ddp import TESTED_VERSIONS, requested_gpus  # the Ultralytics versions tested
+from supervisor.child.frames import set_frame_local, shadow_enumerate, train_frame
+from supervisor.child.sample_order import Pass, PassOrder, rebuild_with_order
+# the plain record (MIDEPOCH_KEY) is the daemon's to read: its key and the file names are the contract's
+from supervisor.contract import MIDEPOCH_KEY, MIDEPOCH_NAME
 
-RECORD_KEY = "yolo_supervisor_midepoch"   # plain dict: position and everything the resume restores
 MODEL_KEY = "yolo_supervisor_model"       # the raw (non-EMA) model weights at the save
 GRADS_KEY = "yolo_supervisor_grads"       # gradients accumulated since the last optimizer step (or None)
 RECORD_FORMAT = 1
 WORLD_SIZE = 1  # mid-epoch states are single-process (DDP jobs use epoch-level checkpoints)
-MIDEPOCH_NAME = "midepoch.pt"             # beside last.pt; not "last*" (get_latest_run globs last*.pt)
-FINAL_RESUMABLE_NAME = "resumable-final.pt"  # last.pt as it was before the final strip (for `extend`)
 _DO_TRAIN_LOCALS = {"i", "nb", "epoch", "last_opt_step", "batch"}
 
 
@@ -99,213 +102,6 @@ def _unexpected_shape(trainer_class) -> Optional[str]:
     return None
 
 
-# --------------------------------------------------------------------------- the sample order
-
-
-@dataclass
-class Pass:
-    """One pass over the training set: ``key`` names its permutation, ``skip`` batches are left out."""
-
-    key: int
-    skip: int = 0
-
-
-class PassOrder:
-    """A sampler whose order is a pure function of (seed, pass key).
-
-    Passes are counted here, not read from the trainer's epoch: with ``workers > 0`` the loader draws
-    the next pass before the current epoch ends. Started passes queue up until the loader says which
-    one an epoch consumes (``take_started``).
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, batch_size: int, resume: Optional[Pass] = None,
-                 first_key: int = 0):
-        self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
-        self.resume = resume                 # the pass to start with, until an epoch consumes it
-        self._resume_drawn = False           # whether the current iterator already drew it
-        self.next_key = resume.key if resume else first_key
-        self.started: deque[Pass] = deque()
-
-    def __len__(self) -> int:
-        return self.n  # the full pass: Ultralytics reads nb = len(loader) once
-
-    def order(self, key: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        import torch
-
-        g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + key) % (1 << 63))
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def __iter__(self):
-        if self.resume is not None and not self._resume_drawn:
-            p, self._resume_drawn = self.resume, True
-        else:
-            p = Pass(self.next_key)
-        self.next_key = p.key + 1
-        self.started.append(p)
-        return iter(self.order(p.key)[p.skip * self.batch_size:])
-
-    def take_started(self) -> Pass:
-        p = self.started.popleft()
-        if p is self.resume:
-            self.resume = None
-        return p
-
-    def drop_started(self) -> None:
-        """The loader's iterator was dropped: passes drawn ahead are gone (an unconsumed resume stays)."""
-        self.started.clear()
-        self._resume_drawn = False
-
-
-def pass_batches(n: int, batch_size: int, skip: int, drop_last: bool) -> int:
-    left = max(0, n - skip * batch_size)
-    return left // batch_size if drop_last else math.ceil(left / batch_size)
-
-
-def _resumable_loader_class():
-    from ultralytics.data.build import InfiniteDataLoader
-
-    class ResumableLoader(InfiniteDataLoader):
-        """Ultralytics' endless loader over a ``PassOrder``: one epoch consumes exactly one pass."""
-
-        current: Optional[Pass] = None
-
-        def __iter__(self):
-            if self.iterator is None:
-                self.iterator = self._get_iterator()
-            order: PassOrder = self.sampler
-            first = next(self.iterator)           # draws the pass this epoch consumes (workers=0)
-            self.current = order.take_started()
-            yield first
-            for _ in range(pass_batches(order.n, order.batch_size, self.current.skip, self.drop_last) - 1):
-                yield next(self.iterator)
-
-        def reset(self):
-            super().reset()
-            self.sampler.drop_started()
-
-    return ResumableLoader
-
-
-def rebuild_with_order(loader, order: PassOrder):
-    """The same loader (dataset, workers, collate, seeds) over ``order``; ``loader`` never started."""
-    cls = _resumable_loader_class()
-    extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}
-    return cls(dataset=loader.dataset, batch_size=loader.batch_size, shuffle=False,
-               num_workers=loader.num_workers, sampler=order, pin_memory=loader.pin_memory,
-               collate_fn=loader.collate_fn, worker_init_fn=loader.worker_init_fn,
-               generator=loader.generator, drop_last=loader.drop_last, **extra)
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory: a kill leaves the old file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _drop_partial_files(directory: Path) -> None:
-    """Temp files of saves that a kill interrupted (one attempt runs at a time: they are all dead)."""
-    for leftover in directory.glob(".*.partial"):
-        leftover.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class AtomicPath(PosixPath):
-    """A path whose ``write_bytes`` is atomic; Ultralytics writes last.pt/best.pt/epochN.pt with it."""
-
-    def write_bytes(self, data) -> int:
-        atomic_write_bytes(Path(str(self)), bytes(data))
-        return len(data)
-
-
-def _atomic(path) -> AtomicPath:
-    return AtomicPath(str(path))
-
-
-def make_strip_atomic(trainer_module) -> None:
-    """``final_eval`` strips last.pt/best.pt in place with torch.save: write to a temp file and rename."""
-    original = trainer_module.strip_optimizer
-    if getattr(original, "_yolo_supervisor_atomic", False):
-        return
-
-    def strip_optimizer(f="best.pt", s="", *args, **kwargs):
-        target = Path(s or f)
-        if Path(f).name == "last.pt" and not s and Path(f).exists():
-            # The stripped file can never be resumed: keep the last resumable state for `extend`.
-            atomic_write_bytes(Path(f).with_name(FINAL_RESUMABLE_NAME), Path(f).read_bytes())
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        os.close(fd)
-        try:
-            result = original(f, str(tmp), *args, **kwargs)
-            if Path(tmp).stat().st_size == 0:  # nothing was written (not a checkpoint): leave f as it is
-                Path(tmp).unlink()
-                return result
-            with open(tmp, "rb") as fh:
-                os.fchmod(fh.fileno(), 0o666 & ~_umask())
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-            return result
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-    strip_optimizer._yolo_supervisor_atomic = True
-    trainer_module.strip_optimizer = strip_optimizer
-
-
-# --------------------------------------------------------------------------- frames
-
-
-def _train_frame(trainer):
-    """The running ``_do_train`` frame of ``trainer`` (callbacks run inside it)."""
-    f = sys._getframe(1)
-    while f is not None:
-        if f.f_code.co_name == "_do_train" and f.f_locals.get("self") is trainer:
-            return f
-        f = f.f_back
-    raise RuntimeError("not inside BaseTrainer._do_train")
-
-
-def _set_frame_local(frame, name: str, value: Any) -> None:
-    """Write a local of a running frame (3.13+: f_locals writes through; before: LocalsToFast)."""
-    if sys.version_info >= (3, 13):
-        frame.f_locals[name] = value
-        return
-    import ctypes
-
-    frame.f_locals[name] = value
-    ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
-
-
 # --------------------------------------------------------------------------- the controller
 
 
@@ -343,11 +139,11 @@ class MidEpoch:
         from ultralytics.engine import trainer as trainer_module
 
         self.trainer = trainer
-        _drop_partial_files(Path(str(trainer.wdir)))
-        trainer.wdir = _atomic(trainer.wdir)
+        drop_partial_files(Path(str(trainer.wdir)))
+        trainer.wdir = atomic_path(trainer.wdir)
         trainer.last, trainer.best = trainer.wdir / "last.pt", trainer.wdir / "best.pt"
         make_strip_atomic(trainer_module)
-        _shadow_enumerate(trainer_module, self)
+        shadow_enumerate(trainer_module, self)
         self._wrap(trainer, "get_dataloader", self._get_dataloader)
         self._wrap(trainer, "resume_training", self._resume_training)
 
@@ -402,7 +198,7 @@ class MidEpoch:
         return Pass(int(rec["pass_key"]), self.resume_skip)
 
     def _resume_training(self, original, ckpt):
-        rec = (ckpt or {}).get(RECORD_KEY) if isinstance(ckpt, dict) else None
+        rec = (ckpt or {}).get(MIDEPOCH_KEY) if isinstance(ckpt, dict) else None
         t = self.trainer
         if rec is None or not t.resume:
             return original(ckpt)
@@ -475,7 +271,7 @@ class MidEpoch:
         # batch instead, with the accumulated gradients (a sum over images, valid at any batch size), as
         # Ultralytics does after its own OOM halving.
         last_opt_step = -1 if self.batch_changed else int(rec["last_opt_step"])
-        _set_frame_local(_train_frame(trainer), "last_opt_step", last_opt_step)
+        set_frame_local(train_frame(trainer), "last_opt_step", last_opt_step)
         grads = self.pending_grads
         if grads is not None:  # after _do_train's zero_grad(): the accumulated part of the step comes back
             for param, grad in zip(_unwrap(trainer.model).parameters(), grads):
@@ -500,7 +296,7 @@ class MidEpoch:
         """Write weights/midepoch.pt for the batch that just ended; None at an epoch's last batch, unless
         ``whole_pass`` (a SIGTERM at the last batch or during validation: the pass is trained, and the
         resume runs only the validation and the epoch's save)."""
-        frame = _train_frame(trainer)
+        frame = train_frame(trainer)
         loc = frame.f_locals
         i, nb, epoch, last_opt_step = int(loc["i"]), int(loc["nb"]), int(loc["epoch"]), int(loc["last_opt_step"])
         if (i + 1 >= nb and not whole_pass) or self.loader is None or self.loader.current is None:
@@ -518,73 +314,14 @@ class MidEpoch:
         }
         model = _unwrap(trainer.model)
         grads = [p.grad for p in model.parameters()] if record["grads_pending"] else None
-        data = _checkpoint_bytes(trainer, epoch, {RECORD_KEY: record, MODEL_KEY: model.state_dict(),
-                                                   GRADS_KEY: grads})
+        data = checkpoint_bytes(trainer, epoch, {MIDEPOCH_KEY: record, MODEL_KEY: model.state_dict(),
+                                                  GRADS_KEY: grads})
         atomic_write_bytes(Path(str(trainer.wdir)) / MIDEPOCH_NAME, data)
         self.epoch_saved()
         seconds = self.last_save - started
         if self.on_saved:
             self.on_saved({**record, "size": len(data)}, seconds)
         return record
-
-
-def _shadow_enumerate(trainer_module, controller: MidEpoch) -> None:
-    """``_do_train`` looks ``enumerate`` up in its module first: count the resumed epoch from its batch."""
-    def enumerate(iterable, start=0):  # noqa: A001 - deliberately shadows the builtin in one module
-        if controller.empty_resumed_epoch(iterable):
-            return builtins.enumerate(())
-        return builtins.enumerate(iterable, start or controller.enumerate_start(iterable))
-
-    trainer_module.enumerate = enumerate
-
-
-def _checkpoint_bytes(trainer, epoch: int, extra: dict) -> bytes:
-    """Ultralytics' own checkpoint for ``epoch - 1`` completed epochs plus ``extra``, as bytes.
-
-    ``save_model`` builds the dict and writes last.pt/best.pt: here it writes into memory instead
-    (last.pt keeps meaning "a completed epoch"), and ``torch.save`` adds our keys to its dict.
-    """
-    import torch
-
-    captured: dict[str, bytes] = {}
-    real_save = torch.save
-
-    def save_with_extra(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and "train_args" in obj:
-            obj = {**obj, **extra}
-        return real_save(obj, f, *args, **kwargs)
-
-    saved = (trainer.epoch, trainer.last, trainer.best, trainer.save_period, trainer.wdir)
-    trainer.epoch = epoch - 1
-    trainer.last, trainer.best = _Capture(captured, "last"), _Capture({}, "best")
-    trainer.save_period = 0
-    trainer.wdir = _NoMkdir(str(trainer.wdir))
-    torch.save = save_with_extra
-    try:
-        trainer.save_model()
-    finally:
-        torch.save = real_save
-        trainer.epoch, trainer.last, trainer.best, trainer.save_period, trainer.wdir = saved
-    return captured["last"]
-
-
-class _Capture:
-    """Stands in for last.pt/best.pt during a mid-epoch save: keeps the bytes, writes nothing."""
-
-    def __init__(self, into: dict, name: str):
-        self.into, self.name = into, name
-
-    def write_bytes(self, data) -> int:
-        self.into[self.name] = bytes(data)
-        return len(data)
-
-    def exists(self) -> bool:
-        return False
-
-
-class _NoMkdir(PosixPath):
-    def mkdir(self, *args, **kwargs) -> None:
-        pass
 
 
 def _unwrap(model):

@@ -54,11 +54,11 @@ class JobSettingsError(ValueError):
     """A job's ``settings:`` the installed Ultralytics does not take (the attempt fails as a config error)."""
 
 
-def prepare(plan: dict[str, Any]) -> None:
+def prepare(trackers_plan: dict[str, Any]) -> None:
     """Before Ultralytics is imported: pin the job's run ids in the environment (DDP ranks inherit
     it), then apply the job's Ultralytics settings."""
     global _trackers_plan
-    _trackers_plan = plan.get("trackers") or {}
+    _trackers_plan = trackers_plan or {}
     pin_environment(_trackers_plan.get("ids") or {}, os.environ)
     apply_settings(_trackers_plan.get("settings") or {})
 

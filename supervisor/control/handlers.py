@@ -35,7 +35,7 @@ from supervisor.observe.views import (JOB_TEXT, LISTING_TEXT, cut_long_strings, 
 from supervisor.store import JobRecord
 
 if TYPE_CHECKING:
-    from supervisor.control.server import Peer
+    from supervisor.control.peer import Peer
     from supervisor.daemon.core import Daemon
 
 # results.csv grows ~200 bytes an epoch: thousands of epochs, under the message limit once escaped.

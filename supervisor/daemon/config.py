@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grp
-import ipaddress
 import os
 import stat
 from pathlib import Path
@@ -12,28 +11,12 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from supervisor.address import parse_address
 from supervisor.web.settings import WebSettings
 from supervisor.jobs.slurm_options import SlurmSettings
 from supervisor.observe.logging import get_logger
-from supervisor.observe.notify import NotifySettings
+from supervisor.jobs.notify_spec import NotifySettings
 from supervisor.process.jobenv import check_pass_env_name
-
-
-METRICS_DEFAULT_HOST = "127.0.0.1"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port``, ``:port`` or ``port``; no host means loopback. ValueError if bad."""
-    text = str(text).strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"metrics_address: {text!r} is not host:port (a port from 1 to 65535)")
-    if host and ":" in host:
-        ipaddress.IPv6Address(host)  # ValueError for garbage
-    return host or METRICS_DEFAULT_HOST, int(port)
 
 
 class DaemonConfig(BaseModel):

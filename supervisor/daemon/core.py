@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -29,6 +28,7 @@ from supervisor.daemon import jobwork
 from supervisor.daemon import trackers as tracker_runs
 from supervisor.daemon.loop_lag import LoopLag
 from supervisor.daemon.reactor import Reactor
+from supervisor.daemon.running import Running
 from supervisor.daemon.workers import Outcome, Workers
 from supervisor.daemon.scheduling import GpuScheduling
 from supervisor.daemon.ending import AttemptEnding
@@ -69,29 +69,6 @@ class PurgeFailed(CommandError):
 
 class IllegalTransition(RuntimeError):
     """The daemon tried a move its own transition table does not list: our bug, never the user's."""
-
-
-@dataclass
-class Running:
-    """Runtime handle of a job's live attempt (never persisted)."""
-
-    child: launcher.Child
-    attempt_id: int
-    attempt_no: int
-    epochs_before: int
-    log_offset: int
-    batch_before: int = 0                # batches of the next epoch in the state resumed from (mid-epoch)
-    images_before: int = 0               # images of the next epoch in that state (what progress compares)
-    kill_cause: Optional[Cause] = None   # set when the daemon itself ends the attempt
-    user_stop: bool = False
-    then: Optional[str] = None           # "restart": relaunch once stopped
-    kill_at: Optional[float] = None      # monotonic deadline for SIGKILL after TERM
-    first_batch_seen: bool = False
-    progress_key: Optional[tuple[int, int, int]] = None  # version of the progress file last acted on
-    progress_path: str = ""                               # the job's progress.json (set by the daemon)
-    exit_status: tuple[Optional[int], Optional[int]] = (None, None)  # (exit code, signal) once it ended
-    ended_at: Optional[float] = None                      # wall time the daemon saw it end
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Daemon(GpuScheduling, AttemptEnding):

@@ -24,7 +24,7 @@ from supervisor.process import launcher
 from supervisor.process.classify import classify
 
 if TYPE_CHECKING:
-    from supervisor.daemon.core import Running
+    from supervisor.daemon.running import Running
 
 S = JobState
 STEP_RETRY_S = 15.0  # an end whose facts could not be gathered (a full disk, no answer) is tried again

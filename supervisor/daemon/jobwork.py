@@ -17,8 +17,7 @@ from typing import Any, Optional
 
 from supervisor import safefs
 from supervisor.child import drill
-from supervisor.child.progress import read_json, write_json_atomic
-from supervisor.contract import ExitRecord, Plan, from_json, to_json
+from supervisor.contract import ExitRecord, Plan, from_json, read_json, to_json, write_json_atomic
 from supervisor.daemon import preflight
 from supervisor.daemon.resume import (best_verified, checkpoint_mismatch, choose, final_resumable_pt, last_pt,
                                       midepoch_pt, prepare_resume)

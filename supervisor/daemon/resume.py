@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Optional
 
 from supervisor import results_csv
+from supervisor.contract import FINAL_RESUMABLE_NAME, MIDEPOCH_NAME
 from supervisor.probes.checkpoint import CheckpointInfo, CkptKind, inspect_checkpoint_cached
 from supervisor.probes.vault import CheckpointVault
 
-MIDEPOCH_NAME = "midepoch.pt"  # supervisor/child/midepoch.py writes it beside last.pt
-FINAL_RESUMABLE_NAME = "resumable-final.pt"  # the child keeps last.pt's state here before the final strip
 
 
 @dataclass

@@ -21,7 +21,7 @@ from supervisor.process import launcher
 from supervisor.store import JobRecord
 
 if TYPE_CHECKING:
-    from supervisor.daemon.core import Running
+    from supervisor.daemon.running import Running
 
 S = JobState
 

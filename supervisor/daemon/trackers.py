@@ -12,30 +12,46 @@ import os
 import pwd
 import subprocess
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from supervisor import safefs
-from supervisor.child.progress import read_json
-from supervisor.contract import Progress, from_json
+from supervisor.contract import Progress, from_json, read_json
 from supervisor.jobs.trackers import (FINAL_STATUS, MAX_OWNER_SETTINGS_BYTES, TrackerRecord, attempt_cause,
                                       finalize_argv, owner_settings_path, parse_owner_settings)
 from supervisor.process import jobenv, launcher
 from supervisor.process.jobenv import EnvFileError
 
 if TYPE_CHECKING:
-    from supervisor.daemon.core import Daemon
     from supervisor.jobs.spec import JobSpec
-    from supervisor.store import JobRecord
+    from supervisor.paths import Home
+    from supervisor.process.jobenv import JobEnvironment
+    from supervisor.store import JobRecord, Store
 
 FINALIZE_TIMEOUT_S = 120.0
 
 
-def record(daemon: "Daemon", name: str) -> TrackerRecord:
+class TrackerHost(Protocol):
+    """What these steps use of the daemon: named here so this module needs nothing from core.py."""
+
+    home: "Home"
+    store: "Store"
+    log: Any
+
+    def spec(self, name: str) -> "JobSpec": ...
+    def edited_keys(self, name: str) -> set[str]: ...
+    def job_identity(self, job: "JobRecord") -> Optional[safefs.Identity]: ...
+    def job_environment(self, job: "JobRecord", spec: "JobSpec") -> "JobEnvironment": ...
+    def event(self, name: str, kind: str, reason: str, actor: Optional[str] = None, **data: Any) -> None: ...
+    def post(self, fn: Callable[[], Any]) -> Future: ...
+
+
+def record(daemon: TrackerHost, name: str) -> TrackerRecord:
     job = daemon.store.get_job(name)
     return TrackerRecord.load(job.trackers if job is not None else None)
 
 
-def plan_for_attempt(daemon: "Daemon", job: "JobRecord", spec: "JobSpec", attempt: int,
+def plan_for_attempt(daemon: TrackerHost, job: "JobRecord", spec: "JobSpec", attempt: int,
                      devices: Optional[str]) -> dict[str, Any]:
     """The plan's ``trackers``: the job's ids (chosen now at the first attempt), every attempt and
     its cause, and the Ultralytics settings (the owner's, then the job's ``settings:``).
@@ -58,7 +74,7 @@ def plan_for_attempt(daemon: "Daemon", job: "JobRecord", spec: "JobSpec", attemp
     return rec.plan(owner_settings(daemon, job), spec.settings or {})
 
 
-def owner_settings(daemon: "Daemon", job: "JobRecord") -> dict[str, Any]:
+def owner_settings(daemon: TrackerHost, job: "JobRecord") -> dict[str, Any]:
     """The owner's own ``yolo settings`` (read as the owner); {} when they have none."""
     identity = daemon.job_identity(job)
     uid = identity.uid if identity is not None else os.geteuid()
@@ -74,7 +90,7 @@ def owner_settings(daemon: "Daemon", job: "JobRecord") -> dict[str, Any]:
     return parse_owner_settings(data) if len(data) <= MAX_OWNER_SETTINGS_BYTES else {}
 
 
-def take_reported(daemon: "Daemon", name: str, rec: Optional[TrackerRecord], progress: Optional[Progress]) -> None:
+def take_reported(daemon: TrackerHost, name: str, rec: Optional[TrackerRecord], progress: Optional[Progress]) -> None:
     """Keep the runs a child reported; the first time a tracker's run is known, say where it is."""
     if progress is None or not progress.trackers:
         return
@@ -86,7 +102,7 @@ def take_reported(daemon: "Daemon", name: str, rec: Optional[TrackerRecord], pro
         daemon.event(name, "trackers", "; ".join(rec.describe(t) for t in learned), runs=runs)
 
 
-def finalize(daemon: "Daemon", name: str, outcome: str) -> None:
+def finalize(daemon: TrackerHost, name: str, outcome: str) -> None:
     """Close the job's runs with its outcome (completed, failed, stopped, removed), once per outcome.
     Never raises: the job's own change of state is what matters."""
     try:
@@ -95,7 +111,7 @@ def finalize(daemon: "Daemon", name: str, outcome: str) -> None:
         daemon.log.warning("trackers", job=name, reason=f"closing the tracker runs failed: {exc!r}")
 
 
-def _finalize(daemon: "Daemon", name: str, outcome: str) -> None:
+def _finalize(daemon: TrackerHost, name: str, outcome: str) -> None:
     status = FINAL_STATUS[outcome]
     job = daemon.store.get_job(name)
     if job is None:
@@ -132,7 +148,7 @@ def _finalize(daemon: "Daemon", name: str, outcome: str) -> None:
                      name=f"trackers-finalize-{name}").start()
 
 
-def _reap(daemon: "Daemon", name: str, proc: subprocess.Popen, status: str) -> None:
+def _reap(daemon: TrackerHost, name: str, proc: subprocess.Popen, status: str) -> None:
     try:
         out, _ = proc.communicate(timeout=FINALIZE_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from supervisor.jobs.slurm_options import SlurmOptions
 from supervisor.jobs.trackers import settings_problems
-from supervisor.observe.notify import JobNotify
+from supervisor.jobs.notify_spec import JobNotify
 from supervisor.process.jobenv import job_variable_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from supervisor.observe.views import job_view  # the same numbers `status` shows
-from supervisor.daemon.config import parse_address
+from supervisor.address import parse_address
 from supervisor.jobs.states import JobState
 
 if TYPE_CHECKING:

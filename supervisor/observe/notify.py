@@ -15,14 +15,15 @@ URLs are secrets (webhook tokens, topic names). They are never logged, shown or 
 events: everything user-facing names a target by its ``label`` (where it is configured, its
 scheme and a fingerprint), and what apprise says about a failure is redacted first.
 
-apprise is imported on first use (``_apprise``), not with this module.
+apprise is imported on first use (``apprise_quiet.load_apprise``), not with this module. The
+configuration models (``JobNotify``, ``NotifySettings``) live with the job model, in
+``jobs/notify_spec.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import logging
 import queue
 import re
 import socket
@@ -31,113 +32,26 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from supervisor.apprise_quiet import captured_warnings, load_apprise
+from supervisor.jobs.notify_spec import JobNotify, NotifySettings, allowed_entry
 from supervisor.observe.goodput import goodput
 from supervisor.jobs.trackers import TrackerRecord
 
 if TYPE_CHECKING:
-    from supervisor.daemon.core import Daemon
+    from supervisor.daemon.config import DaemonConfig
+    from supervisor.jobs.spec import JobSpec
+    from supervisor.store import Store
     from supervisor.store import AttemptRecord, EventRecord, JobRecord
 
-NotifyEvent = Literal["failed", "held", "completed", "restarted", "stalled"]
-DEFAULT_ON: tuple[str, ...] = ("failed", "held", "completed")
 RATE_LIMITED = frozenset({"restarted", "stalled"})  # one per crash: noisy in a crash loop
 NOTIFY_TYPE = {"failed": "failure", "held": "warning", "completed": "success", "restarted": "warning",
                "stalled": "warning", "test": "info"}
 SENDER_IDLE_S = 60.0     # a target's thread ends after this long with nothing to send
 RETRY_BACKOFF_S = 1.0    # before the second try; doubled for each later one
 CLOSE_DRAIN_S = 3.0      # on daemon stop, how long queued messages may still go out
-
-
-# -- configuration ------------------------------------------------------------------
-def url_problem(url: Any) -> Optional[str]:
-    """Why ``url`` is not a usable apprise URL (None when it is); the message never quotes it."""
-    if not isinstance(url, str) or "://" not in url:
-        return "must be an apprise URL such as slack://..., ntfy://..., json://host/path"
-    scheme = url.split("://", 1)[0].lower()
-    if _apprise().Apprise.instantiate(url) is None:
-        return (f"not a notification URL apprise can use (scheme '{scheme}://'; "
-                "see https://github.com/caronc/apprise/wiki)")
-    return None
-
-
-def _on_key(data: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads the key ``on`` as the boolean true: take it back as ``on``."""
-    if isinstance(data, dict) and True in data:
-        data = dict(data)
-        data.setdefault("on", data.pop(True))
-    return data
-
-
-def _check_urls(urls: Sequence[str]) -> Sequence[str]:
-    for i, url in enumerate(urls):
-        problem = url_problem(url)
-        if problem:
-            raise ValueError(f"[{i}]: {problem}")
-    return urls
-
-
-class JobNotify(BaseModel):
-    """``notify:`` in a job file: more targets for this job, and which events it reports."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    urls: tuple[str, ...] = Field((), description="apprise URLs, added to config.yaml's")
-    on: Optional[tuple[NotifyEvent, ...]] = Field(None, description="events to report (default: config.yaml's)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_on(cls, data):
-        return _on_key(data)
-
-    @field_validator("urls")
-    @classmethod
-    def _urls(cls, urls):
-        return _check_urls(urls)
-
-
-class RestartRate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    count: int = Field(3, ge=1, description="restarted/stalled notifications per job ...")
-    per_s: float = Field(3600.0, gt=0, description="... in this many seconds")
-
-
-class NotifySettings(BaseModel):
-    """``notify:`` in config.yaml: the daemon's targets and how it sends."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    urls: list[str] = Field(default_factory=list, description="apprise URLs told about every job")
-    on: list[NotifyEvent] = Field(default_factory=lambda: list(DEFAULT_ON))
-    restart_rate: RestartRate = RestartRate()
-    timeout_s: float = Field(10.0, gt=0, le=300, description="connect and read timeout of one try")
-    retries: int = Field(2, ge=0, le=10, description="tries after the first before giving up")
-    queue_size: int = Field(100, ge=1, le=10000, description="messages waiting per target")
-    allow_hosts: list[str] = Field(default_factory=list, description="loopback, link-local or private hosts a "
-                                                                     "job file's targets may reach (names, "
-                                                                     "addresses or networks: 10.1.2.0/24)")
-
-    @field_validator("allow_hosts")
-    @classmethod
-    def _hosts(cls, hosts):
-        for host in hosts:
-            _allowed_entry(host)  # ValueError for garbage
-        return hosts
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_on(cls, data):
-        return _on_key(data)
-
-    @field_validator("urls")
-    @classmethod
-    def _urls(cls, urls):
-        return _check_urls(urls)
 
 
 @dataclass(frozen=True)
@@ -234,21 +148,8 @@ def _kind(address) -> str:
     return "not public"
 
 
-def _allowed_entry(entry: str):
-    """A host name (str) or a network: ValueError for neither."""
-    entry = str(entry).strip()
-    if not entry:
-        raise ValueError("an empty host")
-    try:
-        return ipaddress.ip_network(entry.strip("[]"), strict=False)
-    except ValueError:
-        if re.fullmatch(r"[A-Za-z0-9_.-]+", entry):
-            return entry.lower()
-        raise ValueError(f"{entry!r} is not a host name, an address or a network") from None
-
-
 def _host_allowed(host: str, addresses: Sequence, allow_hosts: Sequence[str]) -> bool:
-    for entry in map(_allowed_entry, allow_hosts):
+    for entry in map(allowed_entry, allow_hosts):
         if isinstance(entry, str):
             if host.lower().rstrip(".") == entry.rstrip("."):
                 return True
@@ -372,10 +273,20 @@ def _duration(seconds: float) -> str:
 
 
 # -- the loop side ----------------------------------------------------------------------
+class NotifyingDaemon(Protocol):
+    """What ``Notifications`` uses of the daemon: named here so observe/ needs nothing from core.py."""
+
+    store: "Store"
+    config: "DaemonConfig"
+    log: Any
+
+    def spec(self, name: str) -> "JobSpec": ...
+
+
 class Notifications:
     """Turns committed events into notifications; owned by the daemon, listening on its store."""
 
-    def __init__(self, daemon: "Daemon", clock: Callable[[], float] = time.monotonic):
+    def __init__(self, daemon: NotifyingDaemon, clock: Callable[[], float] = time.monotonic):
         self.daemon = daemon
         self.limit = RateLimit(clock)
         self.host = socket.gethostname()
@@ -539,13 +450,13 @@ class TargetSender:
             problem = job_target_problem(self.target.url, self.target.allow_hosts, resolve=True)
             if problem:
                 return False, f"not sent: {problem}"
-        apprise = _apprise()
+        apprise = load_apprise()
         if self._plugin is None:
             self._plugin = apprise.Apprise.instantiate(self.target.url)
             if self._plugin is None:
                 return False, "apprise cannot use this URL"
         self._plugin.socket_connect_timeout = self._plugin.socket_read_timeout = timeout_s
-        with _captured_warnings() as said:
+        with captured_warnings() as said:
             ok = bool(self._plugin.notify(body=notice.body, title=notice.title,
                                           notify_type=apprise.NotifyType(notice.notify_type)))
         why = said[-1] if said else "apprise reported a failure"
@@ -577,49 +488,3 @@ def redact(text: str, urls: Sequence[str]) -> str:
         for piece in secret_parts(url):
             text = text.replace(piece, "***")
     return text
-
-
-_capture = threading.local()
-
-
-class _CaptureHandler(logging.Handler):
-    """apprise's own log lines (which quote URLs) go here and nowhere else: kept per sending
-    thread so a failure can be reported (redacted), dropped otherwise."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        said = getattr(_capture, "said", None)
-        if said is not None:
-            try:
-                said.append(record.getMessage())
-            except Exception:
-                pass
-
-
-class _captured_warnings:
-    def __enter__(self) -> list[str]:
-        _capture.said = []
-        return _capture.said
-
-    def __exit__(self, *exc) -> None:
-        _capture.said = None
-
-
-_APPRISE = None
-_APPRISE_LOCK = threading.Lock()
-
-
-def _apprise():
-    """Import apprise once, with its loggers (and urllib3's) kept from printing URLs."""
-    global _APPRISE
-    with _APPRISE_LOCK:
-        if _APPRISE is None:
-            handler = _CaptureHandler(logging.WARNING)
-            for name in ("apprise", "urllib3", "requests"):
-                lg = logging.getLogger(name)
-                lg.handlers[:] = [handler]
-                lg.propagate = False
-                lg.setLevel(logging.WARNING)
-            import apprise
-
-            _APPRISE = apprise
-        return _APPRISE

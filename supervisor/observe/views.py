@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.contract import Progress, from_json
 from supervisor.jobs.trackers import TrackerRecord
 from supervisor.jobs.spec import SpecError

@@ -33,6 +33,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from supervisor.contract import FINITE_KEY, MIDEPOCH_KEY  # what the child writes (the contract names them)
+
 CHUNK = 1 << 20  # CRC streaming chunk: big enough to amortise syscalls, small enough for RAM
 # Bounds on reading what the job's user wrote. A YOLO checkpoint's data.pkl is 0.2-2 MB (the
 # tensors are records of their own) and unpickles in about 50 ms; train_args is ~100 values.
@@ -46,11 +48,6 @@ _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
 
 
-# The child's mid-epoch record (supervisor/child/midepoch.py writes it; kept in sync by a unit test).
-MIDEPOCH_KEY = "yolo_supervisor_midepoch"
-# Whether the weights were finite when the child saved (supervisor/child/finite.py writes it; a unit test
-# keeps the two in sync). Ultralytics clamps NaN/Inf before it writes, so the file alone cannot tell.
-FINITE_KEY = "yolo_supervisor_finite"
 
 
 class CkptKind(str, Enum):
@@ -478,5 +475,4 @@ def _short(value: Any, limit: int = 200) -> str:
 _DROP = object()
 
 
-__all__ = ["CkptKind", "CheckpointInfo", "inspect_checkpoint", "inspect_checkpoint_cached", "CHUNK",
-           "MIDEPOCH_KEY"]
+__all__ = ["CkptKind", "CheckpointInfo", "inspect_checkpoint", "inspect_checkpoint_cached", "CHUNK"]

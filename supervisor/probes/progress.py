@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.contract import Progress, from_json
 
 # How many times the longest quiet interval seen so far the daemon waits

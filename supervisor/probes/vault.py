@@ -104,10 +104,10 @@ class CheckpointVault:
 
     def _keep(self, tmp: Path, info: CheckpointInfo) -> CheckpointInfo:
         """Make a verified temp copy durable under its final name, then prune old copies."""
-        _fsync_file(tmp)
+        safefs.fsync_file(tmp)
         final = self.directory / _name_for(info)
         os.replace(tmp, final)
-        _fsync_dir(self.directory)
+        safefs.fsync_dir(self.directory)
         self._prune()
         return _with_path(info, final)
 
@@ -161,12 +161,12 @@ class CheckpointVault:
         try:
             shutil.copyfile(info.path, tmp)
             _adopt_owner(tmp, like, dest.parent)
-            _fsync_file(tmp)
+            safefs.fsync_file(tmp)
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(dest.parent)
+        safefs.fsync_dir(dest.parent)
         return _with_path(info, dest)
 
     # -- helpers ---------------------------------------------------------------
@@ -251,17 +251,3 @@ def _adopt_owner(tmp: Path, like: Optional[Path], parent: Path) -> None:
             os.chown(tmp, ref.st_uid, ref.st_gid)
         except PermissionError:
             pass
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: the directory entry must reach the disk too."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

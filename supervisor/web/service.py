@@ -84,7 +84,7 @@ class WebService:
     def start(self) -> None:
         """Bind both servers (OSError: the port is taken) and serve each in its own thread."""
         if self.settings.listen:
-            from supervisor.daemon.config import parse_address
+            from supervisor.address import parse_address
 
             self._servers.append(_TcpServer(parse_address(self.settings.listen), self))
         self._servers.append(_UnixServer(self._bind_unix(), self))

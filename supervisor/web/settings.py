@@ -6,6 +6,8 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from supervisor.address import parse_address
+
 
 class WebSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -22,8 +24,6 @@ class WebSettings(BaseModel):
         """``8787`` (YAML reads it as a number), ``:8787``, ``host:8787`` or ``[::1]:8787``."""
         if value is None:
             return None
-        from supervisor.daemon.config import parse_address  # loaded already: config.py imports this module
-
         try:
             parse_address(str(value))
         except ValueError as err:

@@ -11,7 +11,7 @@ import errno
 import os
 import time
 
-from supervisor.child.train import _exit_preempted
+from supervisor.child.stop import exit_preempted
 
 if plan["job"].startswith("estale"):  # noqa: F821
     if plan["attempt"] <= 2:  # noqa: F821
@@ -21,6 +21,6 @@ if plan["job"].startswith("estale"):  # noqa: F821
     reporter.beat(force=True, phase="training", epoch=1, batch=1, batches=1)  # noqa: F821
     print("endings trainer: trained, finishing", flush=True)
 elif plan["job"].startswith("preempted"):  # noqa: F821
-    _exit_preempted(reporter, "before training")  # noqa: F821
+    exit_preempted(reporter, "before training")  # noqa: F821
 else:
     raise SystemExit(f"endings trainer: no ending for job {plan['job']}")  # noqa: F821

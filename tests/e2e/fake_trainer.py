@@ -9,14 +9,14 @@ does (`preempted`). Globals ``plan`` and ``reporter`` come from the child.
 
 import time
 
-from supervisor.child.train import _exit_preempted
+from supervisor.child.stop import exit_preempted
 
 reporter.state["first_batch_at"] = time.time()  # noqa: F821
 print(f"fake trainer: attempt {plan['attempt']} resume={plan['resume']}", flush=True)  # noqa: F821
 line = 0
 while True:
     if reporter.preempt_requested:  # noqa: F821
-        _exit_preempted(reporter, "fake trainer")  # noqa: F821
+        exit_preempted(reporter, "fake trainer")  # noqa: F821
     line += 1
     reporter.beat(force=line == 1, phase="training", epoch=1, batch=line % 10 + 1, batches=10)  # noqa: F821
     print(f"fake line {line}", flush=True)

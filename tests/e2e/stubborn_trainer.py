@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from supervisor.child.train import _exit_preempted
+from supervisor.child.stop import exit_preempted
 
 if plan["job"].startswith("ignore"):  # noqa: F821
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -19,7 +19,7 @@ reporter.state["first_batch_at"] = time.time()  # noqa: F821
 line = 0
 while True:
     if reporter.preempt_requested and release.exists():  # noqa: F821
-        _exit_preempted(reporter, "stubborn trainer")  # noqa: F821
+        exit_preempted(reporter, "stubborn trainer")  # noqa: F821
     line += 1
     phase = "saving_for_preemption" if reporter.preempt_requested else "training"  # noqa: F821
     reporter.beat(force=line == 1, phase=phase, epoch=1, batch=line % 10 + 1, batches=10)  # noqa: F821

@@ -37,7 +37,7 @@ import psutil
 import pytest
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.probes.checkpoint import inspect_checkpoint
 from supervisor.process.launcher import JOB_ENV
 from tests.conftest import DaemonProcess, cpu_job, kill_job_processes, wait_for

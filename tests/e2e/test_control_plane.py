@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.control import cli
 from supervisor.process.launcher import job_processes
 from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket

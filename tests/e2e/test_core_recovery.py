@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from tests.conftest import cpu_job, wait_for
 
 

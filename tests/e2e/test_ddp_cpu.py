@@ -28,8 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.contract import ExitRecord, Progress, from_json
-from supervisor.child.progress import read_json
+from supervisor.contract import ExitRecord, Progress, from_json, read_json
 from supervisor.jobs.states import PREEMPTED_EXIT_CODE, Cause
 from supervisor.probes.checkpoint import inspect_checkpoint
 from supervisor.process import launcher

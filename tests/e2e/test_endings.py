@@ -76,7 +76,7 @@ def _held_for(daemon, name, seconds):
 
 # -- drill: one real fault in the real running training --------------------------------------
 def progress(daemon, name) -> dict:
-    from supervisor.child.progress import read_json
+    from supervisor.contract import read_json
 
     return read_json(daemon.home / "jobs" / name / "progress.json") or {}
 

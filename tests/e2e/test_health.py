@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.daemon.core import Daemon
 from supervisor.jobs.states import Cause
 from supervisor.paths import Home

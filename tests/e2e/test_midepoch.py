@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.demo import make_dataset
 from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
 from tests.conftest import cpu_job, ctl, offline_env, wait_for, wait_socket

@@ -9,7 +9,7 @@ import signal
 
 from PIL import Image
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.control.cli import call
 from supervisor.control.protocol import connect
 from supervisor.observe.plot import plot_run

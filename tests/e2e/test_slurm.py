@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from tests.accounts import account, open_dir  # noqa: F401 - fixtures
 from tests.conftest import FAKE_DATA, cpu_job, ctl, wait_for, wait_socket
 

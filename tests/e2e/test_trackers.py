@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.demo import make_dataset
 from tests.conftest import FAKE_DATA, DaemonProcess, cpu_job, ctl, kill_job_processes, wait_for, wait_socket
 
@@ -230,8 +230,8 @@ reporter.beat(force=True, phase="training", epoch=1, batch=1, batches=10,
               trackers={"mlflow": {"id": os.environ["TEST_MLFLOW_RUN"], "url": "http://example.invalid/run"}})
 while not reporter.preempt_requested:
     time.sleep(0.05)  # the fake workload's pace, not test synchronisation
-from supervisor.child.train import _exit_preempted
-_exit_preempted(reporter, "reporting trainer")
+from supervisor.child.stop import exit_preempted
+exit_preempted(reporter, "reporting trainer")
 """
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.control.peer import actor_for_uid
 from tests.accounts import SYSTEM_PYTHON, account  # noqa: F401 - a fixture
 from tests.conftest import DaemonProcess, _alive, cpu_job, ctl, wait_for, wait_socket

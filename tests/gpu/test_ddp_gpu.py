@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.process import launcher
 from tests.conftest import cpu_job, ctl, gpu_count, wait_for, wait_socket
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import results_csv
-from supervisor.child.progress import read_json
+from supervisor.contract import read_json
 from supervisor.jobs.states import Cause
 from supervisor.process.classify import classify, read_log_tail
 from tests.conftest import cpu_job, gpu_count, wait_for

@@ -40,8 +40,8 @@ def test_a_plan_missing_a_required_field_is_not_a_plan():
 
 
 def test_the_child_writes_exactly_the_contracts_fields(tmp_path):
-    plan = to_json(Plan(job="j", attempt=2, epochs=3, train={}, progress_file=str(tmp_path / "p.json"),
-                        exit_record=str(tmp_path / "e.json")))
+    plan = Plan(job="j", attempt=2, epochs=3, train={}, progress_file=str(tmp_path / "p.json"),
+                exit_record=str(tmp_path / "e.json"))
     rep = Reporter(plan)
     rep.beat(force=True, phase="training", epoch=1, batch=3, batches=10)
     assert set(rep.state) == {f.name for f in dataclasses.fields(Progress)}

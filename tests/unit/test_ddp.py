@@ -85,16 +85,18 @@ TORCHRUN_FAILED = subprocess.CalledProcessError(1, ["/venv/bin/python", "-m", "t
 
 def _parent(tmp_path: Path):
     from supervisor.child import train
+    from supervisor.contract import Plan
 
-    return train, train.Reporter({"progress_file": str(tmp_path / "progress.json"),
-                                  "exit_record": str(tmp_path / "exit.json"), "attempt": 1, "epochs": 3})
+    return train, train.Reporter(Plan(job="j", attempt=1, epochs=3, train={},
+                                      progress_file=str(tmp_path / "progress.json"),
+                                      exit_record=str(tmp_path / "exit.json")))
 
 
 def test_the_parent_ends_with_the_exit_record_rank_zero_wrote(tmp_path):
     train, rep = _parent(tmp_path)
     rank0 = {"exit_code": 75, "rank": 0, "preempted": "DDP: all 2 ranks stopped after epoch 2 batch 3/8"}
     (tmp_path / "exit.json").write_text(json.dumps(rank0))
-    assert train._ddp_launch_failed(rep, TORCHRUN_FAILED) == 75
+    assert train.ddp_launch_failed(rep, TORCHRUN_FAILED) == 75
     assert json.loads((tmp_path / "exit.json").read_text()) == rank0  # kept as rank 0 wrote it
 
 
@@ -103,7 +105,7 @@ def test_a_ddp_crash_is_recorded_as_one_that_reached_training(tmp_path):
     train, rep = _parent(tmp_path)
     (tmp_path / "progress.json").write_text(json.dumps({"ddp": {"rank": 0}, "first_batch_at": 123.0,
                                                         "phase": "training"}))
-    assert train._ddp_launch_failed(rep, TORCHRUN_FAILED) is None  # the caller records the failure
+    assert train.ddp_launch_failed(rep, TORCHRUN_FAILED) is None  # the caller records the failure
     rep.exit_record(1, exception="CalledProcessError")
     assert json.loads((tmp_path / "exit.json").read_text())["reached_training"] is True
 
@@ -111,7 +113,7 @@ def test_a_ddp_crash_is_recorded_as_one_that_reached_training(tmp_path):
 def test_another_failed_command_is_no_ddp_launch(tmp_path):
     train, rep = _parent(tmp_path)
     (tmp_path / "exit.json").write_text(json.dumps({"exit_code": 75, "rank": 0}))
-    assert train._ddp_launch_failed(rep, subprocess.CalledProcessError(1, ["git", "status"])) is None
+    assert train.ddp_launch_failed(rep, subprocess.CalledProcessError(1, ["git", "status"])) is None
 
 
 # -- our callbacks in Ultralytics' DDP state ----------------------------------------------------
@@ -122,9 +124,10 @@ from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.dist import generate_ddp_file
 from supervisor.child import train
+from supervisor.contract import Plan
 
 progress, exit_record, data, project = sys.argv[1:5]
-rep = train.Reporter({"progress_file": progress, "exit_record": exit_record, "attempt": 1, "epochs": 2})
+rep = train.Reporter(Plan(job="j", attempt=1, epochs=2, train={}, progress_file=progress, exit_record=exit_record))
 model = YOLO("yolov8n.yaml")
 train._install_callbacks(model, rep, None)
 # What Model.train does before trainer.train(); device=cpu, so the trainer is built here without GPUs.
@@ -144,7 +147,7 @@ ours = sorted(e for e, cbs in state["callbacks"].items()
               for cb in cbs if getattr(cb, "__module__", "") == "supervisor.child.train")
 handler = signal.getsignal(signal.SIGTERM)
 rep = None
-if callable(handler) and getattr(handler, "__module__", "") == "supervisor.child.train":
+if callable(handler) and getattr(handler, "__module__", "") == "supervisor.child.stop":
     rep = handler.__closure__[0].cell_contents
     rep.beat(force=True, phase="training")
     rep.exit_record(75, preempted="test")

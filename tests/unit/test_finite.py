@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 from supervisor.daemon.resume import choose, prepare_resume
-from supervisor.probes.checkpoint import FINITE_KEY, CkptKind, inspect_checkpoint
+from supervisor.contract import FINITE_KEY
+from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
 from supervisor.probes.vault import CheckpointVault
 from tests.unit.test_vault import copies  # noqa: F401 - the fixture
 

@@ -23,8 +23,8 @@ from typing import Callable, Optional
 import pytest
 
 from supervisor.child import ddp
-from supervisor.child.progress import read_json, write_json_atomic
-from supervisor.child.train import Reporter
+from supervisor.child.reporter import Reporter
+from supervisor.contract import Plan, read_json, write_json_atomic
 from supervisor.daemon.resume import last_pt, prepare_resume
 from supervisor.paths import Home
 from supervisor.probes.vault import CheckpointVault
@@ -149,8 +149,8 @@ def write_the_plan(root: Path) -> None:
 def report_progress_and_exit(root: Path) -> None:
     """The child writes progress.json, asks DDP ranks to stop and writes exit.json."""
     h = home(root)
-    rep = Reporter({"attempt": 2, "epochs": 3, "progress_file": str(h.job_progress(JOB)),
-                    "exit_record": str(h.job_exit_record(JOB))})
+    rep = Reporter(Plan(job=JOB, attempt=2, epochs=3, train={}, progress_file=str(h.job_progress(JOB)),
+                        exit_record=str(h.job_exit_record(JOB))))
     rep.beat(force=True, phase="training", epoch=1)
     ddp.request_stop(rep.stop_path)
     rep.exit_record(75)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.child import midepoch
+from supervisor.child import midepoch, sample_order
 from supervisor.daemon.resume import choose, midepoch_pt, prepare_resume
 from supervisor.jobs.spec import parse_spec
 from supervisor.jobs.states import Cause
 from supervisor.observe.goodput import goodput
 from supervisor.policy import Action, AttemptEnd, Budget, decide
-from supervisor.probes.checkpoint import CkptKind, MIDEPOCH_KEY, inspect_checkpoint
+from supervisor.contract import MIDEPOCH_KEY
+from supervisor.probes.checkpoint import CkptKind, inspect_checkpoint
 from supervisor.probes.vault import CheckpointVault
 from tests.unit.test_checkpoint import truncated
 from tests.unit.test_goodput import att, job
@@ -43,8 +44,8 @@ def collate(items):
 
 
 def loader(n: int, bs: int, workers: int, resume=None, first_key: int = 0):
-    order = midepoch.PassOrder(n, seed=7, shuffle=True, batch_size=bs, resume=resume, first_key=first_key)
-    cls = midepoch._resumable_loader_class()
+    order = sample_order.PassOrder(n, seed=7, shuffle=True, batch_size=bs, resume=resume, first_key=first_key)
+    cls = sample_order.resumable_loader_class()
     extra = {"prefetch_factor": 2} if workers else {}
     return cls(dataset=Indices(n), batch_size=bs, shuffle=False, num_workers=workers, sampler=order,
                collate_fn=collate, drop_last=False, **extra)
@@ -76,7 +77,7 @@ def test_every_epoch_is_one_whole_permutation_named_by_its_key(workers):
 def test_a_resumed_pass_yields_exactly_the_batches_not_yet_trained(workers):
     full = loader(n=37, bs=8, workers=0)
     key, reference = epochs(full, 2)[1]  # the epoch that will be interrupted
-    dl = loader(n=37, bs=8, workers=workers, resume=midepoch.Pass(key, skip=3))
+    dl = loader(n=37, bs=8, workers=workers, resume=sample_order.Pass(key, skip=3))
     assert len(dl) == 5  # Ultralytics reads nb once: it stays the full epoch
     (k1, rest), (k2, after) = epochs(dl, 2)
     assert k1 == key and rest == reference[3:]  # none skipped, none twice, same batch composition
@@ -85,7 +86,7 @@ def test_a_resumed_pass_yields_exactly_the_batches_not_yet_trained(workers):
 
 
 def test_reset_drops_passes_drawn_ahead_but_keeps_an_unconsumed_resume():
-    order = midepoch.PassOrder(10, seed=1, shuffle=True, batch_size=2, resume=midepoch.Pass(4, skip=2))
+    order = sample_order.PassOrder(10, seed=1, shuffle=True, batch_size=2, resume=sample_order.Pass(4, skip=2))
     drawn = list(iter(order))          # drawn ahead by a prefetching loader, then dropped by reset()
     assert drawn == order.order(4)[4:]
     order.drop_started()
@@ -95,9 +96,9 @@ def test_reset_drops_passes_drawn_ahead_but_keeps_an_unconsumed_resume():
 
 
 def test_pass_batches_follows_the_batch_sampler():
-    assert midepoch.pass_batches(37, 8, 0, drop_last=False) == 5
-    assert midepoch.pass_batches(37, 8, 3, drop_last=False) == 2
-    assert midepoch.pass_batches(37, 8, 3, drop_last=True) == 1
+    assert sample_order.pass_batches(37, 8, 0, drop_last=False) == 5
+    assert sample_order.pass_batches(37, 8, 3, drop_last=False) == 2
+    assert sample_order.pass_batches(37, 8, 3, drop_last=True) == 1
 
 
 def test_the_version_guard_refuses_an_untested_version(monkeypatch):
@@ -137,10 +138,6 @@ def test_a_record_from_another_ultralytics_resumes_the_epoch_from_its_start(monk
     resumed = mid._resume_pass(160, 8, True)
     assert resumed.skip == 0 and mid.resume_skip == 0
     assert "ultralytics 8.4.100 -> 8.4.190" in notes[0] and "epoch 3 is trained again from its start" in notes[0]
-
-
-def test_the_record_key_is_the_one_the_probe_reads():
-    assert midepoch.RECORD_KEY == MIDEPOCH_KEY
 
 
 # --------------------------------------------------------------------------- real checkpoints
@@ -333,7 +330,7 @@ def saving(tmp_path, monkeypatch):
     written: list[tuple[int, dict]] = []
     monkeypatch.setattr(midepoch, "_unwrap", lambda model: model)
     monkeypatch.setattr(midepoch, "_ultralytics_version", lambda: "8.4.0")
-    monkeypatch.setattr(midepoch, "_checkpoint_bytes",
+    monkeypatch.setattr(midepoch, "checkpoint_bytes",
                         lambda trainer, epoch, extra: written.append((epoch, extra)) or b"checkpoint")
     reports: list[dict] = []
     mid = midepoch.MidEpoch(interval_s=60, on_saved=lambda rec, seconds: reports.append(rec))
@@ -353,7 +350,7 @@ def test_a_save_records_the_batch_after_the_one_that_just_ended(saving, tmp_path
     assert record["shuffle"] is True and record["accumulate"] == 4 and record["tloss"] == {"box": 1.5}
     assert record["grads_pending"] is False and record["last_opt_step"] == 66
     [(epoch, extra)] = written
-    assert epoch == 2 and extra[midepoch.RECORD_KEY] is record and extra[midepoch.GRADS_KEY] is None
+    assert epoch == 2 and extra[midepoch.MIDEPOCH_KEY] is record and extra[midepoch.GRADS_KEY] is None
     assert extra[midepoch.MODEL_KEY] == {"w": 1}
     assert (tmp_path / midepoch.MIDEPOCH_NAME).read_bytes() == b"checkpoint"
     assert reports == [{**record, "size": len(b"checkpoint")}]

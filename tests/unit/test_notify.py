@@ -284,7 +284,7 @@ def test_the_daemon_imports_apprise_only_when_it_sends_and_apprise_pulls_no_torc
     code = ("import sys\n"
             "import supervisor.daemon.main, supervisor.daemon.core, supervisor.control.handlers\n"
             "print('apprise' in sys.modules)\n"
-            "from supervisor.observe.notify import url_problem; url_problem('json://localhost/x')\n"
+            "from supervisor.jobs.notify_spec import url_problem; url_problem('json://localhost/x')\n"
             "print('apprise' in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'ultralytics', 'torchvision')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,

@@ -3,7 +3,7 @@
 import json
 import os
 
-from supervisor.child.progress import write_json_atomic
+from supervisor.contract import write_json_atomic
 from supervisor.probes.progress import ProgressFiles
 
 

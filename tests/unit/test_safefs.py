@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import safefs
-from supervisor.child.progress import read_json, write_json_atomic
+from supervisor.contract import read_json, write_json_atomic
 from tests.accounts import account, open_dir, root_secret  # noqa: F401 - fixtures
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 SCRIPT = r"""
 import sys
 from supervisor.child import train
+from supervisor.contract import Plan
 
-plan = {"progress_file": sys.argv[1], "exit_record": sys.argv[2], "attempt": 1, "epochs": 3}
+plan = Plan(job="j", attempt=1, epochs=3, train={}, progress_file=sys.argv[1], exit_record=sys.argv[2])
 rep = train.Reporter(plan)
 callbacks = {}
 
