@@ -114,8 +114,11 @@ def test_a_free_form_field_is_bounded_in_values_and_ranges():
     nested = {"epoch": 3, "next_batch": 5, "tloss": [1.5, None, True, "x" * MAX_TEXT], "inner": {"a": {"b": 1}}}
     assert from_json(Progress, {"last_midepoch": nested}).last_midepoch == nested
     for bad in ({"x": 10**400}, {"x": float("nan")}, {"x": "s" * (MAX_TEXT + 1)}, {"x": [object()]},
-                {"x": list(range(MAX_ITEMS + 1))}, {"x": {str(i): 0 for i in range(MAX_ITEMS + 1)}}):
+                {"x": list(range(MAX_ITEMS + 1))}, {"x": {str(i): 0 for i in range(MAX_ITEMS + 1)}},
+                {"x": {"y": float("nan")}}, {"x": {"y": {"z": "s" * (MAX_TEXT + 1)}}}):
         assert from_json(Progress, {"last_midepoch": bad}).last_midepoch is None, bad
+    at_most = {"x": list(range(MAX_ITEMS)), "y": {str(i): 0 for i in range(MAX_ITEMS)}}
+    assert from_json(Progress, {"last_midepoch": at_most}).last_midepoch == at_most
     # the value budget is shared down the tree: MAX_ANY_NODES values in one free-form value, lists counted
     value = [[0] * (MAX_ITEMS - 1) for _ in range(9)] + [[0] * (MAX_ANY_NODES - 1 - 9 * MAX_ITEMS - 1)]
     assert from_json(Progress, {"ddp": {"v": value}}).ddp == {"v": value}
