@@ -354,8 +354,10 @@ def _corrupt_info(path: Path, problem: str):
     ({"epoch": True, "optimizer": {}}, "no integer 'epoch' entry (got True)"),
     ({"epoch": 2.0, "optimizer": {}}, "no integer 'epoch' entry (got 2.0)"),
     ({"epoch": -2, "optimizer": {}}, "impossible epoch -2"),
+    ({"epoch": -2}, "impossible epoch -2"),                     # not a stripped one either
     ({"epoch": 1_000_001, "optimizer": {}}, "impossible epoch 1000001"),
-], ids=["list", "no epoch", "bool epoch", "float epoch", "epoch -2", "epoch past the maximum"])
+], ids=["list", "no epoch", "bool epoch", "float epoch", "epoch -2", "epoch -2 without optimizer",
+        "epoch past the maximum"])
 def test_a_checkpoint_that_is_not_a_training_state_is_corrupt_with_its_path_size_and_reason(tmp_path, top, problem):
     path = _checkpoint(tmp_path / "c.pt", top)
     assert inspect_checkpoint(path) == _corrupt_info(path, problem)
@@ -380,10 +382,11 @@ def test_the_kind_follows_ultralytics_strip_optimizer(tmp_path, top, kind, epoch
 def test_a_resumable_state_saved_from_non_finite_weights_is_diverged(tmp_path):
     from supervisor.probes.checkpoint import FINITE_KEY, CheckpointInfo
 
-    diverged = _checkpoint(tmp_path / "d.pt", {"epoch": 3, "optimizer": {}, FINITE_KEY: False})
+    diverged = _checkpoint(tmp_path / "d.pt", {"epoch": 3, "optimizer": {}, FINITE_KEY: False,
+                                               "train_args": {"epochs": 9}, MIDEPOCH_KEY: _record(epoch=4)})
     assert inspect_checkpoint(diverged) == CheckpointInfo(
-        diverged, CkptKind.DIVERGED, 3, True, None, diverged.stat().st_size,
-        "its weights were NaN/Inf when it was saved (the training had diverged)")
+        diverged, CkptKind.DIVERGED, 3, True, {"epochs": 9}, diverged.stat().st_size,
+        "its weights were NaN/Inf when it was saved (the training had diverged)", _record(epoch=4))
     finite = _checkpoint(tmp_path / "f.pt", {"epoch": 3, "optimizer": {}, FINITE_KEY: True})
     assert inspect_checkpoint(finite).kind is CkptKind.RESUMABLE
     # a finished (stripped) one is never resumed from anyway: it stays finished
@@ -425,11 +428,22 @@ def test_an_unusable_mid_epoch_record_is_corrupt_and_says_what_is_wrong(tmp_path
     assert inspect_checkpoint(path) == _corrupt_info(path, problem)
 
 
+def test_train_args_that_are_not_a_mapping_are_none_and_an_ordered_dict_is_read(tmp_path):
+    from collections import OrderedDict
+
+    listed = _checkpoint(tmp_path / "l.pt", {"epoch": 1, "optimizer": {}, "train_args": ["epochs", 9]})
+    assert inspect_checkpoint(listed).kind is CkptKind.RESUMABLE and inspect_checkpoint(listed).train_args is None
+    ordered = _checkpoint(tmp_path / "o.pt", {"epoch": 1, "optimizer": {}, "train_args": OrderedDict(epochs=9)})
+    assert inspect_checkpoint(ordered).train_args == {"epochs": 9}  # the one real class a checkpoint may build
+
+
 def test_the_mid_epoch_record_accepts_the_bounds_of_its_fields(tmp_path):
     top = {"epoch": -1, "optimizer": {}, MIDEPOCH_KEY: _record(epoch=0, next_batch=2**31 - 1, batches=2**31 - 1,
                                                                 pass_key=0, batch_size=2**31 - 1)}
     info = inspect_checkpoint(_checkpoint(tmp_path / "m.pt", top))
     assert info.kind is CkptKind.RESUMABLE and info.position == (0, 2**31 - 1), info.problem
+    one_batch = {"epoch": 2, "optimizer": {}, MIDEPOCH_KEY: _record(next_batch=1)}
+    assert inspect_checkpoint(_checkpoint(tmp_path / "one.pt", one_batch)).position == (3, 1)
 
 
 def test_a_deflated_archive_is_checked_record_by_record_like_a_stored_one(tmp_path):
@@ -556,6 +570,34 @@ def test_every_storage_the_pickle_references_must_have_its_record(tmp_path):
                             records={"other/data/0": b"\0" * 4})
     assert inspect_checkpoint(elsewhere) == _corrupt_info(
         elsewhere, "missing tensor record archive/data/0 (1 referenced storages absent)")
+
+
+@pytest.mark.parametrize("pid", ["abc", ("storage", "FloatStorage"), ("storage", "FloatStorage", 7, "cpu", 1)],
+                         ids=["a string", "a short tuple", "an int key"])
+def test_a_persistent_id_that_is_not_a_torch_storage_reference_is_ignored(tmp_path, pid):
+    """Only torch's shape names a record; anything else a hand-made pickle references becomes None."""
+    thing = bytearray(1)
+    path = _checkpoint(tmp_path / "p.pt", {"epoch": 0, "optimizer": {"a": thing}}, persistent={id(thing): pid})
+    assert inspect_checkpoint(path).kind is CkptKind.RESUMABLE, inspect_checkpoint(path).problem
+
+
+def test_the_shortest_storage_reference_names_its_record_too(tmp_path):
+    thing = bytearray(1)
+    path = _checkpoint(tmp_path / "p.pt", {"epoch": 0, "optimizer": {"a": thing}},
+                       persistent={id(thing): ("storage", "FloatStorage", "k")})
+    assert inspect_checkpoint(path) == _corrupt_info(
+        path, "missing tensor record archive/data/k (1 referenced storages absent)")
+
+
+def test_one_setitems_of_colliding_keys_is_stopped_inside_it(tmp_path, monkeypatch):
+    """All the quadratic work in one opcode (SETITEMS of 8000 colliding keys, seconds here): the
+    deadline is checked between its keys, not only between opcodes, so the read stops at the budget.
+    Without that check the read runs to its end and the file reads as a whole (stripped) checkpoint."""
+    from supervisor.probes import checkpoint
+
+    monkeypatch.setattr(checkpoint, "UNPICKLE_BUDGET_S", 0.5, raising=False)
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "collide.pt", _colliding_keys_pickle(8000)))
+    assert info.kind is CkptKind.CORRUPT and "budget" in info.problem, info
 
 
 def test_garbage_says_it_never_was_a_zip(tmp_path):
