@@ -600,6 +600,18 @@ def test_one_setitems_of_colliding_keys_is_stopped_inside_it(tmp_path, monkeypat
     assert info.kind is CkptKind.CORRUPT and "budget" in info.problem, info
 
 
+@pytest.mark.parametrize("proto", [0, 1])
+def test_a_dict_built_by_the_dict_opcode_is_read(tmp_path, proto):
+    """Protocols 0 and 1 build a dict with DICT (MARK key value ... DICT), which the reader handles
+    itself to bound its work; hand-written here with its items inside, and as pickle writes it."""
+    by_hand = b"(X\x05\x00\x00\x00epochK\x03X\x09\x00\x00\x00optimizer(dX\x04\x00\x00\x00seedK\x07d."
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "h.pt", by_hand))
+    assert (info.kind, info.epoch, info.has_optimizer) == (CkptKind.RESUMABLE, 3, True), info.problem
+    written = pickle.dumps({"epoch": 5, "optimizer": {}, "train_args": {"epochs": 9}}, protocol=proto)
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "w.pt", written))
+    assert (info.kind, info.epoch, info.train_args) == (CkptKind.RESUMABLE, 5, {"epochs": 9}), info.problem
+
+
 def test_garbage_says_it_never_was_a_zip(tmp_path):
     path = tmp_path / "g.pt"
     path.write_bytes(b"\x00" * 4096)
