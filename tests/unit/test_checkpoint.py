@@ -612,6 +612,20 @@ def test_a_dict_built_by_the_dict_opcode_is_read(tmp_path, proto):
     assert (info.kind, info.epoch, info.train_args) == (CkptKind.RESUMABLE, 5, {"epochs": 9}), info.problem
 
 
+def test_a_pickle_nested_past_the_recursion_limit_is_corrupt(tmp_path):
+    """Two equal keys, each a tuple nested 3000 deep: comparing them when the dict is built recurses
+    past Python's limit. The reader says so, and the daemon keeps running."""
+    deep = b"K\x00" + b"\x85" * 3000  # BININT1 0, then TUPLE1 3000 times
+    path = _zip_with_pickle(tmp_path / "deep.pt", b"\x80\x02}(" + deep + b"K\x01" + deep + b"K\x02u.")
+    assert inspect_checkpoint(path) == _corrupt_info(path, "data.pkl nests too deeply to read safely")
+
+
+def test_a_malformed_pickle_names_the_error(tmp_path):
+    path = _zip_with_pickle(tmp_path / "bad.pt", b"\x80\x02\xff")
+    problem = inspect_checkpoint(path).problem
+    assert problem.startswith("data.pkl unreadable: UnpicklingError: invalid load key"), problem
+
+
 def test_garbage_says_it_never_was_a_zip(tmp_path):
     path = tmp_path / "g.pt"
     path.write_bytes(b"\x00" * 4096)
