@@ -622,7 +622,8 @@ def test_a_pickle_nested_past_the_recursion_limit_is_corrupt(tmp_path):
 
 def test_a_malformed_pickle_names_the_error(tmp_path):
     path = _zip_with_pickle(tmp_path / "bad.pt", b"\x80\x09}.")
-    assert inspect_checkpoint(path) == _corrupt_info(path, "data.pkl unreadable: ValueError: unsupported pickle protocol: 9")
+    assert inspect_checkpoint(path) == _corrupt_info(
+        path, "data.pkl unreadable: ValueError: unsupported pickle protocol: 9")
 
 
 def test_garbage_says_it_never_was_a_zip(tmp_path):

@@ -62,7 +62,7 @@ def test_a_boolean_is_not_a_number_of_seconds_but_an_integer_is():
     assert from_json(Progress, {"max_gap_s": 3}).max_gap_s == 3
 
 
-# --------------------------------------------------------------------------- ranges and sizes, at their edges (issue 25)
+# -------------------------------------------------------------------- ranges and sizes, at their edges (issue 25)
 # Written for the contract group's mutants (scripts/mutation.sh contract): each bound is checked on
 # both sides, through from_json, the way the daemon reads a child's files.
 from supervisor.contract import MAX_ANY_NODES, MAX_FLOAT, MAX_INT, MAX_ITEMS, MAX_TEXT  # noqa: E402
