@@ -519,6 +519,19 @@ def test_a_record_the_directory_says_runs_past_the_end_is_truncated(tmp_path):
         path, "truncated: record archive/data/0 runs past the end of the file")
 
 
+def test_a_directory_the_zip_reader_cannot_decode_is_damaged(tmp_path):
+    """A name flagged UTF-8 that is not: the zip reader raises a ValueError, not BadZipFile."""
+    path = _checkpoint(tmp_path / "u.pt", {"epoch": 0, "optimizer": {}})
+    data = bytearray(path.read_bytes())
+    entry = data.find(b"PK\x01\x02")
+    flags = struct.unpack_from("<H", data, entry + 8)[0]
+    struct.pack_into("<H", data, entry + 8, flags | 0x800)  # bit 11: the name is UTF-8
+    data[entry + 46] = 0xFF                                    # its first byte cannot start a character
+    path.write_bytes(bytes(data))
+    assert inspect_checkpoint(path) == _corrupt_info(
+        path, "damaged zip directory: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte")
+
+
 @pytest.mark.parametrize("names", [[], ["a/data.pkl", "b/data.pkl"]], ids=["none", "two"])
 def test_an_archive_without_exactly_one_data_pkl_is_not_a_checkpoint(tmp_path, names):
     path = tmp_path / "n.pt"
