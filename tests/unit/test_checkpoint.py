@@ -608,8 +608,13 @@ def test_one_setitems_of_colliding_keys_is_stopped_inside_it(tmp_path, monkeypat
     Without that check the read runs to its end and the file reads as a whole (stripped) checkpoint."""
     from supervisor.probes import checkpoint
 
+    modulus = 2**61 - 1
+    pairs = b"".join(b"\x8a\x10" + (i * modulus).to_bytes(16, "little", signed=True) + b"K\x00"
+                     for i in range(1, 8000))
+    # the top-level dict itself, its epoch and the keys in the one SETITEMS, the last opcode before STOP
+    payload = b"\x80\x02}(X\x05\x00\x00\x00epochK\x03" + pairs + b"u."
     monkeypatch.setattr(checkpoint, "UNPICKLE_BUDGET_S", 0.5, raising=False)
-    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "collide.pt", _colliding_keys_pickle(8000)))
+    info = inspect_checkpoint(_zip_with_pickle(tmp_path / "collide.pt", payload))
     assert info.kind is CkptKind.CORRUPT and "budget" in info.problem, info
 
 
