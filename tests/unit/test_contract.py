@@ -60,3 +60,67 @@ def test_the_child_writes_exactly_the_contracts_fields(tmp_path):
 def test_a_boolean_is_not_a_number_of_seconds_but_an_integer_is():
     assert from_json(Progress, {"max_gap_s": True}).max_gap_s == 0.0
     assert from_json(Progress, {"max_gap_s": 3}).max_gap_s == 3
+
+
+# -------------------------------------------------------------------- ranges and sizes, at their edges (issue 25)
+# Written for the contract group's mutants (scripts/mutation.sh contract): each bound is checked on
+# both sides, through from_json, the way the daemon reads a child's files.
+from supervisor.contract import MAX_ANY_NODES, MAX_FLOAT, MAX_INT, MAX_ITEMS, MAX_TEXT  # noqa: E402
+
+
+@pytest.mark.parametrize("value, kept", [
+    (MAX_INT, True), (-MAX_INT, True), (0, True), (MAX_INT + 1, False), (-MAX_INT - 1, False),
+    (True, False), (3.0, False), ("3", False),
+])
+def test_an_int_field_keeps_an_int_within_max_int(value, kept):
+    assert from_json(Progress, {"epoch": value}).epoch == (value if kept else None)
+
+
+@pytest.mark.parametrize("value, kept", [
+    (MAX_FLOAT, True), (-MAX_FLOAT, True), (1.5, True), (0.0, True), (int(MAX_FLOAT), True), (-int(MAX_FLOAT), True),
+    (MAX_FLOAT * 1.0001, False), (-MAX_FLOAT * 1.0001, False), (int(MAX_FLOAT) + 1, False),
+    (-int(MAX_FLOAT) - 1, False), (10**400, False), (float("inf"), False), (float("nan"), False), (False, False),
+])
+def test_a_float_field_keeps_a_finite_number_within_max_float(value, kept):
+    got = from_json(Progress, {"updated_at": value}).updated_at
+    assert got == (value if kept else None)
+
+
+def test_a_string_field_keeps_at_most_max_text_characters():
+    assert from_json(Progress, {"save_dir": "d" * MAX_TEXT}).save_dir == "d" * MAX_TEXT
+    assert from_json(Progress, {"save_dir": "d" * (MAX_TEXT + 1)}).save_dir is None
+    assert from_json(Progress, {"phase": 7}).phase == "setup"
+
+
+def test_a_list_field_keeps_at_most_max_items_each_of_its_type():
+    assert from_json(Progress, {"epoch_times": [1.0] * MAX_ITEMS}).epoch_times == [1.0] * MAX_ITEMS
+    assert from_json(Progress, {"epoch_times": [1.0] * (MAX_ITEMS + 1)}).epoch_times == []
+    assert from_json(Progress, {"epoch_times": [1.0, "2"]}).epoch_times == []
+    assert from_json(Progress, {"notes": ["a", "b"]}).notes == ["a", "b"]
+    assert from_json(Progress, {"notes": ["a", 2]}).notes == []
+
+
+def test_a_dict_field_checks_its_size_keys_and_values():
+    many = {str(i): 1.0 for i in range(MAX_ITEMS)}
+    assert from_json(Progress, {"losses": many}).losses == many
+    assert from_json(Progress, {"losses": {**many, "x": 1.0}}).losses is None
+    assert from_json(Progress, {"losses": {"box": "1"}}).losses is None
+    assert from_json(Progress, {"losses": {"box": float("inf")}}).losses is None
+    assert from_json(Progress, {"startup": {"import": 1.5}}).startup == {"import": 1.5}
+    assert from_json(Progress, {"startup": {"import": None}}).startup == {}
+
+
+def test_a_free_form_field_is_bounded_in_values_and_ranges():
+    nested = {"epoch": 3, "next_batch": 5, "tloss": [1.5, None, True, "x" * MAX_TEXT], "inner": {"a": {"b": 1}}}
+    assert from_json(Progress, {"last_midepoch": nested}).last_midepoch == nested
+    for bad in ({"x": 10**400}, {"x": float("nan")}, {"x": "s" * (MAX_TEXT + 1)}, {"x": [object()]},
+                {"x": list(range(MAX_ITEMS + 1))}, {"x": {str(i): 0 for i in range(MAX_ITEMS + 1)}},
+                {"x": {"y": float("nan")}}, {"x": {"y": {"z": "s" * (MAX_TEXT + 1)}}}):
+        assert from_json(Progress, {"last_midepoch": bad}).last_midepoch is None, bad
+    at_most = {"x": list(range(MAX_ITEMS)), "y": {str(i): 0 for i in range(MAX_ITEMS)}}
+    assert from_json(Progress, {"last_midepoch": at_most}).last_midepoch == at_most
+    # the value budget is shared down the tree: MAX_ANY_NODES values in one free-form value, lists counted
+    value = [[0] * (MAX_ITEMS - 1) for _ in range(9)] + [[0] * (MAX_ANY_NODES - 1 - 9 * MAX_ITEMS - 1)]
+    assert from_json(Progress, {"ddp": {"v": value}}).ddp == {"v": value}
+    value[-1].append(0)
+    assert from_json(Progress, {"ddp": {"v": value}}).ddp is None

@@ -4,7 +4,7 @@ import pytest
 
 from supervisor.jobs.spec import parse_spec
 from supervisor.jobs.states import Cause
-from supervisor.policy import Action, AttemptEnd, Budget, backoff_delay, decide
+from supervisor.policy import DIVERGED_REASON, Action, AttemptEnd, Budget, backoff_delay, decide
 
 
 def spec(**overrides):
@@ -65,6 +65,11 @@ CASES = [
     # a divergence: held, whatever the budgets say (resuming the same state diverges again)
     (Cause.DIVERGED, Budget(0, 0, 0), {}, Action.HOLD, Budget(0, 0, 0)),
     (Cause.DIVERGED, Budget(5, 5, 5, 2, 3), {"after": 3}, Action.HOLD, Budget(5, 5, 5)),
+    # each decision that ends a row resets the other rows (issue 25: mutants that survived)
+    (Cause.SETUP_FAILED, Budget(0, 0, 0, 0, 4), {"after": None, "before": 0}, Action.RESTART, Budget(0, 0, 1, 1, 0)),
+    (Cause.PREEMPTED, Budget(0, 0, 5, 2, 9), {"after": 3}, Action.HOLD, Budget(0, 0, 5, 0, 10)),
+    (Cause.CRASHED, Budget(3, 0, 2, 2, 4), {}, Action.FAIL, Budget(3, 0, 2, 0, 0)),
+    (Cause.KILLED, Budget(1, 1, 1, 2, 4), {"after": 3}, Action.FAIL, Budget(1, 2, 1, 0, 0)),
     # user stop and unhealthy devices
     (Cause.STOPPED, Budget(), {"user_stop": True}, Action.STOP, Budget()),
     (Cause.KILLED, Budget(), {"devices_unhealthy": True}, Action.HOLD, Budget()),
@@ -153,6 +158,15 @@ def test_a_preemption_loop_is_held_with_what_to_change(on_slurm, words):
     assert all(w in d.reason for w in words), d.reason
 
 
+@pytest.mark.parametrize("after, epoch", [(None, 0), (3, 3)])
+def test_a_preemption_loop_reason_says_where_the_job_stands_and_what_to_do(after, epoch):
+    s = spec(restart={"max_preemptions_without_progress": 2})
+    d = decide(s, Budget(preempt_streak=1), end(Cause.PREEMPTED, before=3 if after else 0, after=after))
+    assert d.reason == (f"preempted 2 times in a row without progress (epoch {epoch}): something sends the job "
+                        "SIGTERM soon after it starts (see `yolo-supervisorctl events` for who); "
+                        "then `yolo-supervisorctl start`")
+
+
 def test_only_a_person_lifts_a_divergence_or_a_preemption_loop():
     from supervisor.policy import DIVERGED_REASON, held_until_start
 
@@ -177,6 +191,8 @@ REASONS = [
      "no progress: 2 attempts in a row ended at epoch 0 (last cause stalled)", Budget(1, 2, 1)),
     (Cause.KILLED, Budget(), {}, "killed: restart 1 of 3", Budget(1, 0, 1)),
     (Cause.PREEMPTED, Budget(2, 0, 0), {}, "preempted: restart not charged", Budget(2, 0, 1)),
+    (Cause.DIVERGED, Budget(), {}, DIVERGED_REASON, Budget()),
+    (Cause.SETUP_FAILED, Budget(), {"after": None, "before": 0}, "setup_failed: retry 1 of 3", Budget(0, 0, 1, 1)),
 ]
 
 
