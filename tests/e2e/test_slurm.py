@@ -206,7 +206,9 @@ def test_a_pending_job_shows_queued_with_slurms_reason(slurm_daemon, fake_traine
     line = next(ln for ln in text.splitlines() if ln.startswith("wait "))
     assert line.split()[1] == "queued" and f"slurm:{job_id}" in line
     assert f"wait: Slurm job {job_id} pending ({reason})" in text
-    assert f"queued in Slurm as job {job_id}" in d.job("wait").state_reason
+    # The job's reason follows at the loop's next housekeeping, after the watcher saw the state.
+    wait_for(lambda: f"queued in Slurm as job {job_id}" in d.job("wait").state_reason, 30,
+             what="the job's reason to name the Slurm job")
     assert any(e.kind == "slurm" and reason in e.reason for e in d.events("wait"))
 
     ok(ctl(d.home, "stop", "wait"))  # nothing to save: cancelled at once
