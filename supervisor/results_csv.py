@@ -12,6 +12,8 @@ looks the same to any tool that already parsed it.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -122,3 +124,26 @@ def _same_owner_and_mode(tmp: Path, original: Path) -> None:
             os.chown(tmp, st.st_uid, st.st_gid)
         except PermissionError:
             pass
+
+
+def read_results(text: str) -> tuple[dict[int, dict[str, float]], list[int]]:
+    """results.csv as {epoch: {column: value}} and the epochs that appeared more than once (last one wins,
+    as in ``results_csv.trim_after``). Older Ultralytics pads fields with spaces; torn rows are skipped."""
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader, [])]
+    if not header or header[0] != "epoch":
+        return {}, []
+    rows: dict[int, dict[str, float]] = {}
+    duplicates: list[int] = []
+    for fields in reader:
+        if len(fields) != len(header):
+            continue
+        try:
+            values = {h: float(v) for h, v in zip(header, fields)}
+        except ValueError:
+            continue
+        epoch = int(values.pop("epoch"))
+        if epoch in rows:
+            duplicates.append(epoch)
+        rows[epoch] = values
+    return rows, sorted(set(duplicates))

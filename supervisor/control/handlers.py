@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import grp
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Optional
 
 from supervisor import safefs
 from supervisor.control import authz
-from supervisor.control.peer import actor_for_uid, database_groups
+from supervisor.control.peer import actor_for_uid, database_groups, group_id
 from supervisor.child.drill import KINDS as DRILL_KINDS
 from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
 from supervisor.daemon.core import CommandError, PurgeFailed
@@ -96,13 +95,8 @@ def peer_groups(peer: "Peer") -> frozenset[int]:
 
 def admin_gid(group: Optional[str]) -> Optional[int]:
     """config.yaml's ``admin_group`` as a gid (None: none configured, or no such group any more)."""
-    if group is None or not str(group).strip():
-        return None
-    group = str(group).strip()
-    if group.isdigit():
-        return int(group)
     try:
-        return grp.getgrnam(group).gr_gid
+        return group_id(group)
     except KeyError:
         return None
 

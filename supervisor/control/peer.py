@@ -6,6 +6,7 @@ SO_PEERCRED and SO_PEERGROUPS, taken by the kernel at connect time.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import socket
@@ -67,3 +68,12 @@ def may_mutate(peer: Peer, daemon_uid: int, group_gid: Optional[int],
     if group_gid is None:
         return False
     return group_gid == peer.gid or group_gid in peer.groups or group_gid in groups_of(peer.uid)
+
+
+def group_id(group: Optional[str]) -> Optional[int]:
+    """A group name or number from config.yaml -> gid; None when none is set; KeyError for an
+    unknown name (the socket's group refuses to start, the admin group just grants nothing)."""
+    if group is None or str(group).strip() == "":
+        return None
+    group = str(group).strip()
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid

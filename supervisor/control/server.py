@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional
 
 from supervisor.control import handlers
 from supervisor.paths import make_dir
-from supervisor.control.peer import Peer, may_mutate, peer_of
+from supervisor.control.peer import Peer, group_id, may_mutate, peer_of
 from supervisor.control.protocol import Connection, ErrorCode, ProtocolError, Request, RequestError, Response
 from supervisor.store import StoreError
 
@@ -48,15 +48,10 @@ REQUEST_DEADLINE_S = 30.0
 
 def resolve_group(group: Optional[str]) -> Optional[int]:
     """A group name or number -> gid; ValueError for an unknown group."""
-    if group is None or str(group).strip() == "":
-        return None
-    group = str(group).strip()
-    if group.isdigit():
-        return int(group)
     try:
-        return grp.getgrnam(group).gr_gid
+        return group_id(group)
     except KeyError:
-        raise ValueError(f"socket_group: no group named '{group}'") from None
+        raise ValueError(f"socket_group: no group named '{str(group).strip()}'") from None
 
 
 def group_name(gid: int) -> str:

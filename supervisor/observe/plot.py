@@ -18,8 +18,6 @@ is what the tests compare with the recorded attempts.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from supervisor.results_csv import read_results  # noqa: E402 - also plot's: one reader of results.csv
 
 FIGSIZE_IN = (8.0, 8.5)
 DPI = 100
@@ -68,29 +68,6 @@ class Drawn:
     bands: list[Band] = field(default_factory=list)
     duplicate_epochs: list[int] = field(default_factory=list)
     extensions: list[tuple[int, int]] = field(default_factory=list)  # (epochs before, new total) per extend
-
-
-def read_results(text: str) -> tuple[dict[int, dict[str, float]], list[int]]:
-    """results.csv as {epoch: {column: value}} and the epochs that appeared more than once (last one wins,
-    as in ``results_csv.trim_after``). Older Ultralytics pads fields with spaces; torn rows are skipped."""
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader, [])]
-    if not header or header[0] != "epoch":
-        return {}, []
-    rows: dict[int, dict[str, float]] = {}
-    duplicates: list[int] = []
-    for fields in reader:
-        if len(fields) != len(header):
-            continue
-        try:
-            values = {h: float(v) for h, v in zip(header, fields)}
-        except ValueError:
-            continue
-        epoch = int(values.pop("epoch"))
-        if epoch in rows:
-            duplicates.append(epoch)
-        rows[epoch] = values
-    return rows, sorted(set(duplicates))
 
 
 def _columns(rows: dict[int, dict[str, float]]) -> dict[str, list[str]]:

@@ -12,6 +12,8 @@ import io
 import math
 from typing import Any, Optional
 
+from supervisor.results_csv import read_results
+
 SECRET_KEYS = frozenset({"env", "env_file", "notify", "urls", "url", "spec_yaml", "token", "password"})
 CURVE_GROUPS = (("train losses", "train/"), ("val losses", "val/"), ("mAP", "metrics/mAP"))
 
@@ -29,20 +31,11 @@ def curves(csv_text: Optional[str], epochs: Optional[int]) -> dict[str, Any]:
     """results.csv as the chart wants it: x = epochs 1..last, one y list per column (None where an
     epoch is missing, a gap as in ``plot``), columns grouped like ``plot``'s panels. Torn or
     non-numeric rows are skipped; a later row for the same epoch wins (a resumed run rewrites it)."""
-    reader = csv.reader(io.StringIO(csv_text or ""))
-    header = [h.strip() for h in next(reader, [])]
+    header = [h.strip() for h in next(csv.reader(io.StringIO(csv_text or "")), [])]
     if not header or header[0] != "epoch":
         return {"epochs": [], "groups": []}
-    rows: dict[int, dict[str, float]] = {}
-    for fields in reader:
-        if len(fields) != len(header):
-            continue
-        try:
-            values = {h: float(v) for h, v in zip(header, fields)}
-        except ValueError:
-            continue
-        if all(math.isfinite(v) for v in values.values()):
-            rows[int(values.pop("epoch"))] = values
+    parsed, _ = read_results(csv_text or "")
+    rows = {e: values for e, values in parsed.items() if all(math.isfinite(v) for v in values.values())}
     last = max([epochs or 0, *rows]) if rows else 0
     xs = list(range(1, last + 1))
     groups = []
