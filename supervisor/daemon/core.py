@@ -817,7 +817,11 @@ class Daemon(GpuScheduling, AttemptEnding):
         run.kill_at = time.monotonic() + grace
         self.note_stop_intent(run)  # before the TERM: a daemon restart right after must not forget it
         self.transition(name, S.STOPPING, reason, actor)
-        task = functools.partial(self.executor.signal_job, name, run.child, signal.SIGTERM)  # a /proc scan
+        self._send_term(name, run, grace, actor)
+
+    def _send_term(self, name: str, run: Running, grace: float, actor: Optional[str] = None) -> None:
+        """SIGTERM to every process of the job, on a worker (a /proc scan)."""
+        task = functools.partial(self.executor.signal_job, name, run.child, signal.SIGTERM)
 
         def sent(outcome: Outcome) -> None:
             pids = outcome.value if outcome.ok else []
@@ -867,6 +871,8 @@ class Daemon(GpuScheduling, AttemptEnding):
         if child is not None:
             self.event(name, "adopted", f"re-adopted attempt {run.attempt_no} "
                        f"({self.executor.describe(job, open_attempt)})")
+            if run.kill_at is not None:  # the last daemon may have died between the stop's record and its TERM
+                self._send_term(name, run, max(0.0, run.kill_at - time.monotonic()))
         else:
             self.event(name, "vanished", f"attempt {run.attempt_no} ({self.executor.describe(job, open_attempt)}) "
                        "ended while the daemon was down")

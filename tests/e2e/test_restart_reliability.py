@@ -6,6 +6,7 @@ Real daemons (SIGKILLed and started again), real children (the test-only trainer
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -52,6 +53,35 @@ def test_a_stop_survives_a_daemon_restart_while_the_child_saves(stubborn_daemon,
     assert job.state == "stopped", f"{job.state}: {job.state_reason}"
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert len(d.attempts("slow")) == 1
+
+
+def test_a_stop_recorded_but_not_yet_signalled_is_signalled_by_the_next_daemon(stubborn_daemon, tmp_path):
+    """The stop's record is written before its SIGTERM (sent from a worker). A daemon killed between
+    the two leaves a child that was never asked to stop: the next daemon sends the TERM, so the
+    child saves and exits now, not SIGKILLed unsaved when the grace runs out."""
+    d = stubborn_daemon
+    d.start()
+    wait_socket(d)
+    assert ctl(d.home, "submit", str(job_file(tmp_path, "slow", grace=600))).returncode == 0
+    pid = d.wait_state("slow", "running", timeout=60).pid
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(30)
+    store = d.store()
+    try:  # what the killed daemon had written: the job stopping by the user, SIGKILL in 600 s
+        attempt = store.open_attempt("slow")
+        store.set_stop_intent(attempt.id, cause="stopped", detail=None, by_user=True, then=None,
+                              kill_at=time.time() + 600)
+        store.update_job("slow", state="stopping", state_reason="stop requested by test")
+    finally:
+        store.close()
+    (d.home / "jobs" / "slow" / "release").touch()  # the child saves at once once asked
+    d.start()
+    job = d.wait_state("slow", {"stopped", "backoff", "queued", "starting", "running", "failed"}, timeout=60)
+    assert job.state == "stopped", f"{job.state}: {job.state_reason}"
+    kinds = [(e.kind, e.reason or "") for e in d.events("slow")]
+    adopted = next(i for i, (kind, _) in enumerate(kinds) if kind == "adopted")
+    assert any(kind == "signal" and "SIGTERM" in message for kind, message in kinds[adopted:]), kinds
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_child_that_ignores_term_is_killed_after_a_daemon_restart(stubborn_daemon, tmp_path):

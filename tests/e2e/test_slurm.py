@@ -198,6 +198,7 @@ def test_scancel_of_a_running_allocation_is_resubmitted_and_resumed(slurm_daemon
 def test_a_pending_job_shows_queued_with_slurms_reason(slurm_daemon, fake_trainer, drained):
     d = slurm_daemon()
     d.drop(cpu_job("wait", FAKE_DATA, epochs=2))
+    wait_for(lambda: d.job("wait"), 60, what="the dropped job taken in")  # the inbox is read off the loop
     row = wait_for(lambda: (r := status_json(d, "wait")).get("slurm") and r["slurm"]["state"] == "PENDING"
                    and r["slurm"]["reason"] not in ("", "None") and r, 60, what="a pending Slurm job with a reason")
     job_id, reason = row["slurm"]["job_id"], row["slurm"]["reason"]
