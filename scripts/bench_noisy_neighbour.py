@@ -150,8 +150,11 @@ class Bench:
 
     def submit(self, name: str, data: str) -> None:
         # The stand-in trainer never completes an epoch: allow the SIGKILLs without "no progress".
+        # A constant 1 s backoff: without progress the delay doubles per kill, and the two phases'
+        # restarts must wait the same before they are compared.
         spec = {"name": name, "train": {"model": "yolov8n.yaml", "data": data, "epochs": 2, "device": "cpu"},
-                "restart": {"max_no_progress": 100, "max_restarts": 100}}
+                "restart": {"max_no_progress": 100, "max_restarts": 100,
+                            "backoff": {"initial": 1, "factor": 1, "max": 1}}}
         path = self.work / f"{name}.yaml"
         import yaml
 
@@ -187,11 +190,22 @@ class Bench:
     def restart_after_sigkill(self) -> float:
         state, pid, attempts = self._wait(lambda: (r := self.job("victim")) and r[0] == "running" and r[1] and r,
                                           120, "the victim running")
-        killed = time.monotonic()
+        killed, killed_wall = time.monotonic(), time.time()
         os.kill(pid, signal.SIGKILL)
         self._wait(lambda: (r := self.job("victim")) and r[2] > attempts and r[0] == "running", 300,
                    "the victim training again")
+        self.restart_steps = self.steps_since(killed_wall)
         return time.monotonic() - killed
+
+    def steps_since(self, wall: float) -> str:
+        """Where a restart's time went: the victim's state changes after the kill, in seconds."""
+        db = sqlite3.connect(f"file:{self.home / 'state.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = db.execute("SELECT at, to_state FROM events WHERE job = 'victim' AND at >= ? AND to_state IS NOT NULL"
+                              " ORDER BY id", (wall,)).fetchall()
+        finally:
+            db.close()
+        return ", ".join(f"{state} {at - wall:.1f}" for at, state in rows)
 
     def sample_lag(self) -> None:
         try:
@@ -221,7 +235,7 @@ class Bench:
         q = statistics.quantiles(times, n=20) if len(times) >= 2 else times * 19
         return {"phase": title, "requests": len(times), "failures": failures + more_failures,
                 "p50_ms": statistics.median(times) * 1000, "p95_ms": q[18] * 1000, "max_ms": max(times) * 1000,
-                "restart_s": restart, "loop_lag_s": self.lag_seen}
+                "restart_s": restart, "restart_steps": self.restart_steps, "loop_lag_s": self.lag_seen}
 
     def attack(self) -> None:
         chosen = set(self.args.attacks.split(","))
@@ -247,8 +261,14 @@ class Bench:
         db = sqlite3.connect(f"file:{self.home / 'state.db'}?mode=ro", uri=True, timeout=30)
         try:
             events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            event_bytes = db.execute("SELECT COALESCE(SUM(LENGTH(reason) + LENGTH(COALESCE(data, ''))), 0)"
+                                     " FROM events").fetchone()[0]
+            spec_bytes = db.execute("SELECT COALESCE(SUM(LENGTH(spec_yaml)), 0) FROM jobs").fetchone()[0]
         finally:
             db.close()
+        wal = sum(p.stat().st_size for p in self.home.glob("state.db-wal"))
+        print(f"state database: {size / 2 ** 20:.1f} MB of which the write-ahead log {wal / 2 ** 20:.1f} MB; "
+              f"events' text {event_bytes / 2 ** 20:.2f} MB, the jobs' YAML {spec_bytes / 2 ** 20:.2f} MB")
         return size / 2 ** 20, events
 
     def close(self) -> None:
@@ -304,6 +324,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['phase']:8} {r['requests']:8d} {r['failures']:6d} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
               f"{r['max_ms']:8.1f} {r['restart_s']:9.2f} {r['loop_lag_s']:10.3f}")
+    for r in rows:
+        print(f"{r['phase']}: the restart's steps (state, seconds after the SIGKILL): {r['restart_steps']}")
     print(f"state database at the end: {size_mb:.1f} MB, {events} events")
     print(json.dumps({"rows": rows, "db_mb": size_mb, "events": events}))
 

@@ -190,6 +190,34 @@ def _columns(cls) -> list[str]:
     return [f.name for f in fields(cls)]
 
 
+# An event's text and each string in its data are capped: a job's 60 KB data path quoted in each of
+# its events would grow the history by megabytes a day (the noisy neighbour, issue 20).
+MAX_EVENT_REASON = 4096
+MAX_EVENT_VALUE = 2048
+MAX_EVENT_DATA = 65536  # after the strings are cut: more is left out whole
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... [cut: {len(text)} characters]"
+
+
+def _cut_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return _cut(value, MAX_EVENT_VALUE)
+    if isinstance(value, dict):
+        return {k: _cut_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_cut_strings(v) for v in value]
+    return value
+
+
+def _event_data(data: Optional[dict]) -> Optional[str]:
+    if not data:
+        return None
+    text = json.dumps(_cut_strings(data))
+    return text if len(text) <= MAX_EVENT_DATA else json.dumps({"omitted_bytes": len(text)})
+
+
 class StoreError(OSError):
     """The state database refused a write (full disk, I/O error); none of that change was kept.
 
@@ -513,7 +541,7 @@ class Store:
     def add_event(self, job: str, kind: str, reason: str = "", *, from_state: Optional[str] = None,
                   to_state: Optional[str] = None, actor: Optional[str] = None,
                   data: Optional[dict] = None) -> int:
-        at, text = time.time(), json.dumps(data) if data else None
+        at, text, reason = time.time(), _event_data(data), _cut(reason, MAX_EVENT_REASON) if reason else reason
         with self._lock:
             cur = self._exec(
                 "INSERT INTO events (job, at, kind, from_state, to_state, reason, actor, data)"

@@ -93,6 +93,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         # Blocking work (files, processes, checkpoints, commands) runs there; results come back as events.
         self.workers = Workers(self.reactor.wake)
         self.launching: dict[str, tuple[int, ...]] = {}  # job -> its GPUs, while a launch's worker runs
+        self._run_uids: dict[str, int] = {}  # job -> the uid it runs as, noted on the loop for the workers
         self.loop_lag = LoopLag(self.log)
         self.stopping = False
         self.reload_requested = False
@@ -314,10 +315,19 @@ class Daemon(GpuScheduling, AttemptEnding):
         return safefs.identity_for(job.owner_uid)
 
     def run_uid(self, name: str) -> int:
-        """The uid job ``name``'s processes run as: only such a process is taken for the job's."""
-        job = self.store.get_job(name)
+        """The uid job ``name``'s processes run as: only such a process is taken for the job's.
+
+        Workers ask this (the executor's /proc scans): it answers from what the loop noted when it
+        handed the job to a worker (``job_work``, ``reconcile``), never from the store."""
+        uid = self._run_uids.get(name)
+        return uid if uid is not None else self._note_run_uid(self.store.get_job(name))
+
+    def _note_run_uid(self, job: Optional[JobRecord]) -> int:
         identity = self.job_identity(job) if job is not None else None
-        return identity.uid if identity is not None else os.geteuid()
+        uid = identity.uid if identity is not None else os.geteuid()
+        if job is not None:
+            self._run_uids[job.name] = uid  # a job's owner never changes while the job exists
+        return uid
 
     def job_environment(self, job: JobRecord, spec: JobSpec) -> JobEnvironment:
         """The job's env:, env_file: (read as its owner) and config.yaml's pass_env."""
@@ -395,6 +405,7 @@ class Daemon(GpuScheduling, AttemptEnding):
 
     def job_work(self, job: JobRecord, spec: Optional[JobSpec]) -> jobwork.JobWork:
         """What a worker needs about the job, read here on the loop (workers never use the store)."""
+        self._note_run_uid(job)
         return jobwork.JobWork(job, spec, self.home, self.job_identity(job), frozenset(self.edited_keys(job.name)),
                                pass_env=tuple(self.config.pass_env))
 
@@ -748,6 +759,7 @@ class Daemon(GpuScheduling, AttemptEnding):
 
     def _forget(self, name: str, actor: str, purged: bool) -> None:
         self.store.remove_job(name)
+        self._run_uids.pop(name, None)
         _SPECS.forget(name)
         self.health.forget(name)
         self.log.info("removed", job=name, actor=actor, purged=purged)
@@ -858,6 +870,7 @@ class Daemon(GpuScheduling, AttemptEnding):
 
     def _reconcile_job(self, name: str) -> None:
         job = self.store.get_job(name)
+        self._note_run_uid(job)
         open_attempt = self.store.open_attempt(name)
         child = self.executor.adopt(job, open_attempt)
         if open_attempt is None:

@@ -1,5 +1,6 @@
 """Rows that belong together land together: Store.transaction on a real SQLite file."""
 
+import json
 import sqlite3
 
 import pytest
@@ -72,3 +73,21 @@ def test_two_processes_adding_the_new_columns_at_once_both_open_the_database(tmp
     procs = [subprocess.Popen([sys.executable, "-c", code, str(db)], stderr=subprocess.PIPE) for _ in range(4)]
     errors = [p.communicate(timeout=60)[1].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
+
+
+def test_an_events_long_text_and_strings_are_cut_and_too_much_data_left_out(store):
+    from supervisor.store import MAX_EVENT_DATA, MAX_EVENT_REASON, MAX_EVENT_VALUE
+
+    path = "/data/" + "p" * 60_000 + "/end.yaml"
+    reason = f"data: {path} not found"
+    store.add_event("a", "failed", reason, data={"paths": [path] * 3, "n": 7})
+    [event] = store.events("a")
+    assert len(event.reason) <= MAX_EVENT_REASON + 40 and event.reason.startswith("data: /data/ppp")
+    assert event.reason.endswith(f"[cut: {len(reason)} characters]")
+    data = json.loads(event.data)
+    assert data["n"] == 7 and all(len(p) <= MAX_EVENT_VALUE + 40 and f"cut: {len(path)} " in p for p in data["paths"])
+    store.add_event("a", "flood", "many", data={"notes": ["n" * 100] * 2000})
+    assert json.loads(store.events("a")[-1].data) == {"omitted_bytes": len(json.dumps({"notes": ["n" * 100] * 2000}))}
+    assert len(store.events("a")[-1].data) < MAX_EVENT_DATA
+    store.add_event("a", "note", "short", data={"k": 1})
+    assert (store.events("a")[-1].reason, json.loads(store.events("a")[-1].data)) == ("short", {"k": 1})
