@@ -12,7 +12,8 @@ from enum import Enum
 from typing import Optional
 
 from supervisor.jobs.spec import JobSpec
-from supervisor.jobs.states import Cause, JobState
+from supervisor.jobs.machine import On
+from supervisor.jobs.states import Cause
 
 
 class Action(str, Enum):
@@ -182,16 +183,17 @@ def _reduced_batch(spec: JobSpec, end: AttemptEnd) -> Optional[int]:
     return max(spec.min_batch, end.batch // 2)
 
 
-# Where a job goes after an attempt ended with each action: next to ``decide`` so the table
-# tests check it against the allowed transitions (tests/unit/test_policy.py).
-ACTION_STATES: dict[Action, JobState] = {
-    Action.COMPLETE: JobState.COMPLETED, Action.FAIL: JobState.FAILED, Action.STOP: JobState.STOPPED,
-    Action.HOLD: JobState.HELD, Action.RESTART: JobState.BACKOFF,
+# Which event an ended attempt is, by the decision: the state machine (jobs/machine.py) says where
+# each one takes the job. One table, not two.
+ACTION_EVENTS: dict[Action, On] = {
+    Action.COMPLETE: On.ENDED_COMPLETE, Action.FAIL: On.ENDED_FAIL, Action.STOP: On.ENDED_STOP,
+    Action.HOLD: On.ENDED_HOLD, Action.RESTART: On.ENDED_RESTART,
 }
 
 
-def next_state(action: Action, restart_requested: bool) -> JobState:
-    """The job's state after an ended attempt: a stop that a user's ``restart`` asked for queues it again."""
+def ending_event(action: Action, restart_requested: bool) -> On:
+    """The state machine's event for an ended attempt: a stop that a user's ``restart`` asked for
+    queues the job again."""
     if action is Action.STOP and restart_requested:
-        return JobState.QUEUED
-    return ACTION_STATES[action]
+        return On.ENDED_REQUEUE
+    return ACTION_EVENTS[action]

@@ -181,7 +181,7 @@ class DaemonProcess:
             raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
 
     def moves_outside_the_table(self) -> list[str]:
-        """Every state change this daemon recorded or attempted that jobs/states.py does not list.
+        """Every state change this daemon recorded or attempted that jobs/machine.py does not list.
 
         The table must be the truth: the e2e and chaos tests check it after every daemon run.
         """
@@ -201,18 +201,28 @@ class DaemonProcess:
 
 
 def recorded_moves_outside_the_table(db: Path) -> list[str]:
-    """The state changes recorded in the database ``db`` that jobs/states.py does not list."""
-    from supervisor.jobs.states import JobState, can_transition
+    """The state changes recorded in the database ``db`` that the state machine's table
+    (jobs/machine.py) does not list: each is a (from state, event) pair that must lead to its to state."""
+    import json
+
+    from supervisor.jobs.machine import TABLE, On
+    from supervisor.jobs.states import JobState
     from supervisor.store import Store
 
     if not db.exists():
         return []
     s = Store(db)
     try:
-        return [f"{job.name}: {e.from_state}->{e.to_state} ({e.reason})"
-                for job in s.list_jobs() for e in s.events(job.name)
-                if e.kind == "state" and e.from_state and e.to_state
-                and not can_transition(JobState(e.from_state), JobState(e.to_state))]
+        bad = []
+        for job in s.list_jobs():
+            for e in s.events(job.name):
+                if e.kind != "state" or not e.from_state or not e.to_state:
+                    continue
+                on = (json.loads(e.data) if e.data else {}).get("on")
+                found = TABLE.get((JobState(e.from_state), On(on))) if on in On._value2member_map_ else None
+                if found is None or found.to.value != e.to_state:
+                    bad.append(f"{job.name}: {e.from_state}->{e.to_state} on {on} ({e.reason})")
+        return bad
     finally:
         s.close()
 
@@ -235,13 +245,14 @@ class TableCheck:
 @pytest.fixture(autouse=True)
 def table_check(monkeypatch):
     """After every test, each state change of every daemon it ran, in a process or in this one, is
-    checked against the table (jobs/states.py): the moves recorded in its database and its log, and,
+    checked against the state machine's table (jobs/machine.py): the moves recorded in its database and its log, and,
     in process, every move attempted through ``Daemon.transition`` (an illegal one raises there).
 
     Torn down after the test's other fixtures (it is set up first), so after their daemons stopped;
     a fixture whose database goes away in its own teardown (a tmpfs) checks before that."""
     from supervisor.daemon.core import Daemon
-    from supervisor.jobs.states import JobState, can_transition
+    from supervisor.jobs.machine import TABLE
+    from supervisor.jobs.states import JobState
 
     _DAEMON_HOMES.clear()
     check = TableCheck()
@@ -251,12 +262,12 @@ def table_check(monkeypatch):
         real_init(self, home, *args, **kwargs)
         _DAEMON_HOMES.append(home)
 
-    def transition(self, name, new, reason, actor=None, **fields):
+    def transition(self, name, on, reason, actor=None, **fields):
         job = self.store.get_job(name)
         old = JobState(job.state) if job is not None else None
-        if old is not None and old is not new and not can_transition(old, new):
-            check.attempted.append(f"{name}: {old.value}->{new.value} ({reason})")
-        return real_transition(self, name, new, reason, actor, **fields)
+        if old is not None and (old, on) not in TABLE:
+            check.attempted.append(f"{name}: {old.value} on {on.value} ({reason})")
+        return real_transition(self, name, on, reason, actor, **fields)
 
     monkeypatch.setattr(Daemon, "__init__", init)
     monkeypatch.setattr(Daemon, "transition", transition)
@@ -264,7 +275,7 @@ def table_check(monkeypatch):
     bad = list(check.attempted)
     for d in _DAEMON_HOMES:
         bad += d.moves_outside_the_table() if isinstance(d, DaemonProcess) else recorded_moves_outside_the_table(d.db)
-    assert not bad, f"state changes outside the table (jobs/states.py): {bad}"
+    assert not bad, f"state changes outside the table (jobs/machine.py): {bad}"
 
 
 _BASETEMP: list[str] = []  # this pytest session's temporary root: every test daemon's home is below it

@@ -35,7 +35,8 @@ from supervisor.daemon.ending import AttemptEnding
 from supervisor.daemon.resume import choose
 from supervisor.jobs.edit import Edit, plan_edit
 from supervisor.jobs.spec import Health, JobSpec, SpecError, parse_spec_text, spec_to_yaml
-from supervisor.jobs.states import Cause, JobState, can_transition
+from supervisor.jobs.machine import Do, IllegalTransition, On, move  # noqa: F401 - IllegalTransition: re-exported
+from supervisor.jobs.states import Cause, JobState
 from supervisor.observe.logging import get_logger
 from supervisor.control.peer import actor_for_uid
 from supervisor.observe.notify import Notifications, job_target_problems
@@ -65,10 +66,6 @@ class CommandError(Exception):
 
 class PurgeFailed(CommandError):
     """``remove --purge`` could not delete everything: the job is kept, the message says what is left."""
-
-
-class IllegalTransition(RuntimeError):
-    """The daemon tried a move its own transition table does not list: our bug, never the user's."""
 
 
 class Daemon(GpuScheduling, AttemptEnding):
@@ -105,21 +102,33 @@ class Daemon(GpuScheduling, AttemptEnding):
         self.notifications = Notifications(self)  # listens on the store; sends off the loop
 
     # -- the one choke point for state changes ----------------------------
-    def transition(self, name: str, new: JobState, reason: str, actor: Optional[str] = None,
-                   **fields: Any) -> None:
+    def transition(self, name: str, on: On, reason: str, actor: Optional[str] = None, *,
+                   grace: float = 0.0, **fields: Any) -> None:
+        """Apply the state machine (jobs/machine.py): the table's move for the job's state and ``on``,
+        recorded with ``fields``, then the move's actions (``grace``: SIGTERM to SIGKILL)."""
         job = self.store.get_job(name)
         old = S(job.state)
-        if old is not new and not can_transition(old, new):
-            raise IllegalTransition(f"{name}: internal error: no transition from {old.value} to {new.value}")
+        try:
+            found = move(old, on)
+        except IllegalTransition as err:
+            raise IllegalTransition(f"{name}: internal error: {err} ({reason})") from None
+        new = found.to
         self.store.update_job(name, state=new.value, state_reason=reason, **fields)
-        if new in (S.STOPPED, S.FAILED, S.COMPLETED):
-            self.health.forget(name)  # a wait for the GPU memory to be released ends with the job
-            if old is not new:
-                tracker_runs.finalize(self, name, new.value)  # the MLflow run ends with the job
         if old is not new:
-            self.store.add_event(name, "state", reason, from_state=old.value, to_state=new.value, actor=actor)
-            self.log.info("transition", job=name, **{"from": old.value}, to=new.value, reason=reason,
+            self.store.add_event(name, "state", reason, from_state=old.value, to_state=new.value, actor=actor,
+                                 data={"on": on.value})
+            self.log.info("transition", job=name, **{"from": old.value}, to=new.value, on=on.value, reason=reason,
                           actor=actor)
+        for action in found.actions:
+            self._act(action, name, grace)
+
+    def _act(self, action: Do, name: str, grace: float) -> None:
+        if action is Do.SIGNAL_TERM:
+            self._send_term(name, self.running[name], grace)
+        elif action is Do.END_TRACKER_RUN:
+            tracker_runs.finalize(self, name, self.store.get_job(name).state)
+        elif action is Do.FORGET_HEALTH:
+            self.health.forget(name)
 
     def event(self, name: str, kind: str, reason: str, actor: Optional[str] = None, **data: Any) -> None:
         self.store.add_event(name, kind, reason, actor=actor, data=data or None)
@@ -252,7 +261,7 @@ class Daemon(GpuScheduling, AttemptEnding):
             try:
                 self.store.add_event(name, "error", f"{step}: {exc}; retrying in {wait:g}s")
                 if S(self.store.get_job(name).state) in (S.QUEUED, S.BACKOFF):
-                    self.transition(name, S.BACKOFF, f"{step} failed: {exc}; retrying in {wait:g}s",
+                    self.transition(name, On.LAUNCH_ERROR, f"{step} failed: {exc}; retrying in {wait:g}s",
                                     next_start_at=time.time() + wait)
             except Exception:  # the store itself may be on the full disk
                 pass
@@ -366,8 +375,9 @@ class Daemon(GpuScheduling, AttemptEnding):
         """Every job whose stored spec still validates, with it (for loops over all jobs)."""
         return self._with_specs(self.store.list_jobs())
 
-    def _fail_unparseable(self, name: str, err: SpecError, actor: Optional[str] = None, **fields: Any) -> None:
-        self.transition(name, S.FAILED, f"the stored job spec no longer validates: {'; '.join(err.problems)} "
+    def _fail_unparseable(self, name: str, err: SpecError, on: On, actor: Optional[str] = None,
+                          **fields: Any) -> None:
+        self.transition(name, on, f"the stored job spec no longer validates: {'; '.join(err.problems)} "
                         "(remove the job and submit it again)", actor, **fields)
 
     def vault(self, name: str, spec: Optional[JobSpec] = None) -> CheckpointVault:
@@ -382,7 +392,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         try:
             spec = self.spec(name)
         except SpecError as err:  # once, with the reason, not a traceback every tick
-            self._fail_unparseable(name, err, actor, next_start_at=None)
+            self._fail_unparseable(name, err, On.LAUNCH_REFUSED, actor, next_start_at=None)
             return
         gpus = self._placed.get(name) or gpu_facts.job_gpus(job, spec)
         if not self.executor.places_gpus:
@@ -437,14 +447,14 @@ class Daemon(GpuScheduling, AttemptEnding):
         for note in found.notes:
             self.event(name, "checkpoint", note)
         if found.finished:
-            self.transition(name, S.COMPLETED, found.finished)
+            self.transition(name, On.FOUND_FINISHED, found.finished)
             return
         if found.clear_run_dir:
             self.store.update_job(name, run_dir=None)
         if found.env_error is not None:
-            self.transition(name, S.FAILED, f"{found.env_error}; fix it and `yolo-supervisorctl start {name}`", actor)
+            self.transition(name, On.LAUNCH_REFUSED, f"{found.env_error}; fix it and `yolo-supervisorctl start {name}`", actor)
         elif found.spawn_error is not None:
-            self.transition(name, S.FAILED, f"could not start the training process: {found.spawn_error}", actor)
+            self.transition(name, On.LAUNCH_REFUSED, f"could not start the training process: {found.spawn_error}", actor)
         elif found.child is not None:
             self._record_attempt(job, attempt, found, actor, gpus)
 
@@ -460,13 +470,13 @@ class Daemon(GpuScheduling, AttemptEnding):
             return
         self.store.add_event(name, "error", f"launch: {problem}; retrying in {wait:g}s")
         if S(job.state) in (S.QUEUED, S.BACKOFF):
-            self.transition(name, S.BACKOFF, f"launch failed: {problem}; retrying in {wait:g}s",
+            self.transition(name, On.LAUNCH_ERROR, f"launch failed: {problem}; retrying in {wait:g}s",
                             next_start_at=time.time() + wait)
 
     def _hold_for(self, name: str, blocker: str, actor: Optional[str] = None) -> None:
         self.preflight_holds[name] = time.monotonic() + self.config.preflight_recheck_s
         self.event(name, "preflight", blocker, actor)
-        self.transition(name, S.HELD, blocker, actor)
+        self.transition(name, On.PREFLIGHT_FAILED, blocker, actor)
 
     def recheck_preflight_holds(self) -> None:
         """A job held for a missing path is queued again once the path is back (an NFS mount after
@@ -491,7 +501,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         if self.preflight_holds.pop(name, None) is None:
             return  # released meanwhile (an edit, a start)
         self.event(name, "preflight", "what the job needs is there again")
-        self.transition(name, S.QUEUED, "preflight passed: what the job needs is there again")
+        self.transition(name, On.PREFLIGHT_PASSED, "preflight passed: what the job needs is there again")
 
     # -- changing a job ---------------------------------------------------------
     def edit(self, name: str, values: dict[str, Any], force: bool, actor: Optional[str]) -> Edit:
@@ -537,7 +547,7 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.store.update_job(name, spec_yaml=spec_to_yaml(new_spec), extend_pending=1)
             self.event(name, "edit", f"epochs: {spec.epochs} -> {epochs} (extend; the learning-rate schedule "
                        f"is rebuilt for {epochs} epochs)", actor, key="epochs", old=spec.epochs, new=epochs)
-            self.transition(name, S.QUEUED, f"extended to {epochs} epochs by {actor}", actor, crash_restarts=0,
+            self.transition(name, On.EXTENDED, f"extended to {epochs} epochs by {actor}", actor, crash_restarts=0,
                             no_progress_streak=0, backoff_level=0, next_start_at=None, setup_failures=0,
                             preempt_streak=0)
         self.start_due_jobs()
@@ -572,7 +582,7 @@ class Daemon(GpuScheduling, AttemptEnding):
                     self.store.update_job(name, devices=devices)  # the set every later attempt uses
                 if job.extend_pending:
                     self.store.update_job(name, extend_pending=None)  # the restored state is on disk now
-                self.transition(name, S.STARTING, f"attempt {attempt}: {how}", actor, pid=child.pid or None,
+                self.transition(name, On.ATTEMPT_STARTED, f"attempt {attempt}: {how}", actor, pid=child.pid or None,
                                 pid_start_time=child.start_time, attempts=attempt, next_start_at=None,
                                 **self.executor.recorded(child))
         except BaseException:
@@ -621,7 +631,7 @@ class Daemon(GpuScheduling, AttemptEnding):
                                 health.stall_floor, health.first_batch_timeout)
         if verdict.stalled:
             run.extra["stall_reason"] = verdict.reason
-            self.terminate(name, Cause.STALLED, f"stalled: {verdict.reason}", health.stop_grace)
+            self.terminate(name, On.STALLED, Cause.STALLED, f"stalled: {verdict.reason}", health.stop_grace)
 
     def _note_progress(self, name: str, run: Running, progress: Progress) -> None:
         self._note_child_lines(name, run, progress)
@@ -633,7 +643,7 @@ class Daemon(GpuScheduling, AttemptEnding):
             run.first_batch_seen = True
             self.store.mark_first_batch(run.attempt_id, progress.first_batch_at)
             if job.state == S.STARTING.value:
-                self.transition(name, S.RUNNING, f"attempt {run.attempt_no}: first batch trained")
+                self.transition(name, On.FIRST_BATCH, f"attempt {run.attempt_no}: first batch trained")
 
     def _take_run_dir(self, job: JobRecord, run: Running, save_dir: Any) -> None:
         """The child (the job's user) reports where it trains; only a folder inside the job's own
@@ -721,9 +731,10 @@ class Daemon(GpuScheduling, AttemptEnding):
             self.note_stop_intent(run)
             self.event(name, "stop", f"{reason} while already stopping", actor)
         elif run is not None:
-            self.terminate(name, Cause.STOPPED, reason, self._stop_grace(name), actor, user_stop=True)
+            self.terminate(name, On.STOP_REQUESTED, Cause.STOPPED, reason, self._stop_grace(name), actor,
+                           user_stop=True)
         elif state in (S.QUEUED, S.BACKOFF, S.HELD):
-            self.transition(name, S.STOPPED, reason, actor, next_start_at=None)
+            self.transition(name, On.STOP_REQUESTED, reason, actor, next_start_at=None)
         else:
             raise _wrong_state(job, "stop")
 
@@ -769,21 +780,21 @@ class Daemon(GpuScheduling, AttemptEnding):
         job = self.store.get_job(name)
         if S(job.state) not in (S.STOPPED, S.FAILED, S.HELD):
             raise _wrong_state(job, "start")
-        self._requeue(name, f"start requested by {actor}", actor)
+        self._requeue(name, On.START_REQUESTED, f"start requested by {actor}", actor)
 
     def restart_job(self, name: str, actor: str) -> None:
         """Stop the running attempt and start a new one that resumes; start a job that is not running."""
         job = self.store.get_job(name)
         state, reason = S(job.state), f"restart requested by {actor}"
         if name in self.running and state is not S.STOPPING:
-            self.terminate(name, Cause.STOPPED, reason, self._stop_grace(name), actor, user_stop=True,
-                           then="restart")
+            self.terminate(name, On.RESTART_REQUESTED, Cause.STOPPED, reason, self._stop_grace(name), actor,
+                           user_stop=True, then="restart")
         elif state is S.BACKOFF:  # skip the rest of the delay, but wait for a slot like any other start
-            self.transition(name, S.BACKOFF, reason, actor, next_start_at=time.time())
+            self.transition(name, On.RESTART_REQUESTED, reason, actor, next_start_at=time.time())
             self.event(name, "restart", f"{reason}: starts as soon as a slot is free", actor)
             self.start_due_jobs()
         elif state in (S.STOPPED, S.FAILED, S.HELD):
-            self._requeue(name, reason, actor)
+            self._requeue(name, On.RESTART_REQUESTED, reason, actor)
         else:
             raise _wrong_state(job, "restart")
 
@@ -812,24 +823,24 @@ class Daemon(GpuScheduling, AttemptEnding):
         except SpecError:
             return Health().stop_grace
 
-    def _requeue(self, name: str, reason: str, actor: str) -> None:
+    def _requeue(self, name: str, on: On, reason: str, actor: str) -> None:
         """A user's start gives the job a fresh restart budget."""
         if self.workers.busy(("purge", name)):
             raise CommandError(f"{name}: busy (its files are being looked at or removed); try again shortly")
-        self.transition(name, S.QUEUED, reason, actor, crash_restarts=0, no_progress_streak=0,
+        self.transition(name, on, reason, actor, crash_restarts=0, no_progress_streak=0,
                         backoff_level=0, next_start_at=None, setup_failures=0, preempt_streak=0)
         self.start_due_jobs()
 
     # -- stopping -------------------------------------------------------------
-    def terminate(self, name: str, cause: Cause, reason: str, grace: float, actor: Optional[str] = None,
+    def terminate(self, name: str, on: On, cause: Cause, reason: str, grace: float, actor: Optional[str] = None,
                   user_stop: bool = False, then: Optional[str] = None) -> None:
-        """TERM every process of the job now; KILL what is left after ``grace`` seconds."""
+        """TERM every process of the job now (the table's action on ``on``); KILL what is left after
+        ``grace`` seconds."""
         run = self.running[name]
         run.kill_cause, run.user_stop, run.then = cause, user_stop, then
         run.kill_at = time.monotonic() + grace
         self.note_stop_intent(run)  # before the TERM: a daemon restart right after must not forget it
-        self.transition(name, S.STOPPING, reason, actor)
-        self._send_term(name, run, grace, actor)
+        self.transition(name, on, reason, actor, grace=grace)
 
     def _send_term(self, name: str, run: Running, grace: float, actor: Optional[str] = None) -> None:
         """SIGTERM to every process of the job, on a worker (a /proc scan)."""
@@ -876,7 +887,7 @@ class Daemon(GpuScheduling, AttemptEnding):
         if open_attempt is None:
             if child is not None:
                 child.close()
-            self.transition(name, S.QUEUED, "no open attempt found on daemon start")
+            self.transition(name, On.NO_OPEN_ATTEMPT, "no open attempt found on daemon start")
             return
         run = Running(child or _dead_child(job), open_attempt.id, open_attempt.number,
                       open_attempt.epochs_before, log_offset=0)

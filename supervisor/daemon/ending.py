@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Optional
 from supervisor.contract import Progress
 from supervisor.daemon import jobwork
 from supervisor.jobs.spec import SpecError
+from supervisor.jobs.machine import On
 from supervisor.jobs.states import Cause, JobState
-from supervisor.policy import AttemptEnd, Budget, decide, next_state
+from supervisor.policy import AttemptEnd, Budget, decide, ending_event
 from supervisor.process import launcher
 from supervisor.process.classify import classify
 
@@ -149,7 +150,7 @@ class AttemptEnding:
                                    detail=outcome.detail, epochs_after=None, at=run.ended_at)
             self.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
                        exit_code=exit_code, signal=sig)
-            self._fail_unparseable(name, err, last_cause=outcome.cause.value, pid=None, pid_start_time=None)
+            self._fail_unparseable(name, err, On.ENDED_FAIL, last_cause=outcome.cause.value, pid=None, pid_start_time=None)
 
     def _apply(self, name: str, run: Running, decision, cause: Cause, epochs_after) -> None:
         counters = dict(crash_restarts=decision.budget.crash_restarts,
@@ -164,18 +165,18 @@ class AttemptEnding:
             counters["batch_override"] = decision.new_batch
             self.event(name, "batch", decision.reason, old=self.store.get_job(name).batch_override,
                        new=decision.new_batch)
-        target = next_state(decision.action, run.then == "restart")
-        if target is S.QUEUED:
-            self.transition(name, S.QUEUED, "restart requested", **counters)
+        on = ending_event(decision.action, run.then == "restart")
+        if on is On.ENDED_REQUEUE:
+            self.transition(name, on, "restart requested", **counters)
             return
-        if target is S.BACKOFF:
+        if on is On.ENDED_RESTART:
             counters["next_start_at"] = time.time() + decision.delay_s
             reason = f"{decision.reason}; next attempt in {decision.delay_s:.1f}s"
-        elif target is S.HELD and run.extra.get("hold_reason"):
+        elif on is On.ENDED_HOLD and run.extra.get("hold_reason"):
             reason = f"{decision.reason}: {run.extra['hold_reason']}"
         else:
             reason = decision.reason
-        self.transition(name, target, reason, **counters)
+        self.transition(name, on, reason, **counters)
 
 
 def _int(value) -> Optional[int]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 from supervisor.daemon import gpus as gpu_facts
 from supervisor.jobs.spec import JobSpec, SpecError
+from supervisor.jobs.machine import On
 from supervisor.jobs.states import JobState
 from supervisor.placement import Holder, Placement, Request, place
 from supervisor.policy import held_until_start
@@ -169,7 +170,7 @@ class GpuScheduling:
         reasons = self.health.unhealthy_reasons(gpus)
         if reasons:
             self.event(name, "gpu", "; ".join(reasons))
-            self.transition(name, S.HELD, "devices unhealthy: " + "; ".join(reasons), actor)
+            self.transition(name, On.DEVICES_UNHEALTHY, "devices unhealthy: " + "; ".join(reasons), actor)
             return False
         if not gpus or self.health.probe is None:
             return True  # nothing to wait for: skip the scans of every other job's processes below
@@ -192,7 +193,7 @@ class GpuScheduling:
             reasons = self.health.unhealthy_reasons(gpu_facts.job_gpus(job, spec))
             if not reasons:
                 self.event(job.name, "gpu", "devices healthy again")
-                self.transition(job.name, S.QUEUED, "devices healthy again")
+                self.transition(job.name, On.DEVICES_HEALTHY, "devices healthy again")
             elif spec.on_gpu_failure == "move" and self._held_for(job) >= spec.gpu_failure_wait_s:
                 self._move_off_failed_gpus(job, spec, reasons)
 
@@ -221,7 +222,7 @@ class GpuScheduling:
         with self.store.transaction():
             self.store.update_job(job.name, devices=new)
             self.event(job.name, "gpu", what, old=job.devices or spec.device, new=new)
-            self.transition(job.name, S.QUEUED, what)
+            self.transition(job.name, On.MOVED_OFF_FAILED_GPUS, what)
         self.start_due_jobs()
 
     def route_gpu_events(self) -> None:

@@ -31,25 +31,7 @@ class JobState(str, Enum):
 
 S = JobState
 
-# Every allowed transition. The daemon's single choke point refuses anything else.
-# QUEUED -> COMPLETED/BACKOFF: launch finds the checkpoint finished, or a launch step failed on
-# the disk and is retried; STARTING/RUNNING -> QUEUED: a daemon start finds no open attempt.
-TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.QUEUED: frozenset({S.STARTING, S.STOPPED, S.HELD, S.FAILED, S.COMPLETED, S.BACKOFF}),
-    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING, S.COMPLETED, S.FAILED, S.HELD, S.STOPPED,
-                           S.QUEUED}),
-    S.RUNNING: frozenset({S.BACKOFF, S.STOPPING, S.COMPLETED, S.FAILED, S.HELD, S.STOPPED, S.QUEUED}),
-    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FAILED, S.HELD, S.COMPLETED}),
-    S.STOPPING: frozenset({S.STOPPED, S.COMPLETED, S.FAILED, S.BACKOFF, S.HELD, S.QUEUED}),  # QUEUED: restart
-    S.STOPPED: frozenset({S.QUEUED, S.STARTING}),
-    S.HELD: frozenset({S.QUEUED, S.STARTING, S.STOPPED, S.FAILED}),
-    S.COMPLETED: frozenset({S.QUEUED}),
-    S.FAILED: frozenset({S.QUEUED, S.STARTING}),
-}
-
-
-def can_transition(old: JobState, new: JobState) -> bool:
-    return new in TRANSITIONS[old]
+# The moves between states are the state machine's table: supervisor/jobs/machine.py.
 
 
 class Cause(str, Enum):

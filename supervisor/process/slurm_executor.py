@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from supervisor.jobs.slurm_options import SlurmOptions, SlurmSettings, time_seconds
+from supervisor.jobs.machine import On
 from supervisor.jobs.states import JobState
 from supervisor.observe.logging import get_logger
 from supervisor.process import launcher, slurm
@@ -223,7 +224,7 @@ class SlurmExecutor:
                 daemon.store.update_attempt(run.attempt_id, slurm_node=last.node)
             job = daemon.store.get_job(name)
             if job is not None and job.state == JobState.STARTING.value:
-                daemon.transition(name, JobState.STARTING, f"attempt {run.attempt_no}: {_waiting(last)}")
+                daemon.transition(name, On.ALLOCATION_WAITING, f"attempt {run.attempt_no}: {_waiting(last)}")
         for job_id, (name, due) in list(self._cancel_retry.items()):
             if due <= time.monotonic():  # on a worker: scancel waits up to command_timeout_s
                 task = functools.partial(self._scancel, name, ["scancel", job_id])

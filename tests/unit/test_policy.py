@@ -117,16 +117,17 @@ def test_reduce_batch_only_for_cuda_oom_and_only_when_asked():
     assert decide(spec(), Budget(), end(Cause.CUDA_OOM, batch=16)).new_batch is None
 
 
-def test_every_state_an_ended_attempt_leads_to_is_in_the_transition_table():
-    # An attempt ends from starting, running or stopping; the daemon moves the job to
-    # next_state(...) through transition(), which refuses anything the table does not list.
-    from supervisor.jobs.states import JobState, can_transition
-    from supervisor.policy import Action, next_state
+def test_every_decision_is_an_event_the_table_takes_from_every_state_an_attempt_ends_in():
+    # An attempt ends from starting, running or stopping; the daemon applies the machine's move for
+    # ending_event(...) through transition(), which refuses a pair the table does not list.
+    from supervisor.jobs.machine import move
+    from supervisor.jobs.states import JobState
+    from supervisor.policy import Action, ending_event
 
     for old in (JobState.STARTING, JobState.RUNNING, JobState.STOPPING):
         for action in Action:
             for restart in (False, True):
-                assert can_transition(old, next_state(action, restart)), (old, action, restart)
+                move(old, ending_event(action, restart))  # raises IllegalTransition when missing
 
 
 def test_a_setup_failure_that_ends_the_job_names_the_last_error():
@@ -210,10 +211,14 @@ def test_a_reduced_batch_is_in_the_reason():
 
 
 def test_a_stop_that_a_restart_asked_for_queues_the_job_again():
+    from supervisor.jobs.machine import move
     from supervisor.jobs.states import JobState
-    from supervisor.policy import next_state
+    from supervisor.policy import ending_event
 
-    assert next_state(Action.STOP, restart_requested=True) is JobState.QUEUED
-    assert next_state(Action.STOP, restart_requested=False) is JobState.STOPPED
-    assert next_state(Action.RESTART, restart_requested=True) is JobState.BACKOFF
-    assert next_state(Action.FAIL, restart_requested=False) is JobState.FAILED
+    def after(action, restart):
+        return move(JobState.STOPPING, ending_event(action, restart_requested=restart)).to
+
+    assert after(Action.STOP, True) is JobState.QUEUED
+    assert after(Action.STOP, False) is JobState.STOPPED
+    assert after(Action.RESTART, True) is JobState.BACKOFF
+    assert after(Action.FAIL, False) is JobState.FAILED

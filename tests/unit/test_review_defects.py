@@ -18,6 +18,7 @@ from supervisor.control.peer import Peer
 from supervisor.control.protocol import RequestError
 from supervisor.daemon.config import DaemonConfig, load_config
 from supervisor.daemon.core import CommandError, Daemon, IllegalTransition
+from supervisor.jobs.machine import On
 from supervisor.jobs.states import JobState
 from supervisor.paths import Home
 from supervisor.process import launcher
@@ -83,8 +84,8 @@ def test_a_queued_job_whose_checkpoint_is_finished_completes(daemon, real_checkp
 def test_an_illegal_move_is_an_internal_error_not_the_users(daemon, table_check):
     add(daemon, state="completed")
     with pytest.raises(IllegalTransition, match="internal error"):
-        daemon.transition("j", JobState.STARTING, "a bug")
-    table_check.planted("j: completed->starting (a bug)")  # seen by the check after every test, too
+        daemon.transition("j", On.ATTEMPT_STARTED, "a bug")
+    table_check.planted("j: completed on attempt_started (a bug)")  # seen by the check after every test, too
 
 
 # -- logging and configuration ----------------------------------------------------------------
@@ -198,10 +199,14 @@ def test_the_check_of_recorded_moves_sees_one_outside_the_table(tmp_path):
     d.home.mkdir(parents=True)
     store = d.store()
     store.add_job("j", SPEC, "completed")
-    store.add_event("j", "state", "a bug", from_state="completed", to_state="running")
-    store.add_event("j", "state", "fine", from_state="queued", to_state="starting")
+    store.add_event("j", "state", "a bug", from_state="completed", to_state="running", data={"on": "first_batch"})
+    store.add_event("j", "state", "wrong end", from_state="starting", to_state="failed", data={"on": "first_batch"})
+    store.add_event("j", "state", "unnamed", from_state="queued", to_state="starting")
+    store.add_event("j", "state", "fine", from_state="queued", to_state="starting", data={"on": "attempt_started"})
     store.close()
-    assert d.moves_outside_the_table() == ["j: completed->running (a bug)"]
+    assert d.moves_outside_the_table() == ["j: completed->running on first_batch (a bug)",
+                                           "j: starting->failed on first_batch (wrong end)",
+                                           "j: queued->starting on None (unnamed)"]
 
 
 # -- launches on a worker (issue 20) ---------------------------------------------------------
