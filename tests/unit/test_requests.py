@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pydantic
 import pytest
 
 from supervisor.control import handlers
@@ -157,7 +158,7 @@ def test_a_name_listed_100000_times_is_one_name_and_many_bad_ones_make_one_line(
 
 def test_requests_are_frozen():
     request = EditRequest.from_args({"name": "coco", "values": {"lr0": 0.1}})
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         request.name = "other"  # type: ignore[misc]
 
 
