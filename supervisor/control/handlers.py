@@ -1,8 +1,10 @@
 """Daemon-side handlers: one small function per control request.
 
-Each runs on the daemon's loop thread (``dispatch`` goes through
-``Daemon.call``), so it may read and change job state like any other step of
-the loop. A handler returns plain JSON-able data or raises ``RequestError``.
+``dispatch`` parses the request's arguments into the handler's typed request
+(supervisor/control/requests.py) on the connection's thread, then runs the
+handler on the daemon's loop thread (through ``Daemon.call``), so it may read
+and change job state like any other step of the loop. A handler returns plain
+JSON-able data or raises ``RequestError``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Optional
 from supervisor import safefs
 from supervisor.control import authz
 from supervisor.control.peer import actor_for_uid, database_groups, group_id
-from supervisor.child.drill import KINDS as DRILL_KINDS
-from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError, one_line
+from supervisor.control.protocol import LOG_CHUNK_BYTES, ErrorCode, Request, RequestError
+from supervisor.control.requests import (ControlRequest, DrillRequest, EditRequest, EventsRequest, ExtendRequest,
+                                         JobRequest, LogRequest, MaybeJobRequest, NoArguments, RemoveRequest,
+                                         StatusRequest, SubmitRequest, TailRequest, UsageRequest)
 from supervisor.daemon.core import CommandError, PurgeFailed
 from supervisor.jobs.edit import EditRefused
-from supervisor.jobs.spec import MAX_SPEC_BYTES, NAME_PATTERN, SpecError, parse_spec_text
+from supervisor.jobs.spec import SpecError, parse_spec_text
 from supervisor.observe.notify import job_target_problems
 from supervisor.observe.goodput import goodput
 from supervisor.observe.usage import usage
@@ -39,18 +42,19 @@ if TYPE_CHECKING:
 
 # results.csv grows ~200 bytes an epoch: thousands of epochs, under the message limit once escaped.
 RESULTS_MAX_BYTES = 512 * 1024
-HandlerFn = Callable[["Daemon", dict[str, Any], "Peer"], Any]
+HandlerFn = Callable[["Daemon", Any, "Peer"], Any]  # (daemon, an instance of its ``request``, peer)
 
 
 @dataclass(frozen=True)
 class Handler:
     fn: HandlerFn
+    request: type[ControlRequest]  # the command's arguments, parsed before the loop sees them
     mutates: bool  # only root, the daemon's user and the socket group may call it
     # Only the job's owner and the admins (supervisor/control/authz.py); without a name, admins only.
     acts_on_job: bool = False
     # Checks that may wait on the network (a notification host's name): run on the connection's
     # thread before the handler, never on the loop.
-    precheck: Optional[Callable[["Daemon", dict[str, Any], "Peer"], None]] = None
+    precheck: Optional[Callable[["Daemon", Any, "Peer"], None]] = None
 
 
 @dataclass(frozen=True)
@@ -66,15 +70,16 @@ def dispatch(daemon: "Daemon", req: Request, peer: "Peer", timeout: float = 30.0
     handler = HANDLERS.get(req.cmd)
     if handler is None:
         raise RequestError(ErrorCode.USAGE, f"unknown command {req.cmd!r}")
+    request = handler.request.from_args(req.args)  # here: a bad argument is refused without the loop
     groups = peer_groups(peer) if handler.acts_on_job else frozenset()  # the group database: off the loop
 
     def run() -> Any:
         if handler.acts_on_job:  # on the loop: the job cannot change hands between the check and the act
-            authorize_job(daemon, req, peer, groups)
-        return handler.fn(daemon, req.args, peer)
+            authorize_job(daemon, req.cmd, getattr(request, "name", None), peer, groups)
+        return handler.fn(daemon, request, peer)
     try:
         if handler.precheck is not None:
-            handler.precheck(daemon, req.args, peer)
+            handler.precheck(daemon, request, peer)
         result = daemon.call(run, timeout=timeout)
         return result.wait() if isinstance(result, Deferred) else result
     except RequestError:
@@ -101,75 +106,43 @@ def admin_gid(group: Optional[str]) -> Optional[int]:
         return None
 
 
-def authorize_job(daemon: "Daemon", req: Request, peer: "Peer", groups: AbstractSet[int]) -> None:
-    """``RequestError(PERMISSION)`` unless the peer owns the named job or is an admin (exit 6)."""
-    name = req.args.get("name")
+def authorize_job(daemon: "Daemon", cmd: str, name: Optional[str], peer: "Peer", groups: AbstractSet[int]) -> None:
+    """``RequestError(PERMISSION)`` unless the peer owns job ``name`` (None: no job named) or is an
+    admin (exit 6)."""
     daemon_uid, gid = os.geteuid(), admin_gid(daemon.config.admin_group)
     if name is None:
         if authz.is_admin(peer.uid, groups, daemon_uid, gid):
             return
         owner = None
     else:
-        job = daemon.store.get_job(name) if isinstance(name, str) else None
+        job = daemon.store.get_job(name)
         if job is None:
-            return  # the handler says there is no such job (a bad name is a usage error)
+            return  # the handler says there is no such job
         if authz.may_act_on_job(peer.uid, groups, job.owner_uid, daemon_uid, gid):
             return
         owner = actor_for_uid(authz.job_owner(job.owner_uid, daemon_uid))
-    daemon.log.warning("control request refused", cmd=req.cmd, actor=peer.actor, job=one_line(str(name)),
-                       owner=owner)
-    raise RequestError(ErrorCode.PERMISSION, authz.refusal(req.cmd, name, owner, peer.actor,
-                                                           daemon.config.admin_group))
+    daemon.log.warning("control request refused", cmd=cmd, actor=peer.actor, job=name, owner=owner)
+    raise RequestError(ErrorCode.PERMISSION, authz.refusal(cmd, name, owner, peer.actor, daemon.config.admin_group))
 
 
-# -- arguments ---------------------------------------------------------------
-def _name(args: dict[str, Any]) -> str:
-    name = args.get("name")
-    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
-        raise RequestError(ErrorCode.USAGE, f"not a job name: {name!r}")
-    return name
-
-
-def _job(daemon: "Daemon", args: dict[str, Any]) -> JobRecord:
-    name = _name(args)
+# -- the job a request names ---------------------------------------------------------
+def _job(daemon: "Daemon", name: str) -> JobRecord:
     job = daemon.store.get_job(name)
     if job is None:
         raise RequestError(ErrorCode.UNKNOWN_JOB, f"no job named '{name}'")
     return job
 
 
-def _int_arg(args: dict[str, Any], key: str, default: int, low: int = 0) -> int:
-    value = args.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RequestError(ErrorCode.USAGE, f"'{key}' must be an integer >= {low}")
-    return value
-
-
-def _names(args: dict[str, Any]) -> list[str]:
-    """The distinct job names a request lists (a name given 100,000 times is looked up once), at most
-    ``MAX_NAMES`` of them."""
-    names = args.get("names") or []
-    if not isinstance(names, list):
-        raise RequestError(ErrorCode.USAGE, "'names' must be a list")
-    distinct = list(dict.fromkeys(n if isinstance(n, str) else repr(n)[:100] for n in names))
-    if len(distinct) > MAX_NAMES:
-        raise RequestError(ErrorCode.USAGE, f"{len(distinct)} names in one request; at most {MAX_NAMES} "
-                                            "(leave the names out to list every job)")
-    return [_name({"name": n}) for n in distinct]
-
-
 # -- read-only requests ----------------------------------------------------------
-MAX_NAMES = 1000       # distinct job names in one request
 STATUS_PAGE = 1000     # jobs rendered per turn of the loop in a listing of every job (about 0.1 s)
 
 
-def status(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> Any:
+def status(daemon: "Daemon", request: StatusRequest, peer: "Peer") -> Any:
     """Every job (or the named ones) with its state, progress and restart count. A listing of every
     job is rendered a page at a time, each page one short turn on the loop (10,000 jobs must not
     hold it for seconds), and its long strings are cut; a named job's view shows them whole."""
-    names = _names(args)
-    if names:
-        return job_views(daemon, [_job(daemon, {"name": n}) for n in names], text_limit=JOB_TEXT)
+    if request.names:
+        return job_views(daemon, [_job(daemon, n) for n in request.names], text_limit=JOB_TEXT)
     return Deferred(lambda: _every_view(daemon))
 
 
@@ -193,14 +166,14 @@ def _view_page(daemon: "Daemon", after: Optional[tuple[float, str]], now: float)
     return job_views(daemon, jobs, now), last
 
 
-def gpus(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> list[dict[str, Any]]:
+def gpus(daemon: "Daemon", request: NoArguments, peer: "Peer") -> list[dict[str, Any]]:
     """Every GPU of the daemon's inventory: health, memory, utilization, the job and pids on it."""
     return gpu_views(daemon)
 
 
-def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def history(daemon: "Daemon", request: JobRequest, peer: "Peer") -> dict[str, Any]:
     """Every attempt of a job (with its goodput share) and every event, oldest first."""
-    job = _job(daemon, args)
+    job = _job(daemon, request.name)
     now = time.time()
     events = [_event_row(e) for e in daemon.store.events(job.name)]
     attempts = daemon.store.attempts(job.name)
@@ -216,9 +189,9 @@ def history(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
             "events": events, "goodput": gp.to_dict()}
 
 
-def results(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def results(daemon: "Daemon", request: JobRequest, peer: "Peer") -> dict[str, Any]:
     """The run's results.csv (what ``plot`` draws), read through the socket like the log."""
-    job = _job(daemon, args)
+    job = _job(daemon, request.name)
     text = None
     if job.run_dir:
         path = Path(job.run_dir) / "results.csv"
@@ -235,21 +208,19 @@ def results(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, A
     return {"name": job.name, "run_dir": job.run_dir, "csv": text}
 
 
-def tail(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def tail(daemon: "Daemon", request: TailRequest, peer: "Peer") -> dict[str, Any]:
     """The last ``lines`` lines of the job's log and the offset to follow from."""
-    job = _job(daemon, args)
-    lines = _int_arg(args, "lines", 10)
+    job = _job(daemon, request.name)
     with _reading_log(daemon, job):
-        text, offset = read_last_lines(daemon.home.job_log(job.name), lines)
+        text, offset = read_last_lines(daemon.home.job_log(job.name), request.lines)
     return {"text": text, "offset": offset, "state": job.state}
 
 
-def log(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def log(daemon: "Daemon", request: LogRequest, peer: "Peer") -> dict[str, Any]:
     """Log text written after ``offset`` (``tail -f``); starts over when the file was truncated."""
-    job = _job(daemon, args)
-    offset = _int_arg(args, "offset", 0)
+    job = _job(daemon, request.name)
     with _reading_log(daemon, job):
-        text, new_offset, restarted = read_from(daemon.home.job_log(job.name), offset)
+        text, new_offset, restarted = read_from(daemon.home.job_log(job.name), request.offset)
     return {"text": text, "offset": new_offset, "restarted": restarted, "state": job.state}
 
 
@@ -270,17 +241,17 @@ def _reading_log(daemon: "Daemon", job: JobRecord):
 EVENTS_PER_RESPONSE = 500  # well under the message limit, reasons being one line each
 
 
-def events(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def events(daemon: "Daemon", request: EventsRequest, peer: "Peer") -> dict[str, Any]:
     """Events of every job (or one), oldest first: those after ``after_id``, else the ``last`` N
     newest (all of them when neither is given); ``cursor`` is the id to follow from."""
-    name = _job(daemon, args).name if args.get("name") is not None else None
-    if args.get("after_id") is not None or args.get("last") is None:
-        after = _int_arg(args, "after_id", 0)
+    name = _job(daemon, request.name).name if request.name is not None else None
+    if request.after_id is not None or request.last is None:
+        after = request.after_id or 0
         rows = daemon.store.events_after(after, name, EVENTS_PER_RESPONSE)
         more = len(rows) == EVENTS_PER_RESPONSE
     else:
         after = daemon.store.last_event_id()
-        rows = daemon.store.latest_events(min(_int_arg(args, "last", 10), EVENTS_PER_RESPONSE), name)
+        rows = daemon.store.latest_events(min(request.last, EVENTS_PER_RESPONSE), name)
         more = False
     return {"events": [_event_row(e) for e in rows], "cursor": rows[-1].id if rows else after, "more": more}
 
@@ -298,9 +269,9 @@ EVENT_TEXT = 2048  # characters of one value of an event in a listing
 NOTIFY_TEST_WAIT_S = 330.0  # the longest a single try may take (timeout_s <= 300), and some
 
 
-def notify_test(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> Deferred:
+def notify_test(daemon: "Daemon", request: MaybeJobRequest, peer: "Peer") -> Deferred:
     """Send a test message to the daemon's targets (and job NAME's); each target's result."""
-    name = _job(daemon, args).name if args.get("name") is not None else None
+    name = _job(daemon, request.name).name if request.name is not None else None
     sent = daemon.notifications.test(name)
     if not sent:
         where = "config.yaml" + (f" or {name}'s job file" if name else "")
@@ -321,77 +292,61 @@ def notify_test(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> Deferre
 
 
 # -- mutating requests -------------------------------------------------------------
-def submit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def submit(daemon: "Daemon", request: SubmitRequest, peer: "Peer") -> dict[str, Any]:
     """Add a job from the text of a job file; the training runs as the submitting user."""
-    text, source = args.get("text"), one_line(str(args.get("source") or "socket")[:200])
-    if not isinstance(text, str):
-        raise RequestError(ErrorCode.USAGE, "'text' must be the job file's content")
-    if len(text.encode("utf-8")) > MAX_SPEC_BYTES:
-        raise RequestError(ErrorCode.INVALID, f"{source}: (file): over the {MAX_SPEC_BYTES} byte limit")
     owner = (peer.uid, peer.gid)  # the job is the submitter's (who may act on it; as root, who it runs as)
-    spec = daemon.submit(text, source=f"cli:{source}", actor=peer.actor, owner=owner)
+    spec = daemon.submit(request.text, source=f"cli:{request.source}", actor=peer.actor, owner=owner)
     daemon.start_due_jobs()
     return job_view(daemon, daemon.store.get_job(spec.name))
 
 
-def check_notify_hosts(daemon: "Daemon", args: dict[str, Any]) -> None:
+def check_notify_hosts(daemon: "Daemon", request: SubmitRequest, peer: "Peer") -> None:
     """The job file's notification hosts, resolved (this may wait on DNS, so not on the loop): a
     target that reaches a loopback, link-local or private address is refused at submit."""
-    text = args.get("text")
-    if not isinstance(text, str) or len(text.encode("utf-8")) > MAX_SPEC_BYTES:
-        return  # the handler says what is wrong with it
     try:
-        spec = parse_spec_text(text, "(notify check)")
+        spec = parse_spec_text(request.text, "(notify check)")
     except SpecError:
         return  # the handler reports the problems, with the job file's name
     if spec.notify is None:
         return
-    source = one_line(str(args.get("source") or "socket")[:200])
     problems = job_target_problems(spec.notify.urls, daemon.config.notify.allow_hosts, resolve=True)
     if problems:
-        raise SpecError(source, problems)
+        raise SpecError(request.source, problems)
 
 
-def stop(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def stop(daemon: "Daemon", request: JobRequest, peer: "Peer") -> dict[str, Any]:
     """TERM, grace, KILL for a running job; a job that waits to start is stopped at once."""
-    job = _job(daemon, args)
+    job = _job(daemon, request.name)
     daemon.stop_job(job.name, peer.actor)
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
-def start(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def start(daemon: "Daemon", request: JobRequest, peer: "Peer") -> dict[str, Any]:
     """Queue a stopped, failed or held job again; it resumes from its checkpoint."""
-    job = _job(daemon, args)
+    job = _job(daemon, request.name)
     daemon.start_job(job.name, peer.actor)
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
-def restart(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def restart(daemon: "Daemon", request: JobRequest, peer: "Peer") -> dict[str, Any]:
     """Stop the running attempt and start a new one that resumes; start a job that is not running."""
-    job = _job(daemon, args)
+    job = _job(daemon, request.name)
     daemon.restart_job(job.name, peer.actor)
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
-def drill(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def drill(daemon: "Daemon", request: DrillRequest, peer: "Peer") -> dict[str, Any]:
     """Inject one real fault into a running job's training; it acts on the job as stop/restart do."""
-    job = _job(daemon, args)
-    kind = args.get("kind")
-    if kind not in DRILL_KINDS:
-        raise RequestError(ErrorCode.USAGE, f"drill needs one of {', '.join(DRILL_KINDS)}, not {kind!r}")
-    what = daemon.drill_job(job.name, kind, peer.actor)
-    return {"name": job.name, "kind": kind, "what": what, "state": daemon.store.get_job(job.name).state}
+    job = _job(daemon, request.name)
+    what = daemon.drill_job(job.name, request.kind, peer.actor)
+    return {"name": job.name, "kind": request.kind, "what": what, "state": daemon.store.get_job(job.name).state}
 
 
-def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def edit(daemon: "Daemon", request: EditRequest, peer: "Peer") -> dict[str, Any]:
     """Change train arguments of a job with no process; refused keys come back as a usage error."""
-    job = _job(daemon, args)
-    values = args.get("values")
-    if not isinstance(values, dict) or not values or not all(isinstance(k, str) for k in values):
-        raise RequestError(ErrorCode.USAGE, "edit needs KEY=VALUE arguments")
-    _check_edit_size(values)
+    job = _job(daemon, request.name)
     try:
-        change = daemon.edit(job.name, values, bool(args.get("force")), peer.actor)
+        change = daemon.edit(job.name, request.values, request.force, peer.actor)
     except EditRefused as err:
         raise RequestError(ErrorCode.USAGE, f"{job.name}: {err}") from None
     except SpecError as err:
@@ -402,39 +357,21 @@ def edit(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]
             "warnings": change.warnings, "state": daemon.store.get_job(job.name).state}
 
 
-MAX_EDIT_VALUES = 32          # KEY=VALUE pairs in one edit
-MAX_EDIT_VALUE_BYTES = 4096   # one value, as JSON (a path is at most 4096 bytes)
-
-
-def _check_edit_size(values: dict[str, Any]) -> None:
-    if len(values) > MAX_EDIT_VALUES:
-        raise RequestError(ErrorCode.USAGE, f"{len(values)} values in one edit; at most {MAX_EDIT_VALUES}")
-    for key, value in values.items():
-        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
-        if len(key) > 100 or size > MAX_EDIT_VALUE_BYTES:
-            raise RequestError(ErrorCode.USAGE, f"{key[:100]!r}: a value of {size} bytes; at most "
-                                                f"{MAX_EDIT_VALUE_BYTES} bytes a value")
-
-
-def extend(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def extend(daemon: "Daemon", request: ExtendRequest, peer: "Peer") -> dict[str, Any]:
     """Train a finished job further, to ``epochs`` in all."""
-    job = _job(daemon, args)
-    epochs = args.get("epochs")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise RequestError(ErrorCode.USAGE, "extend needs --epochs N (a positive integer)")
+    job = _job(daemon, request.name)
     try:
-        daemon.extend(job.name, epochs, peer.actor)
+        daemon.extend(job.name, request.epochs, peer.actor)
     except CommandError as err:
         raise RequestError(ErrorCode.WRONG_STATE, str(err)) from None
     return job_view(daemon, daemon.store.get_job(job.name))
 
 
-def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def remove(daemon: "Daemon", request: RemoveRequest, peer: "Peer") -> dict[str, Any]:
     """Forget a job that has no process; its files stay unless ``purge``."""
-    job = _job(daemon, args)
-    purged = bool(args.get("purge"))
-    done = daemon.remove_job(job.name, purged, peer.actor)  # the purge runs on a worker
-    answer = {"name": job.name, "purged": purged, "job_dir": str(daemon.home.job_dir(job.name))}
+    job = _job(daemon, request.name)
+    done = daemon.remove_job(job.name, request.purge, peer.actor)  # the purge runs on a worker
+    answer = {"name": job.name, "purged": request.purge, "job_dir": str(daemon.home.job_dir(job.name))}
 
     def wait() -> dict[str, Any]:
         try:
@@ -446,41 +383,36 @@ def remove(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, An
 
 
 HANDLERS: dict[str, Handler] = {
-    "status": Handler(status, mutates=False),
-    "history": Handler(history, mutates=False),
-    "gpus": Handler(gpus, mutates=False),
+    "status": Handler(status, StatusRequest, mutates=False),
+    "history": Handler(history, JobRequest, mutates=False),
+    "gpus": Handler(gpus, NoArguments, mutates=False),
     # The job's files (its folder is its owner's alone): read for its owner and the admins.
-    "results": Handler(results, mutates=False, acts_on_job=True),
-    "tail": Handler(tail, mutates=False, acts_on_job=True),
-    "log": Handler(log, mutates=False, acts_on_job=True),
-    "events": Handler(events, mutates=False),
-    "notify-test": Handler(notify_test, mutates=True, acts_on_job=True),  # sends to real targets
-    "submit": Handler(submit, mutates=True, precheck=lambda daemon, args, peer: check_notify_hosts(daemon, args)),
-    "stop": Handler(stop, mutates=True, acts_on_job=True),
-    "start": Handler(start, mutates=True, acts_on_job=True),
-    "restart": Handler(restart, mutates=True, acts_on_job=True),
-    "drill": Handler(drill, mutates=True, acts_on_job=True),
-    "remove": Handler(remove, mutates=True, acts_on_job=True),
-    "edit": Handler(edit, mutates=True, acts_on_job=True),
-    "extend": Handler(extend, mutates=True, acts_on_job=True),
+    "results": Handler(results, JobRequest, mutates=False, acts_on_job=True),
+    "tail": Handler(tail, TailRequest, mutates=False, acts_on_job=True),
+    "log": Handler(log, LogRequest, mutates=False, acts_on_job=True),
+    "events": Handler(events, EventsRequest, mutates=False),
+    "notify-test": Handler(notify_test, MaybeJobRequest, mutates=True, acts_on_job=True),  # sends to real targets
+    "submit": Handler(submit, SubmitRequest, mutates=True, precheck=check_notify_hosts),
+    "stop": Handler(stop, JobRequest, mutates=True, acts_on_job=True),
+    "start": Handler(start, JobRequest, mutates=True, acts_on_job=True),
+    "restart": Handler(restart, JobRequest, mutates=True, acts_on_job=True),
+    "drill": Handler(drill, DrillRequest, mutates=True, acts_on_job=True),
+    "remove": Handler(remove, RemoveRequest, mutates=True, acts_on_job=True),
+    "edit": Handler(edit, EditRequest, mutates=True, acts_on_job=True),
+    "extend": Handler(extend, ExtendRequest, mutates=True, acts_on_job=True),
 }
 
 
 # -- usage and the web view (issue 24) ------------------------------------------------
-def usage_report(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def usage_report(daemon: "Daemon", request: UsageRequest, peer: "Peer") -> dict[str, Any]:
     """GPU-hours per user and per job over the last ``since_s`` seconds, and those lost to restarts."""
-    since_s = args.get("since_s", 30 * 86400)
-    if isinstance(since_s, bool) or not isinstance(since_s, (int, float)) or not 0 < since_s < 1e10:
-        raise RequestError(ErrorCode.USAGE, "'since_s' must be a positive number of seconds")
-    from supervisor.control.peer import actor_for_uid
-
     now = time.time()
     daemon_uid = os.geteuid()
-    return usage(daemon.store.list_jobs(), daemon.store.attempts, now - since_s, now,
+    return usage(daemon.store.list_jobs(), daemon.store.attempts, now - request.since_s, now,
                  lambda job: actor_for_uid(daemon_uid if job.owner_uid is None else job.owner_uid))
 
 
-def web_login(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str, Any]:
+def web_login(daemon: "Daemon", request: NoArguments, peer: "Peer") -> dict[str, Any]:
     """A one-use login token for the web view, bound to the uid this socket's peer has."""
     web = getattr(daemon, "web", None)
     if web is None:
@@ -489,8 +421,8 @@ def web_login(daemon: "Daemon", args: dict[str, Any], peer: "Peer") -> dict[str,
     return web.login_info(peer)
 
 
-HANDLERS["usage"] = Handler(usage_report, mutates=False)
-HANDLERS["web-login"] = Handler(web_login, mutates=False)  # a reader's login; acting is checked per action
+HANDLERS["usage"] = Handler(usage_report, UsageRequest, mutates=False)
+HANDLERS["web-login"] = Handler(web_login, NoArguments, mutates=False)  # a reader's login; acting is checked per action
 
 
 # -- reading the log ---------------------------------------------------------------

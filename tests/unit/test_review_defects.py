@@ -16,6 +16,7 @@ import yaml
 from supervisor.control import handlers
 from supervisor.control.peer import Peer
 from supervisor.control.protocol import RequestError
+from supervisor.control.requests import JobRequest, RemoveRequest
 from supervisor.daemon.config import DaemonConfig, load_config
 from supervisor.daemon.core import CommandError, Daemon, IllegalTransition
 from supervisor.jobs.machine import On
@@ -126,7 +127,7 @@ def test_a_request_that_timed_out_is_dropped_not_run_later(daemon):
 
 def removing(daemon):
     """``remove --purge`` as the control server runs it: the handler on the loop, the wait after."""
-    answer = handlers.remove(daemon, {"name": "j", "purge": True}, ROOT)
+    answer = handlers.remove(daemon, RemoveRequest(name="j", purge=True), ROOT)
     settle(daemon)
     return answer
 
@@ -152,7 +153,7 @@ def test_remove_purge_reports_a_folder_it_could_not_delete(daemon):
 def test_stopping_a_job_that_waits_for_gpu_memory_ends_the_wait(daemon):
     add(daemon)
     daemon.health._waiting_since["j"] = 0.0  # waiting for the last attempt's memory since long ago
-    handlers.stop(daemon, {"name": "j"}, ROOT)
+    handlers.stop(daemon, JobRequest(name="j"), ROOT)
     assert "j" not in daemon.health._waiting_since  # a later start waits afresh
 
 
@@ -217,8 +218,8 @@ def test_a_job_whose_launch_is_in_flight_says_so_and_a_stop_meanwhile_leaves_not
     job = daemon.store.get_job("j")
     assert job.state == "queued" and job.state_reason.startswith("starting: checking")
     with pytest.raises(CommandError, match="cannot remove"):  # dispatch answers it as WRONG_STATE
-        handlers.remove(daemon, {"name": "j"}, ROOT)
-    handlers.stop(daemon, {"name": "j"}, ROOT)
+        handlers.remove(daemon, RemoveRequest(name="j"), ROOT)
+    handlers.stop(daemon, JobRequest(name="j"), ROOT)
     settle(daemon)
     settle(daemon)  # the kill of the attempt nobody will watch is a worker task of its own
     assert daemon.store.get_job("j").state == "stopped"
