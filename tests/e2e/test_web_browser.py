@@ -79,7 +79,9 @@ def training(browser, dataset):
     web_config(daemon.home, port)
     daemon.start()
     wait_socket(daemon)
-    daemon.drop(cpu_job(JOB, dataset, epochs=5))
+    # 10 epochs: on a quiet machine 5 were over before the last test's Stop (the stop then landed in
+    # the final evaluation, and the job completed instead of stopping).
+    daemon.drop(cpu_job(JOB, dataset, epochs=10))
     try:
         yield daemon, port
     finally:
@@ -242,6 +244,8 @@ def test_owner_stops_and_starts_from_the_page(browser, training):
     assert daemon.job(JOB).state == "stopped"
     browser.find_element(By.ID, "start").click()
     until(browser, lambda d: texts(d, "#state") == ["completed"], 600, "the job completed")
+    # the answer to Start ("start: queued ...") is gone once the job moved on from what it said
+    until(browser, lambda d: texts(d, "#action-result") == [""], 30, "the answer to Start cleared")
     marked = [i.get_attribute("data-attempt") for i in browser.find_elements(By.CSS_SELECTOR, "#interruptions li")]
     assert marked == ["1", "2"]  # the SIGKILL and the stop (its cause: how the child answered the TERM)
     assert browser.find_element(By.CSS_SELECTOR, "#interruptions li").get_attribute("data-cause") == "killed"

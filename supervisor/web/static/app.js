@@ -111,6 +111,7 @@ function showJob(d) {
   $("#name").textContent = j.name;
   $("#state").textContent = j.state;
   $("#state").className = `state-${j.state}`;
+  clearActionOnceMoved(j.state);
   $("#reason").textContent = j.state_reason ? `(${j.state_reason})` : "";
   $("#summary").textContent = `epoch ${j.epoch}/${j.epochs == null ? "?" : j.epochs}, GPUs ${j.gpus || "-"}, ` +
     `speed ${speed(j.batches_per_s)}, ETA ${duration(j.eta_s)}; goodput: wall ${duration(gp.wall_s)} = training ` +
@@ -193,7 +194,11 @@ function drawInterruptions(u, interruptions) {
     ctx.lineTo(x, top + height);
     ctx.stroke();
     ctx.fillStyle = DOWN;
-    ctx.fillText(`${i.cause} (${i.gap_kind} ${duration(i.gap_s)})`, x + 4, top + 14 * devicePixelRatio * (n + 1));
+    // Right of the line, or left of it where the label would run past the chart (a narrow window).
+    const label = `${i.cause} (${i.gap_kind} ${duration(i.gap_s)})`, w = ctx.measureText(label).width;
+    const right = u.bbox.left + u.bbox.width;
+    ctx.fillText(label, x + 4 + w > right ? Math.max(u.bbox.left, x - 4 - w) : x + 4,
+      top + 14 * devicePixelRatio * (n + 1));
   });
   ctx.restore();
 }
@@ -228,16 +233,30 @@ function showLog(chunk) {
   if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
+// The state an action's answer showed: its message stays until the job moves on from there.
+let actedState = null;
+
 async function act(action) {
   const out = $("#action-result");
   out.textContent = `${action}...`;
   out.className = "";
+  actedState = null;
   const r = await fetch(`/api/job/${encodeURIComponent(JOB)}/${action}`,
     { method: "POST", headers: { "X-CSRF-Token": ME.csrf } });
   const body = await r.json();
   out.textContent = r.ok ? `${action}: ${body.state}${body.state_reason ? " (" + body.state_reason + ")" : ""}` : body.message;
   out.className = r.ok ? "ok" : "error";
   out.setAttribute("data-status", r.status);
+  if (r.ok) actedState = body.state;
+}
+
+function clearActionOnceMoved(state) {
+  if (actedState === null || state === actedState) return;
+  const out = $("#action-result");
+  out.textContent = "";
+  out.className = "";
+  out.removeAttribute("data-status");
+  actedState = null;
 }
 
 async function jobPage() {
