@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
 from supervisor.daemon.attempts import Attempts
-from supervisor.daemon.commands import CommandError, Commands, PurgeFailed  # noqa: F401 - re-exported
+from supervisor.daemon.commands import CommandError, Commands, PurgeFailed
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.ending import AttemptEnding
 from supervisor.daemon.health import DeviceHealth
@@ -39,7 +39,7 @@ from supervisor.daemon.scheduling import GpuScheduling
 from supervisor.daemon.workers import STEP_RETRY_S, Workers
 from supervisor.jobs.edit import Edit
 from supervisor.jobs.spec import JobSpec, SpecError
-from supervisor.jobs.machine import Do, IllegalTransition, On, move  # noqa: F401 - IllegalTransition: re-exported
+from supervisor.jobs.machine import Do, IllegalTransition, On, move
 from supervisor.jobs.states import Cause, JobState
 from supervisor.observe.logging import get_logger
 from supervisor.observe.notify import Notifications
@@ -52,6 +52,8 @@ from supervisor.process import jobenv
 from supervisor.process.jobenv import JobEnvironment
 from supervisor import safefs
 from supervisor.store import JobRecord, Store
+
+__all__ = ["Daemon", "CommandError", "PurgeFailed", "IllegalTransition", "PROCESS_STATES"]  # what others import
 
 S = JobState
 PROCESS_STATES = tuple(s.value for s in JobState if s.has_process)

@@ -155,7 +155,7 @@ class Launches:
                 self._abandon(name, found.child)
             return
         if found.blocker is not None:
-            self._hold_for(name, found.blocker, actor)
+            self._hold_for(order, found.blocker)
             return
         self.preflight_holds.pop(name, None)
         if found.strays:
@@ -192,10 +192,11 @@ class Launches:
             host.transition(name, On.LAUNCH_ERROR, f"launch failed: {problem}; retrying in {wait:g}s",
                             next_start_at=time.time() + wait)
 
-    def _hold_for(self, name: str, blocker: str, actor: Optional[str] = None) -> None:
-        self.preflight_holds[name] = time.monotonic() + self.host.config.preflight_recheck_s
-        self.host.event(name, "preflight", blocker, actor)
-        self.host.transition(name, On.PREFLIGHT_FAILED, blocker, actor)
+    def _hold_for(self, order: Order, blocker: str) -> None:
+        """Held until what the job needs is there (``recheck_preflight_holds`` looks again)."""
+        self.preflight_holds[order.name] = time.monotonic() + self.host.config.preflight_recheck_s
+        self.host.event(order.name, "preflight", blocker, order.actor)
+        self.host.transition(order.name, On.PREFLIGHT_FAILED, blocker, order.actor)
 
     def recheck_preflight_holds(self) -> None:
         """A job held for a missing path is queued again once the path is back (an NFS mount after

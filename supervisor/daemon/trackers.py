@@ -72,12 +72,11 @@ def plan_for_attempt(daemon: TrackerHost, work: "JobWork", attempt: int, devices
     rec.note_attempt(attempt, attempt_cause(attempt, cause, detail, extend_to, devices, job.devices))
     rec.finalized = None  # running again: the runs are open
     daemon.store.update_job(job.name, trackers=rec.dump())
-    return rec.plan(owner_settings(daemon, job), spec.settings or {})
+    return rec.plan(owner_settings(work.identity), spec.settings or {})
 
 
-def owner_settings(daemon: TrackerHost, job: "JobRecord") -> dict[str, Any]:
+def owner_settings(identity: Optional[safefs.Identity]) -> dict[str, Any]:
     """The owner's own ``yolo settings`` (read as the owner); {} when they have none."""
-    identity = daemon.job_identity(job)
     uid = identity.uid if identity is not None else os.geteuid()
     try:
         home = pwd.getpwuid(uid).pw_dir
