@@ -138,7 +138,8 @@ class AttemptEnding:
         tail = tail[max(0, tail.rfind(launcher.LOG_BANNER)):]  # this attempt's output only
         reached = bool(progress and progress.first_batch_at) or bool(record and record.reached_training)
         outcome = classify(exit_code, sig, record, tail, reached, facts.oom_killed)
-        outcome = self.host.executor.refine(name, run.child, outcome, record, progress, tail, run.kill_cause is not None)
+        stopped = run.kill_cause is not None
+        outcome = self.host.executor.refine(name, run.child, outcome, record, progress, tail, stopped)
         if run.kill_cause is Cause.STALLED and outcome.cause is not Cause.COMPLETED:
             return type(outcome)(Cause.STALLED, run.extra.get("stall_reason", "no progress"))
         if run.user_stop and outcome.cause not in (Cause.COMPLETED, Cause.PREEMPTED):
@@ -189,7 +190,8 @@ class AttemptEnding:
                                    detail=outcome.detail, epochs_after=None, at=run.ended_at)
             host.event(name, "exit", f"attempt {run.attempt_no}: {outcome.cause.value}: {outcome.detail}",
                        exit_code=exit_code, signal=sig)
-            host.fail_unparseable(name, err, On.ENDED_FAIL, last_cause=outcome.cause.value, pid=None, pid_start_time=None)
+            host.fail_unparseable(name, err, On.ENDED_FAIL, last_cause=outcome.cause.value, pid=None,
+                                  pid_start_time=None)
 
     def _devices_unhealthy(self, name: str, spec: JobSpec, run: Running) -> bool:
         reasons = self.host.health.unhealthy_reasons(gpu_facts.job_gpus(self.host.store.get_job(name), spec))

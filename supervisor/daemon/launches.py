@@ -115,7 +115,8 @@ class Launches:
         trackers = tracker_runs.plan_for_attempt(host, order.work, order.attempt, order.devices)  # the old progress
         task = functools.partial(jobwork.prepare_launch, order.work, host.executor, order.attempt, order.devices,
                                  order.abandoned, trackers)
-        if host.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S, functools.partial(self._launched, order)):
+        done = functools.partial(self._launched, order)
+        if host.workers.submit(("job", name), task, jobwork.LAUNCH_DEADLINE_S, done):
             self.launching[name] = order.gpus
             if job.state_reason != LAUNCHING:
                 host.store.update_job(name, state_reason=LAUNCHING)

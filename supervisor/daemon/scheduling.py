@@ -93,7 +93,8 @@ class GpuScheduling:
                 self.host.guarded(self.launches.launch, job.name)  # fails it once, with the reason
                 continue
             if sick.keys() & set(gpu_facts.job_gpus(job, spec)):
-                self.host.guarded(self.launches.launch, job.name)  # pinned to an unhealthy GPU: holds it, naming the problem
+                # pinned to an unhealthy GPU: holds it, naming the problem
+                self.host.guarded(self.launches.launch, job.name)
                 continue
             requests.append(gpu_facts.request_for(job, spec))
         if not self.host.executor.places_gpus:  # executor: slurm: Slurm allocates and places the GPUs
@@ -121,8 +122,9 @@ class GpuScheduling:
 
     def _round_inputs(self) -> tuple:
         """What a placement round depends on, besides the clock (``_round_valid_until``)."""
-        return (self.host.store.generation, frozenset(self.host.running), frozenset(self.host.ending), id(self.host.config),
-                frozenset(self.host.retry_at.items()))
+        host = self.host
+        return (host.store.generation, frozenset(host.running), frozenset(host.ending), id(host.config),
+                frozenset(host.retry_at.items()))
 
     def _round_unchanged(self) -> bool:
         last = self._last_round
@@ -164,7 +166,8 @@ class GpuScheduling:
         for gpu, why in (self._unhealthy_gpus() if sick is None else sick).items():
             held.setdefault(gpu, Holder(None, f"unhealthy: {why}"))
         others = [g for g in self.gpu_inventory() if g not in held]
-        held.update(gpu_facts.held_by_processes(probe, others, self.host.daemon_id, self.host.config.foreign_memory_mib))
+        held.update(gpu_facts.held_by_processes(probe, others, self.host.daemon_id,
+                                                self.host.config.foreign_memory_mib))
         return held
 
     def _unhealthy_gpus(self) -> dict[int, str]:
