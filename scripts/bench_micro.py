@@ -284,7 +284,7 @@ def footprint(work: Path, fake: Path, jobs: int, window_s: float) -> dict:
         d.close()
 
 
-WRAPPERS = {"_guarded"}  # housekeeping calls the job steps through these: show what they call
+WRAPPERS = {"guarded"}  # housekeeping calls the job steps through these: show what they call
 
 
 def idle_profile(work: Path, fake: Path, jobs: int, window_s: float) -> dict:

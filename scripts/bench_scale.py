@@ -157,11 +157,11 @@ def round_cost(work: Path, count: int, template: str, rounds: int = 5) -> float:
     try:
         names = fill(daemon.store, template, count)
         daemon.store.update_job(names[0], state="backoff", devices="0", next_start_at=time.time() + 3600)
-        daemon.launch = lambda name, actor=None: None  # placement is measured, not launching
+        daemon.launches.launch = lambda name, actor=None, gpus=(): None  # placement is measured, not launching
         daemon.start_due_jobs()  # parses every spec once (start-up)
         times = []
         for _ in range(rounds):
-            daemon._last_round = None  # force it: an unchanged round is skipped
+            daemon.scheduling._last_round = None  # force it: an unchanged round is skipped
             t0 = time.process_time()  # CPU time: the machine's other load changes it far less than wall time
             daemon.start_due_jobs()
             times.append(time.process_time() - t0)

@@ -9,6 +9,7 @@ thread, so a worker can do that while the loop stays root).
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ PURGE_DEADLINE_S = 600.0
 
 @dataclass(frozen=True)
 class JobWork:
-    """Everything a worker needs about one job, read by the loop beforehand (no store access here)."""
+    """Everything a worker (and each step of a launch) needs about one job, loaded once by the loop
+    beforehand: the record, the parsed spec, the owner's identity, the edited keys (no store access here)."""
 
     job: JobRecord
     spec: Optional[JobSpec]            # None: the stored spec no longer validates
@@ -50,6 +52,11 @@ class JobWork:
     @property
     def name(self) -> str:
         return self.job.name
+
+    @property
+    def uid(self) -> int:
+        """The uid the job's processes run as: its owner's, or the daemon's own without an identity."""
+        return self.identity.uid if self.identity is not None else os.geteuid()
 
     @property
     def run_dir(self) -> Optional[Path]:

@@ -1,7 +1,7 @@
 """The runtime handle of a job's live attempt: what the daemon keeps in memory while it runs.
 
-Its own module so that the parts of the daemon that read it (ending.py, scheduling.py) need not
-import core.py, which imports them.
+Its own module so that the daemon's collaborators that read it (launches.py, attempts.py, ending.py,
+scheduling.py, reconcile.py) need not import core.py, which imports them.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from supervisor.process import jobenv, launcher
 from supervisor.process.jobenv import EnvFileError
 
 if TYPE_CHECKING:
+    from supervisor.daemon.jobwork import JobWork
     from supervisor.jobs.spec import JobSpec
     from supervisor.paths import Home
     from supervisor.process.jobenv import JobEnvironment
@@ -39,7 +40,6 @@ class TrackerHost(Protocol):
     log: Any
 
     def spec(self, name: str) -> "JobSpec": ...
-    def edited_keys(self, name: str) -> set[str]: ...
     def job_identity(self, job: "JobRecord") -> Optional[safefs.Identity]: ...
     def job_environment(self, job: "JobRecord", spec: "JobSpec") -> "JobEnvironment": ...
     def event(self, name: str, kind: str, reason: str, actor: Optional[str] = None, **data: Any) -> None: ...
@@ -51,19 +51,20 @@ def record(daemon: TrackerHost, name: str) -> TrackerRecord:
     return TrackerRecord.load(job.trackers if job is not None else None)
 
 
-def plan_for_attempt(daemon: TrackerHost, job: "JobRecord", spec: "JobSpec", attempt: int,
-                     devices: Optional[str]) -> dict[str, Any]:
+def plan_for_attempt(daemon: TrackerHost, work: "JobWork", attempt: int, devices: Optional[str]) -> dict[str, Any]:
     """The plan's ``trackers``: the job's ids (chosen now at the first attempt), every attempt and
     its cause, and the Ultralytics settings (the owner's, then the job's ``settings:``).
 
     Runs before the previous attempt's progress file is removed: ids that attempt reported and
     the daemon had not read yet (it was killed moments after opening its run) are kept."""
+    job, spec = work.job, work.spec
+    assert spec is not None
     rec = TrackerRecord.load(job.trackers)
     take_reported(daemon, job.name, rec, from_json(Progress, read_json(daemon.home.job_progress(job.name))))
     rec.choose_first_ids()
     previous = daemon.store.attempts(job.name)[-1:] or [None]
     last = previous[0]
-    extend_to = spec.epochs if "epochs" in daemon.edited_keys(job.name) else None
+    extend_to = spec.epochs if "epochs" in work.edited else None
     # Why the previous attempt ended: the daemon's own reason when it ended it (a user's stop, a
     # stall), else what its exit was classified as.
     cause = last and (last.stop_cause or last.cause)
@@ -71,12 +72,11 @@ def plan_for_attempt(daemon: TrackerHost, job: "JobRecord", spec: "JobSpec", att
     rec.note_attempt(attempt, attempt_cause(attempt, cause, detail, extend_to, devices, job.devices))
     rec.finalized = None  # running again: the runs are open
     daemon.store.update_job(job.name, trackers=rec.dump())
-    return rec.plan(owner_settings(daemon, job), spec.settings or {})
+    return rec.plan(owner_settings(work.identity), spec.settings or {})
 
 
-def owner_settings(daemon: TrackerHost, job: "JobRecord") -> dict[str, Any]:
+def owner_settings(identity: Optional[safefs.Identity]) -> dict[str, Any]:
     """The owner's own ``yolo settings`` (read as the owner); {} when they have none."""
-    identity = daemon.job_identity(job)
     uid = identity.uid if identity is not None else os.geteuid()
     try:
         home = pwd.getpwuid(uid).pw_dir

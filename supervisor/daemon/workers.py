@@ -23,6 +23,7 @@ from typing import Any, Callable, Hashable, Optional
 from supervisor.observe.logging import get_logger
 
 MAX_WORKERS = 8  # threads; a hung one holds one of them until its system call returns
+STEP_RETRY_S = 15.0  # a job step that failed (a full disk, a read-only one, no answer) is tried again after this
 
 
 @dataclass(frozen=True)

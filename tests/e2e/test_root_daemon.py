@@ -192,7 +192,7 @@ def test_checkpoint_copies_are_taken_as_the_jobs_user(account, open_dir, real_ch
         shutil.copyfile(real_checkpoints["resumable1"], theirs)
         theirs.chmod(0o600)
         (weights / "last.pt").symlink_to(theirs)
-        d._snapshot("v")
+        d.attempts.snapshot("v")
         settle(d)  # the copy runs on a worker
         vault = d.home.job_vault("v")
         assert not [p for p in vault.iterdir() if p.name.startswith("epoch-")], "copied through the link"
@@ -200,8 +200,8 @@ def test_checkpoint_copies_are_taken_as_the_jobs_user(account, open_dir, real_ch
         (weights / "last.pt").unlink()
         shutil.copyfile(real_checkpoints["resumable1"], weights / "last.pt")
         os.chown(weights / "last.pt", account.uid, account.gid)
-        d._snapshot_retry_at.clear()
-        d._snapshot("v")
+        d.attempts.snapshot_retry_at.clear()
+        d.attempts.snapshot("v")
         settle(d)
         [copy] = [p for p in vault.iterdir() if p.name.startswith("epoch-")]
         assert copy.stat().st_uid == account.uid  # made as the user: theirs, no chown needed

@@ -119,13 +119,13 @@ def states(d) -> dict[str, str]:
 def record_launch_decisions(d: Daemon) -> list[str]:
     """The jobs in the order the loop decided to launch them (a launch handed to a worker)."""
     decided: list[str] = []
-    real_launch = d.launch
+    real_launch = d.launches.launch
 
-    def launch(name, actor=None):
-        real_launch(name, actor)
-        if name in d.launching and name not in decided:
+    def launch(name, actor=None, gpus=()):
+        real_launch(name, actor, gpus)
+        if name in d.launches.launching and name not in decided:
             decided.append(name)
-    d.launch = launch
+    d.launches.launch = launch
     return decided
 
 

@@ -16,7 +16,7 @@ import yaml
 from supervisor.control import server as server_mod
 from supervisor.control.protocol import (MAX_MESSAGE_BYTES, Connection, ErrorCode, Request, RequestError, Response,
                                          connect)
-from supervisor.daemon import core as core_mod
+from supervisor.daemon import specs
 from supervisor.daemon import scheduling
 from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.core import Daemon
@@ -180,8 +180,8 @@ def test_specs_are_parsed_once_however_many_jobs_there_are(daemon, monkeypatch):
     add_jobs(daemon, 300)
     daemon.valid_specs()
     parsed = []
-    real = core_mod.parse_spec_text
-    monkeypatch.setattr(core_mod, "parse_spec_text", lambda *a: parsed.append(a) or real(*a))
+    real = specs.parse_spec_text
+    monkeypatch.setattr(specs, "parse_spec_text", lambda *a: parsed.append(a) or real(*a))
     assert len(daemon.valid_specs()) == 300
     assert parsed == []
 
@@ -194,7 +194,7 @@ def test_a_placement_round_whose_inputs_did_not_change_is_skipped(daemon, monkey
     rounds = []
     real = scheduling.place
     monkeypatch.setattr(scheduling, "place", lambda *a, **k: rounds.append(1) or real(*a, **k))
-    monkeypatch.setattr(daemon, "launch", lambda name, actor=None: None)  # placement is the subject, not launching
+    monkeypatch.setattr(daemon.launches, "launch", lambda name, actor=None, gpus=(): None)  # placement is the subject, not launching
     daemon.start_due_jobs()
     assert len(rounds) == 1
     assert daemon.store.get_job("job00000").state_reason.startswith("waiting for 1 free GPU")
@@ -215,7 +215,7 @@ def test_a_placed_job_that_did_not_start_is_placed_again_at_the_next_tick(daemon
     rounds = []
     real = scheduling.place
     monkeypatch.setattr(scheduling, "place", lambda *a, **k: rounds.append(1) or real(*a, **k))
-    monkeypatch.setattr(daemon, "launch", lambda name, actor=None: None)  # placed, but not started
+    monkeypatch.setattr(daemon.launches, "launch", lambda name, actor=None, gpus=(): None)  # placed, but not started
     daemon.start_due_jobs()
     daemon.start_due_jobs()
     assert len(rounds) == 2

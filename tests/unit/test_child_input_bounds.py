@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from supervisor.contract import MAX_FLOAT, MAX_INT, MAX_ITEMS, MAX_TEXT, ExitRecord, Progress, from_json
 from supervisor.daemon.config import DaemonConfig
-from supervisor.daemon.core import NOTES_PER_ATTEMPT, Daemon
+from supervisor.daemon.attempts import NOTES_PER_ATTEMPT
+from supervisor.daemon.core import Daemon
 from supervisor.observe.goodput import batches_trained, epochs_trained
 from supervisor.observe.rate import training_rate
 from supervisor.paths import Home
@@ -168,10 +169,10 @@ def test_a_notes_flood_becomes_a_few_events_and_one_count(daemon):
     """200,000 notes became 200,000 events (status took 10 s, state.db grew 4x)."""
     run = types.SimpleNamespace(attempt_no=1, extra={})  # the two fields the notes step reads
     for version in range(1, 6):  # the child rewrites its file with more notes each time
-        daemon._note_child_lines("j", run, Progress(notes=[f"note {i}" for i in range(version * 400)]))
+        daemon.attempts.note_child_lines("j", run, Progress(notes=[f"note {i}" for i in range(version * 400)]))
     daemon.ending["j"] = run  # the attempt ended: its last look at the file
-    daemon._note_child_lines("j", run, Progress(notes=[f"note {i}" for i in range(2000)]))
-    daemon._note_child_lines("j", run, Progress(notes=[f"note {i}" for i in range(2000)]))  # a retried end
+    daemon.attempts.note_child_lines("j", run, Progress(notes=[f"note {i}" for i in range(2000)]))
+    daemon.attempts.note_child_lines("j", run, Progress(notes=[f"note {i}" for i in range(2000)]))  # a retried end
     events = [e.reason for e in daemon.store.events("j") if e.kind == "checkpoint"]
     assert events[:NOTES_PER_ATTEMPT] == [f"attempt 1: note {i}" for i in range(NOTES_PER_ATTEMPT)]
     assert len(events) == NOTES_PER_ATTEMPT + 1
@@ -181,8 +182,8 @@ def test_a_notes_flood_becomes_a_few_events_and_one_count(daemon):
 
 def test_a_few_notes_are_all_recorded_and_no_count_event(daemon):
     run = types.SimpleNamespace(attempt_no=2, extra={})
-    daemon._note_child_lines("j", run, Progress(notes=["resumed at epoch 3 (inexact)"]))
+    daemon.attempts.note_child_lines("j", run, Progress(notes=["resumed at epoch 3 (inexact)"]))
     daemon.ending["j"] = run
-    daemon._note_child_lines("j", run, Progress(notes=["resumed at epoch 3 (inexact)"]))
+    daemon.attempts.note_child_lines("j", run, Progress(notes=["resumed at epoch 3 (inexact)"]))
     assert [e.reason for e in daemon.store.events("j") if e.kind == "checkpoint"] == \
         ["attempt 2: resumed at epoch 3 (inexact)"]

@@ -62,9 +62,9 @@ def test_reconcile_requeues_a_running_job_without_an_attempt_instead_of_dying(da
 def test_a_launch_that_fails_on_the_disk_backs_off_through_the_table_with_an_event(daemon, monkeypatch):
     add(daemon)
 
-    def full_disk(name, actor=None):
+    def full_disk(name, actor=None, gpus=()):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(daemon, "launch", full_disk)
+    monkeypatch.setattr(daemon.launches, "launch", full_disk)
     daemon.start_due_jobs()
     job = daemon.store.get_job("j")
     assert job.state == "backoff" and "No space left" in job.state_reason

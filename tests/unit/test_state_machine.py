@@ -35,7 +35,7 @@ PAIRS = list(itertools.product(JobState, On))
 def daemon(tmp_path, monkeypatch):
     d = Daemon(Home(tmp_path / "home"), DaemonConfig())
     d.acted = []  # what the actions did, by name (the TERM itself is the e2e tests' to check)
-    monkeypatch.setattr(d, "_send_term", lambda name, run, grace, actor=None: d.acted.append(("term", grace)))
+    monkeypatch.setattr(d.attempts, "send_term", lambda name, run, grace, actor=None: d.acted.append(("term", grace)))
     monkeypatch.setattr(d.health, "forget", lambda name: d.acted.append(("forget_health", name)))
     monkeypatch.setattr("supervisor.daemon.trackers.finalize",
                         lambda daemon, name, state: d.acted.append(("end_tracker_run", state)))
