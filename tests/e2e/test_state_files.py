@@ -64,6 +64,9 @@ def test_a_damaged_state_database_stops_start_up_with_a_recovery_hint(fake_daemo
 def test_a_drop_directory_removed_and_made_again_is_watched_again(fake_daemon):
     fake_daemon.start()
     wait_socket(fake_daemon)
+    # The socket is made before the drop directory is watched: a folder replaced before that is the
+    # one the watch starts on (CI, under load), and there is nothing to notice.
+    wait_for(lambda: "watching drop directory" in fake_daemon.log.read_text(), 30, what="the drop directory watched")
     inbox = fake_daemon.home / "inbox"
     shutil.rmtree(inbox)
     inbox.mkdir()
