@@ -227,6 +227,21 @@ def recorded_moves_outside_the_table(db: Path) -> list[str]:
         s.close()
 
 
+def in_process_daemon(tmp_path: Path, config=None):
+    """A real Daemon over a temporary home, in this process, for a fixture to ``yield from``: its
+    store closed afterwards, and whatever attempt it left running killed."""
+    from supervisor.daemon.config import DaemonConfig
+    from supervisor.daemon.core import Daemon
+    from supervisor.paths import Home
+    from supervisor.process import launcher
+
+    d = Daemon(Home(tmp_path / "home"), config or DaemonConfig())
+    yield d
+    for run in list(d.running.values()):
+        launcher.kill_job_now(run.child.job, run.child, daemon_id=d.daemon_id)
+    d.store.close()
+
+
 # Every daemon the running test started: a DaemonProcess, or an in-process Daemon (its home).
 _DAEMON_HOMES: list = []
 

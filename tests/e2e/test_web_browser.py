@@ -79,9 +79,10 @@ def training(browser, dataset):
     web_config(daemon.home, port)
     daemon.start()
     wait_socket(daemon)
-    # 10 epochs: on a quiet machine 5 were over before the last test's Stop (the stop then landed in
-    # the final evaluation, and the job completed instead of stopping).
-    daemon.drop(cpu_job(JOB, dataset, epochs=10))
+    # 30 epochs (about 1 s each on a quiet machine): with 5, and with 10 when the screenshots are
+    # taken, the training was over before the last test's Stop, and the job completed instead of
+    # stopping.
+    daemon.drop(cpu_job(JOB, dataset, epochs=30))
     try:
         yield daemon, port
     finally:

@@ -22,7 +22,7 @@ from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.core import Daemon
 from supervisor.jobs.spec import parse_spec_text, spec_to_yaml
 from supervisor.paths import Home
-from tests.conftest import FAKE_DATA, wait_for
+from tests.conftest import FAKE_DATA, in_process_daemon, wait_for
 
 LONG = 60 * 1024  # the 60 KB data path of the finding
 
@@ -170,9 +170,7 @@ def test_an_item_alone_over_the_message_limit_is_replaced_not_fatal(pair):
 # -- the scheduler's cost ---------------------------------------------------------------------------
 @pytest.fixture
 def daemon(tmp_path):
-    d = Daemon(Home(tmp_path / "home"), DaemonConfig(gpus=[0]))
-    yield d
-    d.store.close()
+    yield from in_process_daemon(tmp_path, DaemonConfig(gpus=[0]))
 
 
 def test_specs_are_parsed_once_however_many_jobs_there_are(daemon, monkeypatch):

@@ -9,14 +9,11 @@ import yaml
 
 from supervisor.daemon.attempts import Attempts
 from supervisor.daemon.commands import Commands
-from supervisor.daemon.config import DaemonConfig
 from supervisor.daemon.core import Daemon
 from supervisor.daemon.ending import AttemptEnding
 from supervisor.daemon.launches import Launches
 from supervisor.daemon.scheduling import GpuScheduling
-from supervisor.paths import Home
-from supervisor.process import launcher
-from tests.conftest import FAKE_DATA, FAKE_TRAINER, settle
+from tests.conftest import FAKE_DATA, FAKE_TRAINER, in_process_daemon, settle
 
 SPEC = yaml.safe_dump({"name": "j", "train": {"model": "yolov8n.yaml", "data": str(FAKE_DATA),
                                               "epochs": 2, "device": "cpu"}})
@@ -25,11 +22,7 @@ CORE = Path(__file__).parents[2] / "supervisor" / "daemon" / "core.py"
 
 @pytest.fixture
 def daemon(tmp_path):
-    d = Daemon(Home(tmp_path / "home"), DaemonConfig())
-    yield d
-    for run in list(d.running.values()):
-        launcher.kill_job_now(run.child.job, run.child, daemon_id=d.daemon_id)
-    d.store.close()
+    yield from in_process_daemon(tmp_path)
 
 
 def test_the_daemon_holds_its_parts_instead_of_inheriting_them(daemon):

@@ -14,10 +14,8 @@ from supervisor.control.peer import Peer
 from supervisor.control.protocol import ErrorCode, Request, RequestError
 from supervisor.control.requests import (MAX_EDIT_VALUE_BYTES, MAX_EDIT_VALUES, MAX_NAMES, EditRequest,
                                          StatusRequest, TailRequest)
-from supervisor.daemon.config import DaemonConfig
-from supervisor.daemon.core import Daemon
 from supervisor.jobs.spec import MAX_SPEC_BYTES
-from supervisor.paths import Home
+from tests.conftest import in_process_daemon
 
 ROOT = Peer(pid=1, uid=0, gid=0)
 
@@ -166,9 +164,7 @@ def test_requests_are_frozen():
 @pytest.fixture
 def daemon(tmp_path):
     """A real Daemon whose loop is not running: whatever reaches the loop waits and times out."""
-    d = Daemon(Home(tmp_path / "home"), DaemonConfig())
-    yield d
-    d.store.close()
+    yield from in_process_daemon(tmp_path)
 
 
 @pytest.mark.parametrize("cmd,args", [("tail", {"name": "coco", "lines": -1}), ("stop", {"name": "../etc"}),

@@ -17,14 +17,12 @@ from supervisor.control import handlers
 from supervisor.control.peer import Peer
 from supervisor.control.protocol import RequestError
 from supervisor.control.requests import JobRequest, RemoveRequest
-from supervisor.daemon.config import DaemonConfig, load_config
+from supervisor.daemon.config import load_config
 from supervisor.daemon.core import CommandError, Daemon, IllegalTransition
 from supervisor.jobs.machine import On
-from supervisor.jobs.states import JobState
-from supervisor.paths import Home
 from supervisor.process import launcher
 from supervisor.store import StoreError
-from tests.conftest import FAKE_DATA, FAKE_TRAINER, settle, wait_for
+from tests.conftest import FAKE_DATA, FAKE_TRAINER, in_process_daemon, settle
 
 ROOT = Peer(pid=1, uid=0, gid=0)
 SPEC = yaml.safe_dump({"name": "j", "train": {"model": "yolov8n.yaml", "data": str(FAKE_DATA),
@@ -33,11 +31,7 @@ SPEC = yaml.safe_dump({"name": "j", "train": {"model": "yolov8n.yaml", "data": s
 
 @pytest.fixture
 def daemon(tmp_path):
-    d = Daemon(Home(tmp_path / "home"), DaemonConfig())
-    yield d
-    for run in list(d.running.values()):
-        launcher.kill_job_now(run.child.job, run.child, daemon_id=d.daemon_id)
-    d.store.close()
+    yield from in_process_daemon(tmp_path)
 
 
 def add(daemon: Daemon, name: str = "j", state: str = "queued", **fields) -> None:

@@ -180,6 +180,7 @@ function drawInterruptions(u, interruptions) {
   const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
   ctx.save();
   ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+  ctx.textAlign = "left";  // uPlot leaves its last axis' alignment (right): the labels ran left of their lines
   interruptions.forEach((i, n) => {
     const x = u.valToPos(i.resumed_epoch, "x", true);
     if (i.epochs_redone) {
@@ -194,11 +195,7 @@ function drawInterruptions(u, interruptions) {
     ctx.lineTo(x, top + height);
     ctx.stroke();
     ctx.fillStyle = DOWN;
-    // Right of the line, or left of it where the label would run past the chart (a narrow window).
-    const label = `${i.cause} (${i.gap_kind} ${duration(i.gap_s)})`, w = ctx.measureText(label).width;
-    const right = u.bbox.left + u.bbox.width;
-    ctx.fillText(label, x + 4 + w > right ? Math.max(u.bbox.left, x - 4 - w) : x + 4,
-      top + 14 * devicePixelRatio * (n + 1));
+    ctx.fillText(`${i.cause} (${i.gap_kind} ${duration(i.gap_s)})`, x + 4, top + 14 * devicePixelRatio * (n + 1));
   });
   ctx.restore();
 }
